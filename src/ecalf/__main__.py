@@ -1,0 +1,3 @@
+from ecalf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""Typed configuration: dataclasses validated on construction, strict YAML, typed overrides.
+
+A YAML file mirrors :class:`RunConfig`. An unknown key is an error naming its dotted path
+(``model.backbone.lora_rnak``); every value is type-checked; ``--set a.b=value`` overrides are parsed
+as YAML scalars and checked the same way. The resolved config is saved with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from ecalf.artifacts import read_yaml
+from ecalf.errors import ConfigError
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------
+# The configs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model's config. The shape fields are filled from the data at build time."""
+
+    context_length: int = 96
+    prediction_length: int = 96
+    num_channels: int = 7
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "context_length", "prediction_length", "num_channels")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ETTh1"
+    """A registered dataset name (``ecalf data list``) or the path of a CSV with a ``date`` column."""
+    data_dir: str | None = None
+    """Directory holding the benchmark CSVs; else ``$ECALF_DATA_DIR``, else ``./datasets``."""
+    context_length: int = 96
+    prediction_length: int = 96
+    few_shot_percent: float = 100.0
+    """Keep the chronologically first p % of training windows (validation and test untouched)."""
+    zero_shot_target: str | None = None
+    """Test on this dataset's test split instead (scaled with its own training statistics)."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "context_length", "prediction_length")
+        if not 0 < self.few_shot_percent <= 100:
+            raise ConfigError(f"data.few_shot_percent must be in (0, 100], got {self.few_shot_percent}")
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    eval_batch_size: int = 256
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    cosine_t_max: int = 20
+    """CosineAnnealingLR period in epochs (official CALF: 20, 10 for Electricity and Traffic)."""
+    min_learning_rate: float = 1e-8
+    patience: int = 10
+    """Early stopping: epochs without a better validation MSE before stopping."""
+    max_steps: int | None = None
+    """Optional optimizer-step budget (few-shot recipe); training stops when it is spent."""
+    grad_clip_norm: float | None = None
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    num_threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "epochs", "batch_size", "eval_batch_size", "cosine_t_max", "patience")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"training.max_steps must be > 0 or null, got {self.max_steps}")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    seed: int = 2021
+
+    def __post_init__(self) -> None:
+        if type(self.model) is ModelConfig:
+            raise ConfigError("model.name is required (see `ecalf list-models`)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, dumping, overriding
+# --------------------------------------------------------------------------------------------------
+
+
+def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``key=value`` overrides, and validate everything."""
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return run_config_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def run_config_from_dict(data: Mapping[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``dotted.key=value`` set (values parsed as YAML)."""
+    result: dict[str, Any] = _deep_copy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. training.epochs=5")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse the value: {exc}") from None
+        node = result
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain YAML/JSON-able data. Model configs carry their registered ``name`` first."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        if isinstance(obj, ModelConfig):
+            from ecalf.registry import model_name_for_config
+
+            out["name"] = model_name_for_config(type(obj))
+        for f in dataclasses.fields(obj):
+            out[f.name] = to_dict(getattr(obj, f.name))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from ``data`` strictly: unknown keys and wrong types are errors."""
+    where = path or "the config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {_describe(data)}")
+    data = dict(data)
+    if cls is ModelConfig or (isinstance(cls, type) and issubclass(cls, ModelConfig) and "name" in data):
+        from ecalf.registry import model_config_class
+
+        name = data.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"{_join(path, 'name')} is required: a model name from `ecalf list-models`")
+        try:
+            cls = model_config_class(name)  # type: ignore[assignment]
+        except KeyError as exc:
+            raise ConfigError(f"{_join(path, 'name')}: {exc.args[0]}") from None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown key {_join(path, str(unknown[0]))!r} (known keys here: {known})")
+    kwargs = {name: _convert(hints[name], value, _join(path, name)) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{path} must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{path}: {_describe(value)} fits no allowed type"
+        )
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {_describe(value)}")
+        (item_tp, *_rest) = get_args(tp) or (Any,)
+        items = [_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path} must be a mapping, got {_describe(value)}")
+        _, value_tp = get_args(tp) or (str, Any)
+        return {str(k): _convert(value_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        return from_dict(tp, value, path)  # type: ignore[arg-type, type-var]
+    if value is None:
+        raise ConfigError(f"{path} must not be null")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {_describe(value)}")
+        return value
+    raise ConfigError(f"{path}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _check_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}

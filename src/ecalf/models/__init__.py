@@ -1,0 +1,1 @@
+"""Every model is imported here explicitly; importing registers it (see :mod:`ecalf.registry`)."""
