@@ -5,9 +5,9 @@ Models are imported explicitly in :mod:`ecalf.models`; nothing scans directories
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -22,20 +22,30 @@ class ModelEntry:
     model_class: type[nn.Module]
     config_class: type[ModelConfig]
     description: str
+    tiny_options: Mapping[str, Any] = field(default_factory=dict)
+    """Config fields for a tiny instance that trains in milliseconds on a CPU (used by the tests)."""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, config_class: type[ModelConfig], description: str = ""
+    name: str,
+    config_class: type[ModelConfig],
+    description: str = "",
+    tiny_options: Mapping[str, Any] | None = None,
 ) -> Callable[[type[M]], type[M]]:
-    """Class decorator: ``@register_model("dlinear", DLinearConfig, "...")``."""
+    """Class decorator: ``@register_model("dlinear", DLinearConfig, "...", tiny_options={...})``.
+
+    Each model has its own config class (the class identifies the model in saved configs).
+    """
 
     def decorate(model_class: type[M]) -> type[M]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, model_class, config_class, description)
+        if any(e.config_class is config_class for e in _REGISTRY.values()):
+            raise ValueError(f"{config_class.__name__} already belongs to another model; subclass it")
+        _REGISTRY[name] = ModelEntry(name, model_class, config_class, description, dict(tiny_options or {}))
         return model_class
 
     return decorate
