@@ -1,1 +1,3 @@
 """Every model is imported here explicitly; importing registers it (see :mod:`ecalf.registry`)."""
+
+from ecalf.models import dlinear, itransformer, naive, patchtst  # noqa: F401
