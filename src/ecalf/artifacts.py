@@ -71,7 +71,9 @@ def save_tensors(
 ) -> Path:
     """Save tensors as safetensors, atomically (tensors are made contiguous, shared storage split)."""
     flat = {name: t.detach().contiguous().clone() for name, t in tensors.items()}
-    return _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=dict(metadata or {})))
+    return _atomic_write(
+        path, lambda tmp: save_file(flat, tmp, metadata=dict(metadata) if metadata else None)
+    )
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

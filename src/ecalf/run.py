@@ -1,0 +1,250 @@
+"""One experiment, end to end: data -> model -> training -> one test evaluation -> run directory.
+
+A run directory holds:
+- ``config.yaml``      the resolved config (every default written out)
+- ``metrics.json``     test MSE/MAE, the naive forecast's beside it, window counts, epochs, wall time,
+                       parameter counts, per-epoch history, provenance (git commit, versions)
+- ``train.log``        the per-epoch log
+- ``model.safetensors`` the best weights that training changed (trainable parameters and buffers);
+                       frozen backbone weights are rebuilt from the config by the same seeded procedure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecalf import __version__
+from ecalf.artifacts import load_tensors, save_tensors, write_json, write_yaml
+from ecalf.config import RunConfig, load_run_config, to_dict
+from ecalf.data import ForecastSplits, prepare_splits
+from ecalf.errors import CheckpointError
+from ecalf.evaluation import Metrics, evaluate
+from ecalf.models.base import ForecastModel, count_parameters
+from ecalf.models.naive import NaiveConfig, NaiveForecast
+from ecalf.registry import create_model, model_name_for_config
+from ecalf.training import EpochLog, resolve_device, snapshot, train
+
+CHECKPOINT = "model.safetensors"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_model_config(config: RunConfig, splits: ForecastSplits) -> RunConfig:
+    """Fill the model's shape fields from the data."""
+    model = dataclasses.replace(
+        config.model,
+        context_length=config.data.context_length,
+        prediction_length=config.data.prediction_length,
+        num_channels=splits.train.num_channels,
+    )
+    return dataclasses.replace(config, model=model)
+
+
+def build_model(config: RunConfig, *, pretrained: bool = True) -> ForecastModel:
+    """Seeded construction, then (optionally) the explicit pretrained-weights load."""
+    seed_everything(config.seed)
+    model = create_model(config.model)
+    if not isinstance(model, ForecastModel):
+        raise TypeError(f"{type(model).__name__} does not follow the ForecastModel contract")
+    if pretrained:
+        model.load_pretrained()
+    return model
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    name = model_name_for_config(type(config.model))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    dataset = Path(config.data.dataset).stem
+    return Path("runs") / f"{name}_{dataset}_{config.data.prediction_length}_{stamp}"
+
+
+def run_experiment(
+    config: RunConfig,
+    output_dir: str | os.PathLike[str] | None = None,
+    *,
+    echo: Callable[[str], None] | None = print,
+) -> RunResult:
+    """Train ``config``'s model on its data, evaluate the test split once, write the run directory."""
+    wall_start = time.perf_counter()
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    splits = prepare_splits(config.data)
+    config = resolve_model_config(config, splits)
+    run_dir = Path(output_dir) if output_dir is not None else default_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", to_dict(config))
+    log_path = run_dir / "train.log"
+    log_file = open(log_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
+
+    def log(line: str) -> None:
+        log_file.write(line + "\n")
+        if echo is not None:
+            echo(line)
+
+    try:
+        device = resolve_device(config.training.device)
+        counts = splits.window_counts()
+        log(f"data {splits.spec.name}: {splits.train.num_channels} channels, windows {counts}")
+        build_start = time.perf_counter()
+        model = build_model(config)
+        params = count_parameters(model)
+        log(
+            f"model {model_name_for_config(type(config.model))}: {params['trainable']:,} trainable of "
+            f"{params['total']:,} parameters (built in {time.perf_counter() - build_start:.1f}s)"
+        )
+
+        def save_best(model: ForecastModel, record: EpochLog) -> None:
+            save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": str(record.epoch)})
+
+        result = train(
+            model,
+            splits.train,
+            splits.val,
+            config.training,
+            seed=config.seed,
+            device=device,
+            log=log,
+            on_improvement=save_best,
+        )
+        if result.stopped == "untrainable":
+            save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": "0"})
+        test = evaluate(model, splits.test, batch_size=config.training.eval_batch_size, device=device)
+        naive = naive_metrics(splits, config.training.eval_batch_size)
+        log(f"test mse {test.mse:.4f} mae {test.mae:.4f} | naive {naive.mse:.4f} / {naive.mae:.4f}")
+        metrics = {
+            "model": model_name_for_config(type(config.model)),
+            "dataset": splits.spec.name,
+            "prediction_length": config.data.prediction_length,
+            "few_shot_percent": config.data.few_shot_percent,
+            "seed": config.seed,
+            "test": test.as_dict(),
+            "naive_test": naive.as_dict(),
+            "windows": counts,
+            "best_epoch": result.best_epoch,
+            "best_val_mse": result.best_val_mse,
+            "epochs_run": result.epochs_run,
+            "steps": result.steps,
+            "stopped": result.stopped,
+            "train_seconds": result.train_seconds,
+            "wall_seconds": time.perf_counter() - wall_start,
+            "train_windows_per_second": _mean([r.windows_per_second for r in result.history]),
+            "peak_memory_mb": peak_memory_mb(),
+            "parameters": params,
+            "history": [dataclasses.asdict(r) for r in result.history],
+            "environment": environment(),
+        }
+        write_json(run_dir / "metrics.json", metrics)
+    finally:
+        log_file.close()
+    return RunResult(run_dir, metrics)
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]:
+    """Rebuild a run's model from its directory: config, seeded backbone, best trained weights."""
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{path} is not a run directory (no config.yaml); pass the directory `ecalf train` wrote"
+        )
+    config = load_run_config(path / "config.yaml")
+    model = build_model(config)
+    state = load_tensors(path / CHECKPOINT)
+    expected = snapshot(model)
+    unknown = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    if unknown or missing:
+        raise CheckpointError(
+            f"{path / CHECKPOINT} does not match the model in {path / 'config.yaml'} "
+            f"(unexpected: {unknown[:3]}, missing: {missing[:3]}); it belongs to another model or config"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"{path / CHECKPOINT}: {name} has shape {tuple(tensor.shape)}, the config needs "
+                f"{tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    return config, model
+
+
+def evaluate_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, Metrics]:
+    """Evaluate a finished run's best checkpoint on its test split again."""
+    config, model = load_run(run_dir)
+    splits = prepare_splits(config.data)
+    device = resolve_device(config.training.device)
+    model.to(device)
+    return config, evaluate(model, splits.test, batch_size=config.training.eval_batch_size, device=device)
+
+
+def naive_metrics(splits: ForecastSplits, batch_size: int) -> Metrics:
+    """The floor every model must beat: repeat the last observed value."""
+    test = splits.test
+    naive = NaiveForecast(NaiveConfig(test.context_length, test.prediction_length, test.num_channels))
+    return evaluate(naive, test, batch_size=batch_size)
+
+
+def peak_memory_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except ImportError:  # pragma: no cover (Windows)
+        return float("nan")
+
+
+def environment() -> dict[str, Any]:
+    import peft
+    import transformers
+
+    return {
+        "ecalf": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

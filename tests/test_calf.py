@@ -1,0 +1,142 @@
+"""CALF does what calf-reference.md says, with the official code's defects fixed."""
+
+import pytest
+import torch
+from torch import nn
+
+from ecalf.backbones import BackboneConfig
+from ecalf.models.alignment import DynamicCrossModalMatch
+from ecalf.models.base import regression_loss
+from ecalf.models.calf import CALF, CALFConfig
+
+L, H, C = 24, 8, 3
+
+
+def tiny_calf(seed: int = 0, **kwargs) -> CALF:
+    torch.manual_seed(seed)
+    options = dict(
+        context_length=L,
+        prediction_length=H,
+        num_channels=C,
+        backbone=BackboneConfig(
+            preset="tiny-gpt2", pretrained=False, num_layers=2, num_principal_embeddings=16
+        ),
+        encoder_heads=4,
+        encoder_ff_dim=64,
+    )
+    options.update(kwargs)
+    model = CALF(CALFConfig(**options))
+    model.load_pretrained()
+    return model
+
+
+def windows(batch: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, L + H, C, generator=g).cumsum(1)
+    return x[:, :L], x[:, L:]
+
+
+def test_text_branch_never_runs_at_inference():
+    model = tiny_calf().eval()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("text branch ran at inference")
+
+    model.text_trunk.forward = boom  # type: ignore[method-assign]
+    model.match.forward = boom  # type: ignore[method-assign]
+    past, _ = windows()
+    assert model(past).prediction.shape == (5, H, C)
+
+
+def test_loss_is_the_three_term_objective_with_layer_decay():
+    model = tiny_calf(feature_weight=0.5, output_weight=2.0).eval()
+    past, future = windows()
+    out = model(past, future)
+    # Recompute the feature term from the branches' hidden states.
+    x, stats = model.norm.normalize(past)
+    x_time = model.encoder(x.transpose(1, 2))
+    x_text, _ = model.match(x_time, model.principal_embeddings)
+    h_time, h_text = model.time_trunk(x_time), model.text_trunk(x_text)
+    n = len(h_time) - 1
+    assert n == 2  # two blocks kept -> three levels
+    expected_feature = sum(
+        0.8 ** (n - k) * regression_loss("l1", model.time_projections[k](a), model.text_projections[k](b))
+        for k, (a, b) in enumerate(zip(h_time, h_text, strict=True))
+    )
+    y_text = model.norm.denormalize(model.head(h_text[-1] + x_text).transpose(1, 2), stats)
+    torch.testing.assert_close(out.loss_parts["feature"], expected_feature.detach())
+    torch.testing.assert_close(
+        out.loss_parts["output"], regression_loss("l1", out.prediction, y_text).detach()
+    )
+    torch.testing.assert_close(out.loss_parts["task"], regression_loss("l1", out.prediction, future))
+    expected = out.loss_parts["task"] + 2.0 * out.loss_parts["output"] + 0.5 * out.loss_parts["feature"]
+    torch.testing.assert_close(out.loss.detach(), expected)
+
+
+def test_cross_modal_match_equals_the_official_repeated_dictionary():
+    torch.manual_seed(0)
+    match = DynamicCrossModalMatch(32, 4, adaptive_weights=False, alignment_degree=False).eval()
+    x_time, dictionary = torch.randn(3, 5, 32), torch.randn(16, 32)
+    # Official: dictionary repeated per window, sequence-first MultiheadAttention.
+    repeated = dictionary.repeat(3, 1, 1).transpose(0, 1)  # (K, B, D)
+    reference = nn.MultiheadAttention(32, 4)
+    reference.load_state_dict(match.attention.state_dict())
+    expected, _ = reference(x_time.transpose(0, 1), repeated, repeated)
+    torch.testing.assert_close(match(x_time, dictionary)[0], expected.transpose(0, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_instance_normalisation_makes_forecasts_affine_equivariant():
+    model = tiny_calf().eval()
+    past, _ = windows()
+    with torch.no_grad():
+        base = model(past).prediction
+        moved = model(3.0 * past + 10.0).prediction
+    torch.testing.assert_close(moved, 3.0 * base + 10.0, rtol=1e-4, atol=1e-3)
+
+
+def test_projections_have_their_own_fixed_learning_rate():
+    model = tiny_calf()
+    groups = {g["name"]: g for g in model.parameter_groups(5e-4)}
+    assert groups["model"]["lr"] == 5e-4 and not groups["model"].get("fixed_lr", False)
+    assert groups["projections"]["lr"] == 1e-4 and groups["projections"]["fixed_lr"]
+    n_proj = sum(p.numel() for m in (model.time_projections, model.text_projections) for p in m.parameters())
+    assert sum(p.numel() for p in groups["projections"]["params"]) == n_proj
+
+
+def test_lora_is_active_in_the_time_branch():
+    model = tiny_calf().eval()
+    past, _ = windows()
+    lora = [p for n, p in model.time_trunk.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for p in lora)
+    with torch.no_grad():
+        before = model(past).prediction
+        for p in lora:
+            p.add_(0.5)
+        after = model(past).prediction
+    assert not torch.allclose(before, after)
+
+
+def test_dictionary_is_a_fixed_buffer_loaded_from_the_backbone():
+    model = tiny_calf()
+    assert "principal_embeddings" in dict(model.named_buffers())
+    assert model.principal_embeddings.abs().sum() > 0
+    assert not any(p is model.principal_embeddings for p in model.parameters())
+
+
+def test_paper_parameter_count_with_random_gpt2():
+    """calf-reference.md: 18,022,496 trainable parameters at H = 96, GPT-2 shapes, 6 layers, LoRA r 8."""
+    torch.manual_seed(0)
+    config = CALFConfig(
+        context_length=96,
+        prediction_length=96,
+        num_channels=7,
+        backbone=BackboneConfig(preset="gpt2", pretrained=False, num_layers=6),
+    )
+    model = CALF(config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 18_022_496
+
+
+def test_encoder_heads_must_divide_width():
+    with pytest.raises(Exception, match="encoder_heads"):
+        tiny_calf(encoder_heads=5)

@@ -1,0 +1,80 @@
+"""End to end: train -> run directory -> evaluate, on synthetic data and tiny models."""
+
+import json
+
+import pytest
+
+from ecalf.cli import main
+from ecalf.config import load_run_config
+from ecalf.data import write_synthetic_csv
+from ecalf.run import evaluate_run, run_experiment
+
+TINY_CALF = "configs/tiny/calf.yaml"
+
+
+@pytest.fixture()
+def synthetic_csv(tmp_path):
+    return write_synthetic_csv(tmp_path / "toy.csv", num_rows=1200, num_channels=3, seed=3)
+
+
+def _config(path, csv, *extra):
+    return load_run_config(
+        path,
+        [
+            f"data.dataset={csv}",
+            "data.context_length=48",
+            "data.prediction_length=12",
+            "data.few_shot_percent=100",
+            "training.progress=false",
+            *extra,
+        ],
+    )
+
+
+def test_tiny_calf_learns_and_beats_the_naive_forecast(tmp_path, synthetic_csv):
+    config = _config(TINY_CALF, synthetic_csv, "training.epochs=6", "training.learning_rate=2e-3")
+    result = run_experiment(config, tmp_path / "run", echo=None)
+    metrics = result.metrics
+    history = metrics["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert metrics["test"]["mse"] < metrics["naive_test"]["mse"]
+    for name in ("config.yaml", "metrics.json", "train.log", "model.safetensors"):
+        assert (result.run_dir / name).is_file(), name
+    assert metrics["windows"]["test"] == metrics["test"]["windows"]
+    assert set(history[0]["loss_parts"]) == {"task", "output", "feature"}
+
+
+def test_evaluate_reproduces_logged_test_metrics_exactly(tmp_path, synthetic_csv, capsys):
+    config = _config(TINY_CALF, synthetic_csv, "training.epochs=2")
+    result = run_experiment(config, tmp_path / "run", echo=None)
+    _, metrics = evaluate_run(result.run_dir)
+    logged = json.loads((result.run_dir / "metrics.json").read_text())["test"]
+    assert metrics.mse == logged["mse"]
+    assert metrics.mae == logged["mae"]
+    assert main(["evaluate", str(result.run_dir)]) == 0
+    assert f"{logged['mse']:.6f}" in capsys.readouterr().out
+
+
+def test_cli_train_with_overrides(tmp_path, synthetic_csv, capsys):
+    code = main(
+        [
+            "train", "--config", TINY_CALF, "--output-dir", str(tmp_path / "cli"), "--quiet",
+            "--set", f"data.dataset={synthetic_csv}", "--set", "data.context_length=48",
+            "--set", "data.prediction_length=12", "--set", "training.epochs=1",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test mse" in out and "naive mse" in out
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    code = main(["train", "--config", TINY_CALF, "--set", "training.epohcs=1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "training.epohcs" in err and "Traceback" not in err
+
+
+def test_evaluate_rejects_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
