@@ -17,14 +17,147 @@ def _cmd_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ecalf.config import load_run_config
+    from ecalf.run import resume_run, run_experiment
+
+    echo = None if args.quiet else print
+    if args.resume:
+        if args.config or args.set:
+            raise EcalfError("--resume continues a run with its own config.yaml; drop --config/--set")
+        result = resume_run(args.resume, echo=echo)
+    else:
+        if not args.config:
+            raise EcalfError("give --config FILE (or --resume RUN_DIR to continue a killed run)")
+        config = load_run_config(args.config, args.set or [])
+        if args.quiet:
+            config.training.progress = False
+        result = run_experiment(config, args.output_dir, echo=echo)
+    test, naive = result.metrics["test"], result.metrics["naive_test"]
+    print(f"run directory: {result.run_dir}")
+    print(f"test mse {test['mse']:.4f} mae {test['mae']:.4f}", end=" | ")
+    print(f"naive mse {naive['mse']:.4f} mae {naive['mae']:.4f}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ecalf.run import evaluate_run
+
+    _, metrics = evaluate_run(args.run_dir)
+    print(f"test mse {metrics.mse:.6f} mae {metrics.mae:.6f} ({metrics.windows} windows)")
+    return 0
+
+
+def _cmd_backbone_info(args: argparse.Namespace) -> int:
+    from ecalf.backbones import BackboneConfig, describe_backbone
+
+    config = BackboneConfig(
+        preset=args.preset,
+        pretrained=not args.random,
+        num_layers=args.layers,
+        num_principal_embeddings=args.principal_embeddings,
+    )
+    for key, value in describe_backbone(config).items():
+        print(f"{key:34s} {value}")
+    return 0
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from ecalf.data import registry_table
+
+    print("\n".join(registry_table()))
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from ecalf.data import describe_dataset
+
+    summary = describe_dataset(
+        args.name,
+        args.data_dir,
+        context_length=args.context_length,
+        prediction_length=args.prediction_length,
+        few_shot_percent=args.few_shot,
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from ecalf.data import download_dataset
+
+    print(download_dataset(args.name, args.data_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecalf", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ecalf",
+        description="Enhanced CALF: LLM time-series forecasting, its base CALF, baselines, benchmarks.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list-models", help="list the registered models")
     p.set_defaults(func=_cmd_list_models)
 
+    p = sub.add_parser("train", help="train a model from a YAML config and evaluate it on the test split")
+    p.add_argument("--config", help="YAML run config (see configs/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last finished epoch")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=5"
+    )
+    p.add_argument("--output-dir", help="run directory (default: runs/<model>_<dataset>_<H>_<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run directory's best checkpoint on its test split")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_evaluate)
+
     # (subcommands of each area are added below this line)
+    data_dir_help = "directory of the benchmark CSVs (default: $ECALF_DATA_DIR if set, else ./datasets)"
+    data = sub.add_parser(
+        "data",
+        help="benchmark datasets: list, info, download",
+        description="Datasets are looked up in the data directory: --data-dir DIR if given, else "
+        "$ECALF_DATA_DIR if set, else ./datasets. See docs/data.md.",
+    ).add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = data.add_parser("list", help="the registered datasets (file, frequency, split rule, target)")
+    p.set_defaults(func=_cmd_data_list)
+    p = data.add_parser(
+        "info",
+        help="rows, channels, dates and window counts per split of a dataset",
+        description="Print a dataset's rows, channels, date range, frequency, split rows and windows per "
+        "split. The data directory is --data-dir, else $ECALF_DATA_DIR, else ./datasets.",
+    )
+    p.add_argument("name", help="a registered dataset (`ecalf data list`) or a CSV path with a date column")
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--context-length", type=int, default=96, metavar="L", help="context length (default 96)")
+    p.add_argument("--prediction-length", type=int, default=96, metavar="H", help="horizon (default 96)")
+    p.add_argument("--few-shot", type=float, default=100.0, metavar="P", help="keep P %% of training windows")
+    p.set_defaults(func=_cmd_data_info)
+    p = data.add_parser(
+        "download",
+        help="download a dataset's public file into the data directory",
+        description="Download a registered dataset (ETT files from github.com/zhouhaoyi/ETDataset) into "
+        "--data-dir, else $ECALF_DATA_DIR, else ./datasets. An existing file is kept.",
+    )
+    p.add_argument("name", help="a registered dataset name (`ecalf data list`)")
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.set_defaults(func=_cmd_data_download)
+    backbone = sub.add_parser("backbone", help="backbone LLMs").add_subparsers(
+        dest="backbone_command", required=True, metavar="COMMAND"
+    )
+    p = backbone.add_parser("info", help="load a backbone and print its shapes, parameter counts, load time")
+    p.add_argument(
+        "preset", help="gpt2, smollm2-135m, tiny-gpt2, tiny-llama, a hub id, a directory or a .gguf"
+    )
+    p.add_argument("--layers", type=int, default=6, help="number of blocks kept (default 6)")
+    p.add_argument(
+        "--principal-embeddings", type=int, default=500, metavar="K", help="PCA size (default 500)"
+    )
+    p.add_argument("--random", action="store_true", help="random weights instead of pretrained ones")
+    p.set_defaults(func=_cmd_backbone_info)
     return parser
 
 

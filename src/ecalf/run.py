@@ -27,15 +27,15 @@ import numpy as np
 import torch
 
 from ecalf import __version__
-from ecalf.artifacts import load_tensors, save_tensors, write_json, write_yaml
+from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json, write_yaml
 from ecalf.config import RunConfig, load_run_config, to_dict
 from ecalf.data import ForecastSplits, prepare_splits
-from ecalf.errors import CheckpointError
+from ecalf.errors import CheckpointError, EcalfError
 from ecalf.evaluation import Metrics, evaluate
 from ecalf.models.base import ForecastModel, count_parameters
 from ecalf.models.naive import NaiveConfig, NaiveForecast
 from ecalf.registry import create_model, model_name_for_config
-from ecalf.training import EpochLog, resolve_device, snapshot, train
+from ecalf.training import EpochLog, TrainingCheckpoint, resolve_device, snapshot, train
 
 CHECKPOINT = "model.safetensors"
 
@@ -86,18 +86,38 @@ def run_experiment(
     output_dir: str | os.PathLike[str] | None = None,
     *,
     echo: Callable[[str], None] | None = print,
+    resume: bool = False,
 ) -> RunResult:
-    """Train ``config``'s model on its data, evaluate the test split once, write the run directory."""
+    """Train ``config``'s model on its data, evaluate the test split once, write the run directory.
+
+    The training state is checkpointed after every epoch in ``RUN_DIR/state``; with ``resume`` a
+    killed run continues from its last finished epoch and ends with the metrics an uninterrupted run
+    would have. Without ``resume``, a directory that already holds a run is refused.
+    """
     wall_start = time.perf_counter()
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
     splits = prepare_splits(config.data)
     config = resolve_model_config(config, splits)
     run_dir = Path(output_dir) if output_dir is not None else default_run_dir(config)
+    checkpoint = TrainingCheckpoint(run_dir / "state")
+    if resume:
+        if (run_dir / "metrics.json").is_file():
+            return RunResult(run_dir, read_json(run_dir / "metrics.json"))
+        saved = run_dir / "config.yaml"
+        if saved.is_file() and load_run_config(saved) != config:
+            raise EcalfError(f"{saved} differs from the config given; resume with the run's own config")
+    elif (run_dir / "metrics.json").is_file() or checkpoint.exists():
+        raise EcalfError(
+            f"{run_dir} already holds a run; continue it with `ecalf train --resume {run_dir}` "
+            "or choose another --output-dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # temporary files of writes a kill interrupted
+        stale.unlink(missing_ok=True)
     write_yaml(run_dir / "config.yaml", to_dict(config))
     log_path = run_dir / "train.log"
-    log_file = open(log_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
+    log_file = open(log_path, "a" if resume else "w", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def log(line: str) -> None:
         log_file.write(line + "\n")
@@ -128,6 +148,7 @@ def run_experiment(
             device=device,
             log=log,
             on_improvement=save_best,
+            checkpoint=checkpoint,
         )
         if result.stopped == "untrainable":
             save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": "0"})
@@ -157,9 +178,18 @@ def run_experiment(
             "environment": environment(),
         }
         write_json(run_dir / "metrics.json", metrics)
+        checkpoint.remove()
     finally:
         log_file.close()
     return RunResult(run_dir, metrics)
+
+
+def resume_run(run_dir: str | os.PathLike[str], *, echo: Callable[[str], None] | None = print) -> RunResult:
+    """Continue a killed run from its directory (its own config.yaml)."""
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"{path} is not a run directory (no config.yaml); nothing to resume")
+    return run_experiment(load_run_config(path / "config.yaml"), path, echo=echo, resume=True)
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]:

@@ -9,15 +9,18 @@ nothing of any particular model: models bring their loss (``ForecastOutput.loss`
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json
 from ecalf.config import TrainingConfig
 from ecalf.data import WindowDataset
 from ecalf.errors import EcalfError
@@ -104,6 +107,97 @@ def snapshot(model: ForecastModel) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in trainable | buffers}
 
 
+@dataclass
+class LoopState:
+    """Everything the loop needs to continue after a kill, besides tensors."""
+
+    epoch: int = 0
+    """Completed epochs."""
+    steps: int = 0
+    best_mse: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: str | None = None
+    """Set once training has ended (``early_stopping``, ``epochs`` or ``max_steps``)."""
+    train_seconds: float = 0.0
+    history: list[EpochLog] = field(default_factory=list)
+
+
+class TrainingCheckpoint:
+    """Epoch-boundary training state in a directory, written so a kill at any moment loses at most
+    the epoch in flight: ``epoch-NNNN.safetensors`` (current and best weights, optimizer tensors, RNG
+    state) is written first, then ``latest.json`` (loop state, optimizer hyper-parameters) is
+    atomically replaced to point at it; older epoch files are deleted afterwards. Only safetensors
+    and JSON are read back.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def pointer(self) -> Path:
+        return self.directory / "latest.json"
+
+    def exists(self) -> bool:
+        return self.pointer.is_file()
+
+    def save(
+        self,
+        model: ForecastModel,
+        optimizer: torch.optim.Optimizer,
+        state: LoopState,
+        best: dict[str, Tensor],
+    ) -> None:
+        tensors: dict[str, Tensor] = {f"model.{k}": v for k, v in snapshot(model).items()}
+        tensors.update({f"best.{k}": v for k, v in best.items()})
+        optim = optimizer.state_dict()
+        for index, values in optim["state"].items():
+            for key, value in values.items():
+                tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = rng
+        name = f"epoch-{state.epoch:04d}.safetensors"
+        save_tensors(self.directory / name, tensors)
+        groups = [
+            {k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+            for g in optim["param_groups"]
+        ]
+        write_json(self.pointer, {"file": name, "loop": asdict(state), "param_groups": groups})
+        for old in self.directory.glob("epoch-*.safetensors"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def load(
+        self, model: ForecastModel, optimizer: torch.optim.Optimizer
+    ) -> tuple[LoopState, dict[str, Tensor]]:
+        meta = read_json(self.pointer)
+        tensors = load_tensors(self.directory / meta["file"])
+        model.load_state_dict(_with_prefix(tensors, "model."), strict=False)
+        best = _with_prefix(tensors, "best.")
+        optim_state: dict[int, dict[str, Tensor]] = {}
+        for key, value in _with_prefix(tensors, "optim.").items():
+            index, name = key.split(".", 1)
+            optim_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        loop = dict(meta["loop"])
+        loop["history"] = [EpochLog(**record) for record in loop["history"]]
+        return LoopState(**loop), best
+
+    def remove(self) -> None:
+        """Delete the state directory (with any temporary file a kill left behind)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def train(
     model: ForecastModel,
     train_set: WindowDataset,
@@ -114,8 +208,14 @@ def train(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
     on_improvement: Callable[[ForecastModel, EpochLog], None] | None = None,
+    on_epoch_end: Callable[[EpochLog], None] | None = None,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> TrainingResult:
-    """Train ``model`` in place; on return it holds the weights of the best validation epoch."""
+    """Train ``model`` in place; on return it holds the weights of the best validation epoch.
+
+    With ``checkpoint``, the loop state is saved after every epoch, and a checkpoint that already
+    exists is resumed from: the run then ends exactly as an uninterrupted one would.
+    """
     if len(train_set) == 0:
         raise EcalfError("the training split has no windows; use more data or a larger few-shot percent")
     model.to(device)
@@ -126,18 +226,20 @@ def train(
         return TrainingResult([], 0, metrics.mse, 0, 0, "untrainable", time.perf_counter() - start)
 
     optimizer = build_optimizer(model, config)
+    state = LoopState()
     best_state = snapshot(model)
-    best_mse, best_epoch, bad_epochs, steps = math.inf, 0, 0, 0
-    history: list[EpochLog] = []
-    stopped = "epochs"
-    for epoch in range(1, config.epochs + 1):
+    if checkpoint is not None and checkpoint.exists():
+        state, best_state = checkpoint.load(model, optimizer)
+        log(f"resumed after epoch {state.epoch} ({state.steps} steps, best epoch {state.best_epoch})")
+    while state.stopped is None:
+        epoch = state.epoch + 1
         set_epoch_learning_rates(optimizer, config, epoch - 1)
         learning_rate = optimizer.param_groups[0]["lr"]
         model.train()
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         index_batches = list(batches(len(train_set), config.batch_size, order))
         if config.max_steps is not None:
-            index_batches = index_batches[: config.max_steps - steps]
+            index_batches = index_batches[: config.max_steps - state.steps]
         sums: dict[str, float] = {}
         loss_sum, seen = 0.0, 0
         epoch_start = time.perf_counter()
@@ -151,8 +253,8 @@ def train(
             if not math.isfinite(loss_value):
                 model.load_state_dict(best_state, strict=False)
                 raise TrainingDiverged(
-                    f"the training loss became {loss_value} at epoch {epoch}, step {steps + 1}; "
-                    f"the best weights (epoch {best_epoch}) were kept. Lower training.learning_rate "
+                    f"the training loss became {loss_value} at epoch {epoch}, step {state.steps + 1}; "
+                    f"the best weights (epoch {state.best_epoch}) were kept. Lower training.learning_rate "
                     "or set training.grad_clip_norm."
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -160,7 +262,7 @@ def train(
             if config.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
             optimizer.step()
-            steps += 1
+            state.steps += 1
             n = len(idx)
             seen += n
             loss_sum += loss_value * n
@@ -178,27 +280,34 @@ def train(
             learning_rate=learning_rate,
             windows_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
             seconds=time.perf_counter() - epoch_start,
-            steps=steps,
+            steps=state.steps,
             values=model.training_values(),
         )
-        history.append(record)
-        improved = metrics.mse < best_mse
+        state.history.append(record)
+        state.epoch = epoch
+        state.train_seconds += record.seconds
+        improved = metrics.mse < state.best_mse
         log(record.line() + (" *" if improved else ""))
         if improved:
-            best_mse, best_epoch, bad_epochs = metrics.mse, epoch, 0
+            state.best_mse, state.best_epoch, state.bad_epochs = metrics.mse, epoch, 0
             best_state = snapshot(model)
             if on_improvement is not None:
                 on_improvement(model, record)
         else:
-            bad_epochs += 1
-        if config.max_steps is not None and steps >= config.max_steps:
-            stopped = "max_steps"
-            break
-        if bad_epochs >= config.patience:
-            stopped = "early_stopping"
+            state.bad_epochs += 1
+        if config.max_steps is not None and state.steps >= config.max_steps:
+            state.stopped = "max_steps"
+        elif state.bad_epochs >= config.patience:
+            state.stopped = "early_stopping"
             log(f"early stopping: no better validation MSE for {config.patience} epochs")
-            break
+        elif epoch >= config.epochs:
+            state.stopped = "epochs"
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if checkpoint is not None:
+            checkpoint.save(model, optimizer, state, best_state)
     model.load_state_dict(best_state, strict=False)
     return TrainingResult(
-        history, best_epoch, best_mse, len(history), steps, stopped, time.perf_counter() - start
-    )
+        state.history, state.best_epoch, state.best_mse, state.epoch, state.steps, state.stopped,
+        state.train_seconds,
+    )  # fmt: skip
