@@ -87,13 +87,17 @@ class DynamicCrossModalMatch(nn.Module):
                 nn.GELU(),
                 nn.Linear(generator_hidden, 2 * heads),
             )
-            nn.init.zeros_(self.generator[-1].weight)
-            nn.init.zeros_(self.generator[-1].bias)
+            last = self.generator[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         if alignment_degree:
             self.degree = nn.Sequential(
                 nn.Linear(3 * hidden_size, generator_hidden), nn.GELU(), nn.Linear(generator_hidden, 1)
             )
-            nn.init.constant_(self.degree[-1].bias, degree_init_bias)
+            gate = self.degree[-1]
+            assert isinstance(gate, nn.Linear)
+            nn.init.constant_(gate.bias, degree_init_bias)
 
     def forward(
         self, x_time: Tensor, dictionary: Tensor, statistics: Tensor | None = None
@@ -141,6 +145,8 @@ class LevelWeights(nn.Module):
     ``fixed``: CALF's decay^(N - k). ``learned``: softmax(logits) * sum_k decay^(N - k) with logits
     initialised at log decay^(N - k), so training starts from CALF's weights and keeps their sum.
     """
+
+    fixed: Tensor
 
     def __init__(self, num_levels: int, decay: float, learned: bool) -> None:
         super().__init__()
@@ -202,6 +208,8 @@ class AlignmentScore(nn.Module):
 
     Stored as a buffer, so it is saved with the model and survives resuming.
     """
+
+    value: Tensor
 
     def __init__(self, momentum: float = 0.9, initial: float = 0.5) -> None:
         super().__init__()

@@ -166,6 +166,7 @@ class CALF(ForecastModel):
     """CALF, and Enhanced CALF through the switches of :class:`CALFConfig` (one implementation)."""
 
     config: CALFConfig
+    principal_embeddings: Tensor
 
     def __init__(self, config: CALFConfig) -> None:
         super().__init__(config)
@@ -343,7 +344,7 @@ class CALF(ForecastModel):
     # -- logging of adapted values ----------------------------------------------------------------
 
     def _accumulate(self, w_out: float, w_feat: float, w_con: float | None, degree: Tensor | None) -> None:
-        values = {}
+        values: dict[str, float] = {}
         if self.alignment is not None:
             values.update(
                 alignment_score=float(self.alignment.value), weight_output=w_out, weight_feature=w_feat
