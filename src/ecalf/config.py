@@ -81,6 +81,9 @@ class TrainingConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     num_threads: int | None = None
     progress: bool = True
+    tracking: Literal["none", "jsonl", "tensorboard"] = "jsonl"
+    """Per-epoch tracking in the run directory: ``metrics.jsonl``; ``tensorboard`` adds event files
+    under ``tensorboard/`` (no extra package needed to write them); ``none`` (see ecalf.tracking)."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "batch_size", "eval_batch_size", "cosine_t_max", "patience")

