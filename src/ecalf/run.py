@@ -192,6 +192,31 @@ def resume_run(run_dir: str | os.PathLike[str], *, echo: Callable[[str], None] |
     return run_experiment(load_run_config(path / "config.yaml"), path, echo=echo, resume=True)
 
 
+QUICKSTART_CONFIG = Path("configs/quickstart.yaml")
+
+
+def quickstart(
+    output_dir: str | os.PathLike[str] = "runs/quickstart",
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> RunResult:
+    """`make run`: the quickstart config trained into ``output_dir``.
+
+    Idempotent: a finished run is reported again, a killed one resumes from its last finished epoch.
+    """
+    path = Path(config_path) if config_path is not None else QUICKSTART_CONFIG
+    if not path.is_file():
+        raise EcalfError(
+            f"{path} not found; run `ecalf quickstart` from the repository root (where configs/ is) "
+            "or pass --config FILE"
+        )
+    config = load_run_config(path)
+    if echo is None:
+        config.training.progress = False
+    return run_experiment(config, output_dir, echo=echo, resume=True)
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]:
     """Rebuild a run's model from its directory: config, seeded backbone, best trained weights."""
     path = Path(run_dir)

@@ -267,7 +267,7 @@ def train(
             seen += n
             loss_sum += loss_value * n
             for name, part in output.loss_parts.items():
-                sums[name] = sums.get(name, 0.0) + float(part) * n
+                sums[name] = sums.get(name, 0.0) + float(part.detach()) * n
             bar.set_postfix(loss=f"{loss_value:.4f}")
         train_seconds = time.perf_counter() - epoch_start
         metrics = evaluate(model, val_set, batch_size=config.eval_batch_size, device=device)

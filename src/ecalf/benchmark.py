@@ -1,0 +1,449 @@
+"""The benchmark grid: models x datasets x settings x horizons x seeds, resumable, one CSV row per cell.
+
+A grid file (``benchmarks/*.yaml``) mirrors :class:`Grid`::
+
+    name: fewshot
+    datasets: [ETTh1, ETTh2]
+    horizons: [96, 192, 336, 720]
+    seeds: [2021, 2022, 2023]
+    settings: [{name: few_shot, few_shot_percent: 10}]
+    set: [training.progress=false]            # overrides for every cell
+    models:
+      - {label: dlinear, config: configs/baselines/dlinear.yaml}
+      - {label: calf, config: "configs/calf/{dataset}.yaml", set: [model.backbone.preset=smollm2-135m]}
+
+Each cell is one :func:`ecalf.run.run_experiment` in its own run directory under ``runs_dir``; its
+result row is appended to the results CSV atomically (the whole file is rewritten to a temporary
+sibling and renamed), so a kill loses at most the cell in flight, and that cell itself resumes from
+its last finished epoch. Cells whose row is already in the CSV are skipped. Cells may run in several
+processes (``jobs``); only the parent process writes the CSV.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import csv
+import io
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from ecalf.artifacts import read_yaml, write_text
+from ecalf.config import from_dict, load_run_config
+from ecalf.errors import ConfigError, EcalfError
+
+SettingName = Literal["full", "few_shot", "zero_shot"]
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "model",
+    "dataset",
+    "target",
+    "setting",
+    "few_shot_percent",
+    "horizon",
+    "seed",
+    "mse",
+    "mae",
+    "naive_mse",
+    "naive_mae",
+    "epochs",
+    "best_epoch",
+    "steps",
+    "stopped",
+    "wall_seconds",
+    "train_windows_per_second",
+    "peak_memory_mb",
+    "trainable_parameters",
+    "total_parameters",
+    "model_name",
+    "backbone",
+    "config_file",
+    "overrides",
+    "run_dir",
+    "device",
+    "git_commit",
+    "ecalf",
+    "torch",
+    "transformers",
+    "peft",
+    "finished_at",
+)
+"""One results row: the cell's identity, test metrics and the provenance fields of protocol.md."""
+
+KEY_COLUMNS = ("model", "dataset", "target", "setting", "horizon", "seed")
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid file
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GridModel:
+    label: str
+    """The model's name in results and tables (e.g. ``calf``, ``ecalf``, ``calf+dynamic_match``)."""
+    config: str
+    """A run-config YAML; ``{dataset}`` is replaced by the cell's dataset (per-dataset recipes)."""
+    set: list[str] = field(default_factory=list)
+    """Overrides for this model's cells (``key=value``, as ``ecalf train --set``)."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", self.label):
+            raise ConfigError(f"model label {self.label!r}: use letters, digits and _ . + - only")
+
+
+@dataclass
+class GridSetting:
+    name: SettingName = "full"
+    few_shot_percent: float | None = None
+    """Percent of training windows kept; default 10 for ``few_shot``, 100 otherwise."""
+    targets: dict[str, list[str]] = field(default_factory=dict)
+    """``zero_shot`` only: source dataset -> the datasets whose test split it is evaluated on."""
+
+    def __post_init__(self) -> None:
+        if self.few_shot_percent is None:
+            self.few_shot_percent = 10.0 if self.name == "few_shot" else 100.0
+        if not 0 < self.few_shot_percent <= 100:
+            raise ConfigError(f"few_shot_percent must be in (0, 100], got {self.few_shot_percent}")
+        if self.name == "zero_shot" and not self.targets:
+            raise ConfigError("a zero_shot setting needs targets: {SOURCE: [TARGET, ...]}")
+        if self.name != "zero_shot" and self.targets:
+            raise ConfigError(f"targets belong to zero_shot settings, not {self.name!r}")
+
+
+@dataclass
+class Grid:
+    name: str
+    models: list[GridModel]
+    datasets: list[str]
+    settings: list[GridSetting] = field(default_factory=lambda: [GridSetting()])
+    horizons: list[int] = field(default_factory=lambda: [96, 192, 336, 720])
+    seeds: list[int] = field(default_factory=lambda: [2021])
+    set: list[str] = field(default_factory=list)
+    """Overrides applied to every cell (before the model's own)."""
+    results: str | None = None
+    """Results CSV; default ``results/<name>.csv``."""
+    runs_dir: str | None = None
+    """Where each cell's run directory goes; default ``runs/benchmark/<name>``."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
+            raise ConfigError(f"grid name {self.name!r}: use letters, digits and _ . - only")
+        for what in ("models", "datasets", "settings", "horizons", "seeds"):
+            if not getattr(self, what):
+                raise ConfigError(f"the grid's {what} list is empty")
+        labels = [m.label for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"model labels must be unique, got {labels}")
+        if any(h <= 0 for h in self.horizons):
+            raise ConfigError(f"horizons must be positive, got {self.horizons}")
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results or f"results/{self.name}.csv")
+
+    @property
+    def runs_path(self) -> Path:
+        return Path(self.runs_dir or f"runs/benchmark/{self.name}")
+
+
+def load_grid(path: str | os.PathLike[str]) -> Grid:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a grid file is a mapping (name, models, datasets, ...)")
+    try:
+        return from_dict(Grid, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    config_file: str
+    model_overrides: tuple[str, ...]
+    dataset: str
+    setting: SettingName
+    few_shot_percent: float
+    target: str
+    """Zero-shot target dataset; empty otherwise."""
+    horizon: int
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (self.model, self.dataset, self.target, self.setting, str(self.horizon), str(self.seed))
+
+    @property
+    def run_id(self) -> str:
+        data = f"{self.dataset}-to-{self.target}" if self.target else self.dataset
+        return f"{self.model}/{data}/{self.setting}/H{self.horizon}/seed{self.seed}"
+
+    def overrides(self, grid_overrides: Sequence[str], data_dir: str | None) -> list[str]:
+        cell = [
+            f"data.dataset={self.dataset}",
+            f"data.prediction_length={self.horizon}",
+            f"data.few_shot_percent={self.few_shot_percent}",
+            f"data.zero_shot_target={self.target or 'null'}",
+            f"seed={self.seed}",
+        ]
+        if data_dir is not None:
+            cell.append(f"data.data_dir={data_dir}")
+        return [*grid_overrides, *self.model_overrides, *cell]
+
+    def describe(self) -> str:
+        data = f"{self.dataset}->{self.target}" if self.target else self.dataset
+        return f"{self.model} {data} {self.setting} H={self.horizon} seed={self.seed}"
+
+
+def grid_cells(grid: Grid) -> list[Cell]:
+    """Every cell, in a stable order: settings, datasets, horizons, seeds, models (models innermost,
+    so an interrupted grid has compared models on the same cells)."""
+    cells = []
+    for setting in grid.settings:
+        assert setting.few_shot_percent is not None
+        for dataset in grid.datasets:
+            targets = setting.targets.get(dataset, []) if setting.name == "zero_shot" else [""]
+            for target in targets:
+                for horizon in grid.horizons:
+                    for seed in grid.seeds:
+                        for model in grid.models:
+                            config_file = model.config.replace("{dataset}", dataset)
+                            cells.append(
+                                Cell(
+                                    model.label,
+                                    config_file,
+                                    tuple(model.set),
+                                    dataset,
+                                    setting.name,
+                                    float(setting.few_shot_percent),
+                                    target,
+                                    horizon,
+                                    seed,
+                                )
+                            )
+    return cells
+
+
+def check_grid(grid: Grid, data_dir: str | None = None) -> None:
+    """Load every distinct cell config once, so a typo fails before hours of running, not during."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for cell in grid_cells(grid):
+        if (cell.config_file, cell.model_overrides) in seen:
+            continue
+        seen.add((cell.config_file, cell.model_overrides))
+        if not Path(cell.config_file).is_file():
+            raise ConfigError(f"grid model {cell.model!r}: config file {cell.config_file} does not exist")
+        load_run_config(cell.config_file, cell.overrides(grid.set, data_dir))
+
+
+# --------------------------------------------------------------------------------------------------
+# The results file
+# --------------------------------------------------------------------------------------------------
+
+
+def read_results(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a results CSV ([] when it does not exist)."""
+    source = Path(path)
+    if not source.is_file():
+        return []
+    with open(source, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in (*KEY_COLUMNS, "mse", "mae") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EcalfError(f"{source} is not an ecalf results file (no column {missing[0]!r})")
+        return list(reader)
+
+
+def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
+    """Append one row atomically: the file is rewritten to a temporary sibling and renamed."""
+    rows = read_results(path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for existing in rows:
+        writer.writerow(existing)
+    writer.writerow({k: _csv_value(row.get(k)) for k in RESULT_COLUMNS})
+    write_text(path, buffer.getvalue())
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[c]) for c in KEY_COLUMNS)
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------
+
+
+def run_cell(
+    cell: Cell,
+    grid_overrides: Sequence[str],
+    runs_dir: str,
+    data_dir: str | None = None,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Run one cell (resuming its run directory) and return its result row."""
+    import torch
+
+    from ecalf.run import run_experiment
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    overrides = cell.overrides(grid_overrides, data_dir)
+    config = load_run_config(cell.config_file, overrides)
+    run_dir = Path(runs_dir) / cell.run_id
+    metrics = run_experiment(config, run_dir, echo=None, resume=True).metrics
+    env = metrics.get("environment", {})
+    backbone = getattr(config.model, "backbone", None)
+    return {
+        "model": cell.model,
+        "dataset": cell.dataset,
+        "target": cell.target,
+        "setting": cell.setting,
+        "few_shot_percent": cell.few_shot_percent,
+        "horizon": cell.horizon,
+        "seed": cell.seed,
+        "mse": metrics["test"]["mse"],
+        "mae": metrics["test"]["mae"],
+        "naive_mse": metrics["naive_test"]["mse"],
+        "naive_mae": metrics["naive_test"]["mae"],
+        "epochs": metrics["epochs_run"],
+        "best_epoch": metrics["best_epoch"],
+        "steps": metrics["steps"],
+        "stopped": metrics["stopped"],
+        "wall_seconds": round(float(metrics["wall_seconds"]), 2),
+        "train_windows_per_second": round(float(metrics["train_windows_per_second"]), 2),
+        "peak_memory_mb": round(float(metrics["peak_memory_mb"]), 1),
+        "trainable_parameters": metrics["parameters"]["trainable"],
+        "total_parameters": metrics["parameters"]["total"],
+        "model_name": metrics["model"],
+        "backbone": backbone.preset if backbone is not None else "",
+        "config_file": cell.config_file,
+        "overrides": " ".join(overrides),
+        "run_dir": str(run_dir),
+        "device": env.get("cuda") or "cpu",
+        "git_commit": env.get("git_commit") or "",
+        "ecalf": env.get("ecalf", ""),
+        "torch": env.get("torch", ""),
+        "transformers": env.get("transformers", ""),
+        "peft": env.get("peft", ""),
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+@dataclass
+class BenchmarkSummary:
+    results: Path
+    total: int
+    skipped: int
+    finished: int
+    failed: list[tuple[str, str]]
+    """(cell, error) of the cells that raised; they have no row and run again next time."""
+
+
+def pending_cells(grid: Grid, results: Path) -> tuple[list[Cell], int]:
+    cells = grid_cells(grid)
+    done = {row_key(r) for r in read_results(results)}
+    todo = [c for c in cells if c.key not in done]
+    return todo, len(cells) - len(todo)
+
+
+def run_benchmark(
+    grid: Grid,
+    *,
+    results: str | os.PathLike[str] | None = None,
+    data_dir: str | None = None,
+    jobs: int = 1,
+    limit: int | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = print,
+) -> BenchmarkSummary:
+    """Run the grid's cells that have no row in the results CSV yet (at most ``limit`` of them)."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    results_path = Path(results) if results is not None else grid.results_path
+    check_grid(grid, data_dir)
+    todo, skipped = pending_cells(grid, results_path)
+    if limit is not None:
+        todo = todo[:limit]
+    say = echo or (lambda line: None)
+    say(
+        f"grid {grid.name}: {len(todo) + skipped} cells, {skipped} already in {results_path}, "
+        f"running {len(todo)}"
+    )
+    failed: list[tuple[str, str]] = []
+    finished = 0
+    bar = tqdm(total=len(todo), desc=grid.name, unit="cell", disable=not progress, dynamic_ncols=True)
+
+    def record(cell: Cell, outcome: dict[str, Any] | BaseException, seconds: float) -> None:
+        nonlocal finished
+        if isinstance(outcome, BaseException):
+            failed.append((cell.describe(), f"{type(outcome).__name__}: {outcome}"))
+            bar.write(f"FAILED {cell.describe()}: {type(outcome).__name__}: {outcome}")
+        else:
+            append_result(results_path, outcome)
+            finished += 1
+            line = (
+                f"{cell.describe()}: mse {outcome['mse']:.4f} mae {outcome['mae']:.4f} "
+                f"(naive {outcome['naive_mse']:.4f}) in {seconds:.0f}s"
+            )
+            bar.write(line) if progress else say(line)
+        bar.update(1)
+
+    try:
+        for cell, outcome, seconds in _execute(grid, todo, data_dir, jobs):
+            record(cell, outcome, seconds)
+    finally:
+        bar.close()
+    return BenchmarkSummary(results_path, len(todo) + skipped, skipped, finished, failed)
+
+
+def _execute(
+    grid: Grid, cells: list[Cell], data_dir: str | None, jobs: int
+) -> Iterator[tuple[Cell, dict[str, Any] | BaseException, float]]:
+    runs_dir = str(grid.runs_path)
+    if jobs == 1:
+        for cell in cells:
+            start = time.perf_counter()
+            try:
+                outcome: dict[str, Any] | BaseException = run_cell(cell, grid.set, runs_dir, data_dir)
+            except Exception as exc:  # reported; the grid goes on and the cell runs again next time
+                outcome = exc
+            yield cell, outcome, time.perf_counter() - start
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        started = {}
+        for cell in cells:
+            future = pool.submit(run_cell, cell, grid.set, runs_dir, data_dir, threads)
+            started[future] = (cell, time.perf_counter())
+        for future in futures.as_completed(started):
+            cell, start = started[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # a worker's error is reported, the other cells go on
+                outcome = exc
+            yield cell, outcome, time.perf_counter() - start

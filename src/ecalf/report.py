@@ -1,0 +1,212 @@
+"""Result tables and plots from a benchmark results CSV (``ecalf report RESULTS.csv``).
+
+- Per horizon: mean ± std over seeds of each (setting, dataset, target, model, horizon).
+- Per dataset: for each seed the mean over the horizons present, then mean ± std over seeds; a
+  dataset mean is only shown when the model has every horizon of that dataset that any model has,
+  so a partly finished grid never averages different horizon sets.
+- Plots: per-dataset bars of MSE by model, and MSE per horizon of chosen models (CALF vs Enhanced CALF).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ecalf.artifacts import write_text
+from ecalf.benchmark import read_results
+from ecalf.errors import EcalfError
+
+GROUP = ["setting", "dataset", "target", "model"]
+
+
+def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
+    rows = read_results(path)
+    if not rows:
+        raise EcalfError(f"{path} holds no results (or does not exist); run `ecalf benchmark GRID` first")
+    df = pd.DataFrame(rows)
+    for column in ("mse", "mae", "naive_mse", "naive_mae", "wall_seconds"):
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    df["horizon"] = df["horizon"].astype(int)
+    df["seed"] = df["seed"].astype(int)
+    df["target"] = df["target"].fillna("")
+    return df
+
+
+def per_horizon(df: pd.DataFrame) -> pd.DataFrame:
+    """mean, std and seed count of MSE/MAE per (setting, dataset, target, model, horizon)."""
+    grouped = df.groupby([*GROUP, "horizon"], sort=False)
+    out = grouped.agg(
+        mse=("mse", "mean"),
+        mse_std=("mse", "std"),
+        mae=("mae", "mean"),
+        mae_std=("mae", "std"),
+        seeds=("seed", "nunique"),
+    )
+    return out.reset_index()
+
+
+def per_dataset(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean over horizons per seed, then mean ± std over seeds; incomplete horizon sets are dropped."""
+    expected = df.groupby(["setting", "dataset", "target"])["horizon"].agg(lambda h: frozenset(h))
+    per_seed = (
+        df.groupby([*GROUP, "seed"], sort=False)
+        .agg(mse=("mse", "mean"), mae=("mae", "mean"), horizons=("horizon", lambda h: frozenset(h)))
+        .reset_index()
+    )
+    keys = list(zip(per_seed["setting"], per_seed["dataset"], per_seed["target"], strict=True))
+    complete = [h == expected[k] for h, k in zip(per_seed["horizons"], keys, strict=True)]
+    per_seed = per_seed[complete]
+    out = per_seed.groupby(GROUP, sort=False).agg(
+        mse=("mse", "mean"), mse_std=("mse", "std"), mae=("mae", "mean"), mae_std=("mae", "std"),
+        seeds=("seed", "nunique"),
+    )  # fmt: skip
+    return out.reset_index()
+
+
+def _cell(mean: float, std: float, seeds: int, best: bool) -> str:
+    text = f"{mean:.3f}" + (f" ± {std:.3f}" if seeds > 1 and np.isfinite(std) else "")
+    return f"**{text}**" if best else text
+
+
+def _data_label(dataset: str, target: str) -> str:
+    return f"{dataset}→{target}" if target else dataset
+
+
+def markdown_tables(df: pd.DataFrame) -> str:
+    """The report: per setting, a dataset-mean table and a per-horizon table (best MSE in bold)."""
+    horizon = per_horizon(df)
+    dataset = per_dataset(df)
+    models = list(dict.fromkeys(df["model"]))
+    lines: list[str] = []
+    for setting in dict.fromkeys(df["setting"]):
+        lines.append(f"## {setting}\n")
+        sub = dataset[dataset["setting"] == setting]
+        columns = list(dict.fromkeys(zip(sub["dataset"], sub["target"], strict=True)))
+        if columns:
+            lines.append("Mean over horizons (MSE / MAE; ± std over seeds; seeds in brackets).\n")
+            lines.append("| model | " + " | ".join(_data_label(d, t) for d, t in columns) + " |")
+            lines.append("|---" * (len(columns) + 1) + "|")
+            best = {c: sub[(sub["dataset"] == c[0]) & (sub["target"] == c[1])]["mse"].min() for c in columns}
+            for model in models:
+                cells = []
+                for c in columns:
+                    r = sub[(sub["model"] == model) & (sub["dataset"] == c[0]) & (sub["target"] == c[1])]
+                    if r.empty:
+                        cells.append("—")
+                        continue
+                    row = r.iloc[0]
+                    mse = _cell(row.mse, row.mse_std, row.seeds, row.mse == best[c])
+                    cells.append(f"{mse} / {_cell(row.mae, row.mae_std, row.seeds, False)} ({row.seeds})")
+                lines.append(f"| {model} | " + " | ".join(cells) + " |")
+            lines.append("")
+        sub_h = horizon[horizon["setting"] == setting]
+        lines.append("Per horizon (MSE / MAE; ± std over seeds).\n")
+        keys = list(dict.fromkeys(zip(sub_h["dataset"], sub_h["target"], sub_h["horizon"], strict=True)))
+        lines.append("| dataset | H | " + " | ".join(models) + " |")
+        lines.append("|---|---" + "|---" * len(models) + "|")
+        for d, t, h in keys:
+            rows = sub_h[(sub_h["dataset"] == d) & (sub_h["target"] == t) & (sub_h["horizon"] == h)]
+            best_mse = rows["mse"].min()
+            cells = []
+            for model in models:
+                r = rows[rows["model"] == model]
+                if r.empty:
+                    cells.append("—")
+                    continue
+                row = r.iloc[0]
+                cells.append(
+                    f"{_cell(row.mse, row.mse_std, row.seeds, row.mse == best_mse)} / "
+                    f"{_cell(row.mae, row.mae_std, row.seeds, False)}"
+                )
+            lines.append(f"| {_data_label(d, t)} | {h} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_mse_by_model(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """One panel per (setting, dataset): bars of the horizon-mean MSE by model, std over seeds."""
+    from ecalf.plots import grid_shape, new_figure, save_figure
+
+    horizon = per_horizon(df)
+    # bars use every horizon present for the model (mean of per-horizon means)
+    means = horizon.groupby(GROUP, sort=False).agg(mse=("mse", "mean"), std=("mse_std", "mean")).reset_index()
+    panels = list(dict.fromkeys(zip(means["setting"], means["dataset"], means["target"], strict=True)))
+    rows, cols = grid_shape(len(panels))
+    fig, axes = new_figure(rows, cols, panel_size=(5.0, 3.2))
+    models = list(dict.fromkeys(df["model"]))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
+    for ax, (setting, dataset, target) in zip(axes.flat, panels, strict=False):
+        sub = means[
+            (means["setting"] == setting) & (means["dataset"] == dataset) & (means["target"] == target)
+        ]
+        x = np.arange(len(sub))
+        ax.bar(
+            x, sub["mse"], yerr=sub["std"].fillna(0.0), color=[colours[m] for m in sub["model"]], capsize=3
+        )
+        ax.set_xticks(x, list(sub["model"]), rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{_data_label(dataset, target)} ({setting})", fontsize=10)
+        ax.set_ylabel("test MSE (mean over horizons)", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def plot_models_per_horizon(
+    df: pd.DataFrame, path: str | os.PathLike[str], models: Sequence[str] = ("calf", "ecalf")
+) -> Path | None:
+    """MSE against horizon for ``models`` (mean ± std over seeds), one panel per (setting, dataset)."""
+    from ecalf.plots import grid_shape, new_figure, save_figure
+
+    horizon = per_horizon(df)
+    horizon = horizon[horizon["model"].isin(models)]
+    if horizon.empty:
+        return None
+    panels = list(dict.fromkeys(zip(horizon["setting"], horizon["dataset"], horizon["target"], strict=True)))
+    rows, cols = grid_shape(len(panels))
+    fig, axes = new_figure(rows, cols, panel_size=(4.6, 3.0))
+    for ax, (setting, dataset, target) in zip(axes.flat, panels, strict=False):
+        sub = horizon[
+            (horizon["setting"] == setting) & (horizon["dataset"] == dataset) & (horizon["target"] == target)
+        ]
+        for i, model in enumerate(models):
+            m = sub[sub["model"] == model].sort_values("horizon")
+            if m.empty:
+                continue
+            ax.errorbar(
+                m["horizon"], m["mse"], yerr=m["mse_std"].fillna(0.0), marker="o", capsize=3,
+                label=model, color=f"C{i}",
+            )  # fmt: skip
+        ax.set_title(f"{_data_label(dataset, target)} ({setting})", fontsize=10)
+        ax.set_xlabel("horizon", fontsize=8)
+        ax.set_ylabel("test MSE", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def write_report(
+    results: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str] | None = None,
+    compare: Sequence[str] = ("calf", "ecalf"),
+) -> list[Path]:
+    """``<stem>.md``, ``<stem>_mse_by_model.png`` and ``<stem>_per_horizon.png`` beside the CSV
+    (or in ``output_dir``). Returns the files written."""
+    source = Path(results)
+    df = load_results(source)
+    out = Path(output_dir) if output_dir is not None else source.parent
+    stem = source.stem
+    title = f"# Results: {stem}\n\nFrom `{source.as_posix()}` ({len(df)} runs). Regenerate with "
+    title += f"`ecalf report {source.as_posix()}`.\n\n"
+    written = [write_text(out / f"{stem}.md", title + markdown_tables(df))]
+    written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png"))
+    per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare)
+    if per_h is not None:
+        written.append(per_h)
+    return written

@@ -1,0 +1,216 @@
+"""The benchmark grid: cells, resumable runs, atomic result rows, parallel jobs, the report."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+import ecalf.benchmark as benchmark
+from ecalf.benchmark import (
+    KEY_COLUMNS,
+    RESULT_COLUMNS,
+    Grid,
+    GridModel,
+    GridSetting,
+    grid_cells,
+    load_grid,
+    read_results,
+    run_benchmark,
+)
+from ecalf.cli import main
+from ecalf.errors import ConfigError
+from ecalf.report import per_dataset, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "benchmarks" / "smoke.yaml"
+
+
+@pytest.fixture()
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grid files name configs relative to the repository root."""
+    monkeypatch.chdir(ROOT)
+
+
+def _small_grid(tmp_path: Path, **changes) -> Grid:
+    fields = dict(
+        name="small",
+        models=[
+            GridModel("naive", "configs/baselines/naive.yaml"),
+            GridModel("dlinear", "configs/baselines/dlinear.yaml"),
+        ],
+        datasets=["ETTh1"],
+        settings=[GridSetting("few_shot", 5)],
+        horizons=[24],
+        seeds=[1, 2],
+        set=["training.progress=false", "training.epochs=1", "training.eval_batch_size=1024"],
+        results=str(tmp_path / "small.csv"),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    fields.update(changes)
+    return Grid(**fields)  # type: ignore[arg-type]
+
+
+def test_every_grid_file_loads_and_its_configs_exist(in_repo):
+    for path in sorted((ROOT / "benchmarks").glob("*.yaml")):
+        grid = load_grid(path)
+        benchmark.check_grid(grid)
+        cells = grid_cells(grid)
+        assert len({c.key for c in cells}) == len(cells), path
+
+
+def test_cells_cover_the_product_with_zero_shot_targets(in_repo):
+    grid = load_grid(SMOKE)
+    cells = grid_cells(grid)
+    # 2 settings (zero-shot with one target) x 1 dataset x 2 horizons x 2 seeds x 4 models
+    assert len(cells) == 2 * 2 * 2 * 4
+    zero = [c for c in cells if c.setting == "zero_shot"]
+    assert {c.target for c in zero} == {"ETTh2"}
+    assert all(c.target == "" for c in cells if c.setting == "few_shot")
+    overrides = zero[0].overrides(grid.set, "/data")
+    assert "data.zero_shot_target=ETTh2" in overrides and "data.data_dir=/data" in overrides
+    assert overrides[: len(grid.set)] == grid.set  # grid overrides first, then the cell's own
+
+
+def test_the_smoke_grid_runs_resumes_and_reports(in_repo, synthetic_csv_dir, tmp_path):
+    grid = load_grid(SMOKE)
+    results = tmp_path / "smoke.csv"
+    first = run_benchmark(
+        grid, results=results, data_dir=str(synthetic_csv_dir), limit=5, progress=False, echo=None
+    )
+    assert (first.finished, first.skipped, first.failed) == (5, 0, [])
+    assert len(read_results(results)) == 5
+    second = run_benchmark(grid, results=results, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert second.skipped == 5 and second.finished == second.total - 5 and not second.failed
+    rows = read_results(results)
+    assert len(rows) == len(grid_cells(grid))
+    assert len({tuple(r[c] for c in KEY_COLUMNS) for r in rows}) == len(rows)
+    with open(results, newline="") as handle:
+        assert tuple(next(csv.reader(handle))) == RESULT_COLUMNS
+    for row in rows:  # provenance (protocol.md) on every row
+        assert float(row["mse"]) > 0 and float(row["mae"]) > 0
+        assert row["torch"] and row["config_file"] and row["overrides"] and row["finished_at"]
+        assert Path(row["run_dir"], "metrics.json").is_file()
+    third = run_benchmark(grid, results=results, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert third.finished == 0 and third.skipped == third.total
+
+    written = write_report(results, tmp_path / "report")
+    names = {p.name for p in written}
+    assert names == {"smoke.md", "smoke_mse_by_model.png", "smoke_per_horizon.png"}
+    text = (tmp_path / "report" / "smoke.md").read_text()
+    for model in ("naive", "dlinear", "calf", "ecalf"):
+        assert f"| {model} |" in text
+    assert "ETTh1→ETTh2" in text
+    for png in (p for p in written if p.suffix == ".png"):
+        image = mpimg.imread(png)[..., :3]
+        assert (image < 0.9).any(axis=-1).mean() > 0.02  # not a blank canvas
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20
+
+
+def test_a_failing_cell_loses_only_itself_and_runs_again_next_time(
+    synthetic_csv_dir, tmp_path, in_repo, monkeypatch
+):
+    grid = _small_grid(tmp_path)
+    real = benchmark.run_cell
+    calls = {"n": 0}
+
+    def flaky(cell, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return real(cell, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "run_cell", flaky)
+    summary = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert summary.finished == 3 and len(summary.failed) == 1 and "killed" in summary.failed[0][1]
+    assert len(read_results(grid.results_path)) == 3
+    monkeypatch.setattr(benchmark, "run_cell", real)
+    again = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert (again.finished, again.skipped) == (1, 3)
+
+
+def test_a_result_row_is_never_half_written(tmp_path, monkeypatch):
+    path = tmp_path / "r.csv"
+    row = {c: "1" for c in RESULT_COLUMNS}
+    benchmark.append_result(path, row)
+    before = path.read_bytes()
+
+    def broken_write(text_path, text):
+        raise KeyboardInterrupt  # a kill while the new file is being written
+
+    monkeypatch.setattr(benchmark, "write_text", broken_write)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.append_result(path, {**row, "seed": "2"})
+    assert path.read_bytes() == before
+
+
+def test_parallel_jobs_give_the_same_rows_as_one_process(synthetic_csv_dir, tmp_path, in_repo):
+    one = _small_grid(tmp_path, results=str(tmp_path / "one.csv"), runs_dir=str(tmp_path / "r1"))
+    two = _small_grid(tmp_path, results=str(tmp_path / "two.csv"), runs_dir=str(tmp_path / "r2"))
+    run_benchmark(one, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    summary = run_benchmark(two, data_dir=str(synthetic_csv_dir), jobs=2, progress=False, echo=None)
+    assert summary.finished == 4 and not summary.failed
+
+    def metrics(path):
+        return {tuple(r[c] for c in KEY_COLUMNS): (r["mse"], r["mae"]) for r in read_results(path)}
+
+    assert metrics(tmp_path / "one.csv") == metrics(tmp_path / "two.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: g\nmodels: [{label: a, config: x.yaml}]\ndatasets: [ETTh1]\nhorizon: [96]\n", "horizon"),
+        ("name: g\nmodels: []\ndatasets: [ETTh1]\n", "models list is empty"),
+        ("name: g\nmodels: [{label: a, config: x}, {label: a, config: y}]\ndatasets: [E]", "unique"),
+        ("name: g\nmodels: [{label: a, config: x}]\ndatasets: [E]\nsettings: [{name: zero_shot}]", "targets"),
+        ("name: g\nmodels: [{label: a, config: x.yaml}]\ndatasets: [E]\nseeds: [one]\n", "seeds[0]"),
+    ],
+)  # fmt: skip
+def test_bad_grid_files_are_config_errors(tmp_path, text, message):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_grid(path)
+
+
+def test_a_missing_config_file_fails_before_any_cell_runs(tmp_path, in_repo):
+    grid = _small_grid(tmp_path, models=[GridModel("x", "configs/calf/{dataset}-missing.yaml")])
+    with pytest.raises(ConfigError, match=r"ETTh1-missing\.yaml does not exist"):
+        run_benchmark(grid, progress=False, echo=None)
+    assert not grid.results_path.exists()
+
+
+def test_dataset_means_skip_models_with_missing_horizons():
+    rows = []
+    for model, horizons in (("a", (96, 192)), ("b", (96,))):
+        for seed in (1, 2):
+            for h in horizons:
+                rows.append(dict(setting="few_shot", dataset="ETTh1", target="", model=model, seed=seed,
+                                 horizon=h, mse=h / 100 + seed, mae=1.0))  # fmt: skip
+    table = per_dataset(pd.DataFrame(rows))
+    assert list(table["model"]) == ["a"]  # b lacks H 192: no dataset mean for it
+    assert table.iloc[0]["mse"] == pytest.approx(((0.96 + 1.92) / 2 + 1 + (0.96 + 1.92) / 2 + 2) / 2)
+    assert table.iloc[0]["seeds"] == 2
+
+
+def test_cli_benchmark_and_report(synthetic_csv_dir, tmp_path, in_repo, capsys):
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(
+        "name: g\nmodels: [{label: naive, config: configs/baselines/naive.yaml}]\ndatasets: [ETTh2]\n"
+        f"horizons: [24]\nsettings: [{{name: few_shot}}]\nruns_dir: {tmp_path / 'runs'}\n"
+        "set: [training.progress=false]\n"
+    )
+    results = tmp_path / "out" / "g.csv"
+    argv = ["benchmark", str(grid_file), "--results", str(results), "--data-dir", str(synthetic_csv_dir)]
+    assert main([*argv, "--quiet"]) == 0
+    assert "1 cells finished" in capsys.readouterr().out
+    assert main([*argv, "--quiet"]) == 0
+    assert "0 cells finished, 1 already done" in capsys.readouterr().out
+    assert main(["report", str(results)]) == 0
+    assert (tmp_path / "out" / "g.md").is_file()
+    assert main(["report", str(tmp_path / "none.csv")]) == 2
