@@ -214,3 +214,14 @@ def test_cli_benchmark_and_report(synthetic_csv_dir, tmp_path, in_repo, capsys):
     assert main(["report", str(results)]) == 0
     assert (tmp_path / "out" / "g.md").is_file()
     assert main(["report", str(tmp_path / "none.csv")]) == 2
+
+
+def test_select_narrows_the_grid_and_keeps_cell_keys(in_repo):
+    grid = load_grid(SMOKE)
+    part = benchmark.select(grid, models=["calf"], horizons=[48], seeds=[2])
+    cells = grid_cells(part)
+    assert {c.model for c in cells} == {"calf"} and {c.horizon for c in cells} == {48}
+    assert {c.key for c in cells} <= {c.key for c in grid_cells(grid)}
+    assert len(cells) == 2  # two settings
+    with pytest.raises(ConfigError, match="not in grid"):
+        benchmark.select(grid, datasets=["Traffic"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import csv
+import dataclasses
 import io
 import multiprocessing
 import os
@@ -163,6 +164,35 @@ def load_grid(path: str | os.PathLike[str]) -> Grid:
         return from_dict(Grid, raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def select(
+    grid: Grid,
+    *,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    horizons: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> Grid:
+    """The part of ``grid`` with only the given models / datasets / horizons / seeds (same cell keys,
+    so its rows fill the same results file as the whole grid's)."""
+
+    def keep(name: str, chosen: Sequence[Any] | None, present: list[Any]) -> list[Any]:
+        if chosen is None:
+            return present
+        unknown = [c for c in chosen if c not in present]
+        if unknown:
+            raise ConfigError(f"{name} {unknown} not in grid {grid.name!r} (it has {present})")
+        return [p for p in present if p in chosen]
+
+    labels = keep("models", models, [m.label for m in grid.models])
+    return dataclasses.replace(
+        grid,
+        models=[m for m in grid.models if m.label in labels],
+        datasets=keep("datasets", datasets, grid.datasets),
+        horizons=keep("horizons", horizons, grid.horizons),
+        seeds=keep("seeds", seeds, grid.seeds),
+    )
 
 
 # --------------------------------------------------------------------------------------------------

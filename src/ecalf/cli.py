@@ -62,9 +62,15 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from ecalf.benchmark import load_grid, run_benchmark
+    from ecalf.benchmark import load_grid, run_benchmark, select
 
-    grid = load_grid(args.grid)
+    grid = select(
+        load_grid(args.grid),
+        models=args.models,
+        datasets=args.datasets,
+        horizons=args.horizons,
+        seeds=args.seeds,
+    )
     summary = run_benchmark(
         grid,
         results=args.results,
@@ -177,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory of the benchmark CSVs (else $ECALF_DATA_DIR, ./datasets)")
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default 1)")
     p.add_argument("--limit", type=int, default=None, help="run at most this many pending cells")
+    p.add_argument("--models", nargs="+", metavar="LABEL", help="only these models of the grid")
+    p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets of the grid")
+    p.add_argument("--horizons", nargs="+", type=int, metavar="H", help="only these horizons")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_benchmark)
 
