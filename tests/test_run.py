@@ -1,6 +1,7 @@
 """End to end: train -> run directory -> evaluate, on synthetic data and tiny models."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,20 @@ def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
 def test_evaluate_rejects_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_quickstart_is_idempotent_and_resumes(tmp_path, synthetic_csv, capsys, monkeypatch):
+    config = tmp_path / "quick.yaml"
+    text = Path(TINY_CALF).read_text().replace("dataset: ETTh1", f"dataset: {synthetic_csv}")
+    config.write_text(text.replace("few_shot_percent: 10", "few_shot_percent: 100"))
+    out = tmp_path / "quick"
+    assert main(["quickstart", "--config", str(config), "--output-dir", str(out), "--quiet"]) == 0
+    first = capsys.readouterr().out
+    assert "test mse" in first and "naive mse" in first
+    mtime = (out / "metrics.json").stat().st_mtime_ns
+    assert main(["quickstart", "--config", str(config), "--output-dir", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == first.splitlines()[-1]  # reported, not retrained
+    assert (out / "metrics.json").stat().st_mtime_ns == mtime
+    monkeypatch.chdir(tmp_path)
+    assert main(["quickstart", "--output-dir", str(out)]) == 2  # no configs/quickstart.yaml here
+    assert "repository root" in capsys.readouterr().err
