@@ -1,0 +1,260 @@
+"""Speed benchmark: training and inference throughput, latency and peak memory of one model config.
+
+    python benchmarks/speed.py --config configs/calf/ETTh1.yaml --random --output results/speed/calf_gpt2.json
+    python benchmarks/speed.py --config configs/calf/ETTh1.yaml --set model.backbone.preset=smollm2-135m
+
+Each measurement runs in its own child process, so its peak resident memory (ru_maxrss) is its own:
+
+- ``matmul``   the machine's dense fp32 matmul rate (GFLOP/s, median of repeats, same thread count);
+- ``train``    training windows/s at ``--batch-size`` (Adam steps on random windows of the config's
+               shape, after warm-up, median of ``--repeats``);
+- ``predict``  inference windows/s at batch 256 (eval mode, inference_mode, median of repeats);
+- ``latency``  single-window latency (median of ``--latency-repeats``).
+
+Results are also given as ratios to the measured matmul rate, so runs on noisy machines compare, and
+against the official CALF figures of issue #7 (measured with the same shapes on a 2-core CPU whose
+matmul rate was about 300 GFLOP/s). Input values do not change the cost, so no dataset is read; the
+shapes come from the config (``--channels`` overrides C). Uses CUDA when available (``--device``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+OFFICIAL = {
+    "description": "official CALF (50e7270), random GPT-2, 6 layers, ETTh1, L = H = 96, 2-thread CPU, fp32",
+    "matmul_gflops": 300.0,
+    "train_windows_per_second": 25.7,
+    "train_peak_rss_mb": 7.3 * 1024,
+    "predict_windows_per_second": 82.8,
+    "predict_peak_rss_mb": 3.6 * 1024,
+    "latency_ms": 42.1,
+}
+PHASES = ("matmul", "train", "predict", "latency")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def synchronize(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul(repeats: int) -> dict[str, float]:
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return {"matmul_gflops": 2 * n**3 / statistics.median(times) / 1e9}
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model of ``args.config`` at the requested shape, and the device."""
+    import dataclasses
+
+    import torch
+
+    from ecalf.config import load_run_config
+    from ecalf.data import get_spec
+    from ecalf.run import build_model
+    from ecalf.training import resolve_device
+
+    overrides = list(args.set or [])
+    if args.random:
+        overrides.append("model.backbone.pretrained=false")
+    config = load_run_config(args.config, overrides)
+    spec = get_spec(config.data.dataset)
+    channels = args.channels or spec.num_channels
+    model_config = dataclasses.replace(
+        config.model,
+        context_length=config.data.context_length,
+        prediction_length=config.data.prediction_length,
+        num_channels=channels,
+    )
+    config = dataclasses.replace(config, model=model_config)
+    device = resolve_device(args.device)
+    model = build_model(config).to(device)
+    torch.manual_seed(0)
+    return config, model, device
+
+
+def measure_train(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+
+    from ecalf.training import build_optimizer
+
+    config, model, device = build(args)
+    m = config.model
+    optimizer = build_optimizer(model, config.training)
+    past = torch.randn(args.batch_size, m.context_length, m.num_channels, device=device)
+    future = torch.randn(args.batch_size, m.prediction_length, m.num_channels, device=device)
+    model.train()
+    times = []
+    for i in range(args.warmup + args.repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        output = model(past, future)
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        optimizer.step()
+        synchronize(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    return {"train_step_seconds": step, "train_windows_per_second": args.batch_size / step}
+
+
+def measure_predict(args: argparse.Namespace, batch: int, repeats: int, warmup: int) -> list[float]:
+    import torch
+
+    config, model, device = build(args)
+    m = config.model
+    past = torch.randn(batch, m.context_length, m.num_channels, device=device)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            synchronize(device)
+            start = time.perf_counter()
+            model(past)
+            synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.phase == "matmul":
+        result: dict[str, Any] = measure_matmul(max(args.repeats, 5))
+    elif args.phase == "train":
+        result = measure_train(args)
+    elif args.phase == "predict":
+        step = statistics.median(measure_predict(args, 256, args.repeats, args.warmup))
+        result = {"predict_windows_per_second": 256 / step}
+    else:
+        latency = statistics.median(measure_predict(args, 1, args.latency_repeats, 3))
+        result = {"latency_ms": latency * 1000}
+    key = {"matmul": "matmul_peak_rss_mb"}.get(args.phase, f"{args.phase}_peak_rss_mb")
+    result[key] = peak_rss_mb()
+    return result
+
+
+def official_shapes(args: argparse.Namespace) -> bool:
+    """Whether this run has the shapes of the official figures (GPT-2, 6 layers, ETTh1, L = H = 96)."""
+    from ecalf.config import load_run_config
+
+    config = load_run_config(args.config, list(args.set or []))
+    backbone = getattr(config.model, "backbone", None)
+    return (
+        backbone is not None
+        and backbone.preset == "gpt2"
+        and backbone.num_layers == 6
+        and config.data.dataset == "ETTh1"
+        and config.data.context_length == config.data.prediction_length == 96
+        and args.channels in (None, 7)
+        and args.batch_size == 256
+    )
+
+
+def parent(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from ecalf.run import environment
+
+    results: dict[str, Any] = {
+        "config": args.config,
+        "overrides": list(args.set or []) + (["model.backbone.pretrained=false"] if args.random else []),
+        "channels": args.channels,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "device": args.device,
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "environment": environment(),
+        "torch_cuda": torch.cuda.is_available(),
+    }
+    base = [sys.executable, __file__, "--config", args.config, "--threads", str(args.threads)]
+    base += ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+    base += ["--warmup", str(args.warmup), "--latency-repeats", str(args.latency_repeats)]
+    base += ["--device", args.device] + (["--random"] if args.random else [])
+    base += ["--channels", str(args.channels)] if args.channels else []
+    for item in args.set or []:
+        base += ["--set", item]
+    for phase in args.phases:
+        print(f"measuring {phase} ...", file=sys.stderr, flush=True)
+        done = subprocess.run([*base, "--phase", phase], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
+        results.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    if "matmul_gflops" in results and official_shapes(args):
+        rate = results["matmul_gflops"]
+        official_rate = OFFICIAL["matmul_gflops"]
+        ratios: dict[str, float] = {}
+        for key in ("train_windows_per_second", "predict_windows_per_second"):
+            if key in results:
+                ratios[key] = (results[key] / rate) / (OFFICIAL[key] / official_rate)
+        if "latency_ms" in results:  # lower is better: ours / official, machine-normalised
+            ratios["latency_ms"] = (results["latency_ms"] * rate) / (OFFICIAL["latency_ms"] * official_rate)
+        for key in ("train_peak_rss_mb", "predict_peak_rss_mb"):
+            if key in results:
+                ratios[key] = results[key] / OFFICIAL[key]
+        results["vs_official"] = ratios
+        results["official"] = OFFICIAL
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE")
+    parser.add_argument("--random", action="store_true", help="random backbone weights (no download)")
+    parser.add_argument("--channels", type=int, default=None, help="override C (default: the dataset's)")
+    parser.add_argument("--batch-size", type=int, default=256, help="training batch (default 256)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--latency-repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--output", help="write the results JSON here (atomically)")
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(child(args)))
+        return
+    results = parent(args)
+    text = json.dumps(results, indent=2)
+    if args.output:
+        from ecalf.artifacts import write_text
+
+        write_text(Path(args.output), text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
