@@ -5,9 +5,12 @@ import torch
 from torch import nn
 
 from ecalf.backbones import BackboneConfig
+from ecalf.config import run_config_from_dict
 from ecalf.models.alignment import DynamicCrossModalMatch
 from ecalf.models.base import regression_loss
 from ecalf.models.calf import CALF, CALFConfig
+from ecalf.registry import get_entry
+from ecalf.run import build_model
 
 L, H, C = 24, 8, 3
 
@@ -140,3 +143,32 @@ def test_paper_parameter_count_with_random_gpt2():
 def test_encoder_heads_must_divide_width():
     with pytest.raises(Exception, match="encoder_heads"):
         tiny_calf(encoder_heads=5)
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+def test_branches_share_one_copy_of_the_frozen_backbone(preset):
+    """Frozen pretrained matrices are held once; what a branch trains (norms, positions, LoRA) is its own."""
+    options = dict(get_entry("calf").tiny_options)
+    options["backbone"] = {**options["backbone"], "preset": preset}
+    config = run_config_from_dict(
+        {
+            "model": {
+                "name": "calf",
+                "num_channels": 3,
+                "context_length": 24,
+                "prediction_length": 8,
+                **options,
+            }
+        }
+    )
+    model = build_model(config)
+    time_params = {id(p) for p in model.time_trunk.parameters()}
+    text = dict(model.text_trunk.named_parameters(remove_duplicate=False))
+    shared = {k for k, p in text.items() if id(p) in time_params}
+    assert shared and all(not text[k].requires_grad for k in shared)
+    assert all(id(p) not in time_params for p in model.text_trunk.parameters() if p.requires_grad)
+    assert not any("norm" in k or "ln_" in k or "wpe" in k for k in shared)
+    past = torch.randn(2, 24, 3)
+    out = model(past, torch.randn(2, 8, 3))
+    out.loss.backward()  # trains as before: only trainable parameters get gradients
+    assert all(p.grad is None for k, p in text.items() if k in shared)

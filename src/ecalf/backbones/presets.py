@@ -275,6 +275,9 @@ def truncate_config(hf_config: PretrainedConfig, num_layers: int) -> PretrainedC
         truncated.layer_types = layer_types[:num_layers]
     truncated.use_cache = False
     truncated._attn_implementation = "sdpa"
+    if getattr(truncated, "activation_function", None) == "gelu_new":
+        # GPT-2's tanh GELU, written out in Python ops by HF; the same function as one fused kernel.
+        truncated.activation_function = "gelu_pytorch_tanh"
     return truncated
 
 

@@ -241,6 +241,8 @@ class CALF(ForecastModel):
             if isinstance(trunk, AttentionTrunk) or trunk is None:
                 continue
             _load_base_weights(trunk, state)
+        if isinstance(self.time_trunk, Trunk) and isinstance(self.text_trunk, Trunk):
+            _share_frozen_weights(self.time_trunk, self.text_trunk)
         self.principal_embeddings.copy_(dictionary)
 
     def parameter_groups(self, learning_rate: float) -> list[dict[str, Any]]:
@@ -381,6 +383,31 @@ def _load_base_weights(trunk: nn.Module, state: dict[str, Tensor]) -> None:
     if missing:
         raise RuntimeError(f"backbone weights lack {missing[:3]}... (adapter/trunk mismatch)")
     trunk.load_state_dict(mapped, strict=False)
+
+
+def _share_frozen_weights(time_trunk: nn.Module, text_trunk: nn.Module) -> None:
+    """Let the text trunk use the time trunk's frozen pretrained tensors instead of its own copy.
+
+    Both branches start from the same weights and neither trains these (the time branch trains LoRA
+    adapters beside them), so one copy serves both; norms and position embeddings, which a branch
+    trains, stay per branch. Called after the weights are loaded, when the two copies are equal.
+    """
+    time_params = dict(time_trunk.named_parameters())
+    for name, module in text_trunk.named_modules():
+        for attr, param in list(module.named_parameters(recurse=False)):
+            key = f"{name}.{attr}" if name else attr
+            parts = key.rsplit(".", 1)
+            shared = time_params.get(key)
+            if shared is None:
+                shared = time_params.get(f"{parts[0]}.base_layer.{parts[-1]}")
+            if (
+                shared is not None
+                and not param.requires_grad
+                and not shared.requires_grad
+                and shared.shape == param.shape
+                and torch.equal(shared, param)
+            ):
+                setattr(module, attr, shared)
 
 
 @dataclass
