@@ -43,8 +43,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ecalf.run import evaluate_run
 
-    _, metrics = evaluate_run(args.run_dir)
+    _, metrics = evaluate_run(args.run_dir, progress=not args.quiet)
     print(f"test mse {metrics.mse:.6f} mae {metrics.mae:.6f} ({metrics.windows} windows)")
+    if args.plot:
+        from ecalf.plots import plot_run_test_windows
+
+        print(f"plot: {plot_run_test_windows(args.run_dir, args.plot, num_windows=args.windows)}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from ecalf.forecast import fit_and_save
+
+    forecaster = fit_and_save(
+        args.input,
+        args.output_dir,
+        model=args.model,
+        backbone=args.backbone,
+        context_length=args.context_length,
+        prediction_length=args.prediction_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        validation_fraction=args.validation_fraction,
+        overrides=args.set or [],
+        verbose=not args.quiet,
+    )
+    summary = forecaster.summary
+    print(
+        f"saved {forecaster.model_name} forecaster to {args.output_dir} ({len(forecaster.columns)} channels "
+        f"at {forecaster.frequency!r}, best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+        f"validation mse {summary['best_val_mse']:.4f})"
+    )
+    print(f"next: ecalf forecast --model {args.output_dir} --input {args.input} --output forecast.csv")
+    return 0
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from ecalf.forecast import forecast_to_csv
+
+    forecast = forecast_to_csv(
+        args.model, args.input, args.output, plot=args.plot, history_rows=args.history_rows
+    )
+    print(f"forecast: {args.output} ({len(forecast)} rows)")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _cmd_plot_training(args: argparse.Namespace) -> int:
+    from ecalf.plots import plot_run_training
+
+    print(plot_run_training(args.directory, args.output))
     return 0
 
 
@@ -160,7 +210,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run directory's best checkpoint on its test split")
     p.add_argument("run_dir")
+    p.add_argument("--plot", metavar="PNG", help="also draw forecast vs actual on a few test windows")
+    p.add_argument("--windows", type=int, default=3, metavar="N", help="test windows in the plot (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "fit",
+        help="fit a forecaster on your own CSV and save it (then: ecalf forecast)",
+        description="Fit a model on a CSV (wide: a `date` column + one numeric column per series; long: "
+        "unique_id, ds, y), holding out the last rows for validation and early stopping, and save it to "
+        "--output-dir. See docs/forecasting.md.",
+    )
+    p.add_argument("--input", required=True, metavar="CSV", help="the series to fit on")
+    p.add_argument("--prediction-length", type=int, required=True, metavar="H", help="steps to forecast")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="where the forecaster is saved")
+    p.add_argument("--model", default="ecalf", help="a model of `ecalf list-models` (default ecalf)")
+    p.add_argument("--backbone", metavar="PRESET", help="LLM preset of calf/ecalf (default smollm2-135m)")
+    p.add_argument("--context-length", type=int, default=96, metavar="L", help="rows read (default 96)")
+    p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default training.epochs, 20)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="training batch size (default 256)")
+    p.add_argument("--learning-rate", type=float, metavar="LR", help="learning rate (default 5e-4)")
+    p.add_argument(
+        "--validation-fraction", type=float, default=0.1, metavar="F",
+        help="last fraction of rows held out for early stopping (default 0.1; 0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE",
+        help="override model.* / training.* / seed, e.g. training.patience=3",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser(
+        "forecast",
+        help="forecast the rows after a CSV with a saved forecaster; write a CSV (and a PNG)",
+        description="Load a forecaster saved by `ecalf fit`, forecast the prediction length after the last "
+        "row of --input (its last context-length rows are read) and write the forecast in the input's "
+        "format, with timestamps continuing the fitted frequency.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="directory written by `ecalf fit`")
+    p.add_argument("--input", required=True, metavar="CSV", help="the recent history, same columns")
+    p.add_argument("--output", required=True, metavar="CSV", help="where the forecast is written")
+    p.add_argument("--plot", metavar="PNG", help="also draw history + forecast, one panel per channel")
+    p.add_argument(
+        "--history-rows", type=int, metavar="N", help="history rows drawn (default 4 forecast lengths)"
+    )
+    p.set_defaults(func=_cmd_forecast)
+
+    p = sub.add_parser(
+        "plot-training",
+        help="training curves (loss parts, validation, learning rate, adapted values) as a PNG",
+    )
+    p.add_argument("directory", help="a run directory (`ecalf train`) or a saved forecaster (`ecalf fit`)")
+    p.add_argument("--output", required=True, metavar="PNG", help="the PNG to write")
+    p.set_defaults(func=_cmd_plot_training)
 
     p = sub.add_parser(
         "quickstart",

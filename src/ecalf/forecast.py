@@ -20,11 +20,14 @@ A saved forecaster is a directory (every file written atomically; ``forecaster.j
 interrupted save is recognised as incomplete):
 
 - ``config.yaml``        the resolved run config (model, training, seed, shapes)
-- ``model.safetensors``  trainable parameters and buffers (LoRA adapters, heads, PCA dictionary);
-                         frozen backbone weights are rebuilt from the config like ``ecalf.run`` does
+- ``model.safetensors``  trainable parameters and buffers (the LoRA adapter ``*.lora_A/B.*``, heads,
+                         PCA dictionary); frozen backbone weights are rebuilt from the config like
+                         ``ecalf.run`` does (pretrained presets are loaded again, random ones re-seeded)
 - ``scaler.json``        per-channel mean and std of the training rows
 - ``metrics.json``       fit summary and per-epoch history (``ecalf plot-training`` reads it)
 - ``forecaster.json``    columns, frequency, lengths, format and ecalf version
+- ``metrics.jsonl``      per-epoch tracking written while fitting (``fit_and_save`` / ``ecalf fit``;
+                         ``tensorboard/`` too with ``training.tracking: tensorboard``)
 Nothing is unpickled when loading: only safetensors, JSON and YAML are read.
 """
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -41,13 +44,13 @@ import pandas as pd
 import torch
 
 from ecalf import __version__
-from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_yaml
-from ecalf.config import RunConfig, run_config_from_dict, to_dict
+from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_text, write_yaml
+from ecalf.config import RunConfig, apply_overrides, run_config_from_dict, to_dict
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset, frame_from_dataframe, read_csv
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
 from ecalf.models.base import ForecastModel
-from ecalf.registry import model_config_class, model_name_for_config
-from ecalf.tracking import open_tracker
+from ecalf.registry import list_models, model_config_class, model_name_for_config
+from ecalf.tracking import JSONL_FILE, TENSORBOARD_DIR, open_tracker, require_tracking
 from ecalf.training import resolve_device, snapshot, train
 
 Layout = Literal["wide", "long"]
@@ -64,6 +67,8 @@ CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.safetensors"
 SCALER_FILE = "scaler.json"
 METRICS_FILE = "metrics.json"
+SAVED_FILES = (METADATA_FILE, CONFIG_FILE, MODEL_FILE, SCALER_FILE, METRICS_FILE, JSONL_FILE, TENSORBOARD_DIR)
+"""What a forecaster directory may hold: the saved files and the tracking written while fitting."""
 _FIXED_MODEL_KEYS = {
     "name": "the `model` argument",
     "context_length": "the `context_length` argument",
@@ -161,9 +166,10 @@ def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str
         raise DataError(
             f"{source}: at least 3 rows are needed to infer the sampling frequency, got {len(timestamps)}"
         )
-    frequency = pd.infer_freq(timestamps)
-    if frequency is not None:
-        return str(frequency)
+    with pd.option_context("future.infer_freq_returns_offset", True):
+        offset = pd.infer_freq(timestamps)
+    if offset is not None:
+        return str(pd.tseries.frequencies.to_offset(offset).freqstr)
     steps = np.diff(timestamps.asi8)
     values, counts = np.unique(steps, return_counts=True)
     usual = values[int(np.argmax(counts))]
@@ -252,7 +258,7 @@ def forecaster_config(
         raise ConfigError(f"model_options['backbone'] must be a mapping of backbone fields, got {section!r}")
     if backbone is not None:
         if not has_backbone:
-            llm_models = "calf, ecalf"
+            llm_models = ", ".join(models_with_backbone())
             raise ConfigError(
                 f"model {model!r} has no LLM backbone, so backbone={backbone!r} does nothing; drop it "
                 f"(models with a backbone: {llm_models})"
@@ -281,6 +287,39 @@ def forecaster_config(
         return run_config_from_dict(raw, source="Forecaster")
     except ConfigError as exc:
         raise ConfigError(f"{exc} (model_options fill model.*, training_options fill training.*)") from None
+
+
+def models_with_backbone() -> list[str]:
+    """Registered models whose config has an LLM ``backbone`` section."""
+    return [
+        entry.name
+        for entry in list_models()
+        if any(f.name == "backbone" for f in dataclasses.fields(entry.config_class))
+    ]
+
+
+def options_from_overrides(
+    overrides: Iterable[str],
+) -> tuple[dict[str, Any], dict[str, Any], int | None]:
+    """``model.*``, ``training.*`` and ``seed`` of ``key=value`` overrides (``--set``), for Forecaster.
+
+    Returns ``(model_options, training_options, seed)``; the values are checked when the Forecaster
+    builds its config. ``data.*`` keys are refused: the data come from the arguments.
+    """
+    raw = apply_overrides({}, overrides)
+    unknown = [key for key in raw if key not in ("model", "training", "seed")]
+    if unknown:
+        raise ConfigError(
+            f"--set {unknown[0]}...: a forecaster takes overrides of model.*, training.* and seed; the data "
+            "settings come from --input, --context-length and --prediction-length"
+        )
+    for section in ("model", "training"):
+        if section in raw and not isinstance(raw[section], dict):
+            raise ConfigError(f"--set {section}=...: {section} is a section; set {section}.<field>=value")
+    seed = raw.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    return dict(raw.get("model", {})), dict(raw.get("training", {})), seed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,6 +414,7 @@ class Forecaster:
         ``verbose=False`` silences progress bars and epoch lines. With ``tracking_dir``, the
         per-epoch values go there as ``training.tracking`` says (``metrics.jsonl`` by default).
         """
+        require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
         frame, _ = load_series(data)
         source = frame.source
         frequency = regular_frequency(frame.timestamps, source)
@@ -463,6 +503,7 @@ class Forecaster:
         check_spacing(frame.timestamps[-L:], frequency, frame.source)
         past = torch.from_numpy(scaler.transform(frame.values[-L:]))[None]  # (1, L, C)
         device = next(iter(module.parameters()), torch.empty(0)).device
+        module.eval()
         with torch.no_grad():
             prediction = module(past.to(device)).prediction.float().cpu()[0]  # (H, C)
         values = scaler.inverse_transform(prediction.numpy())  # (H, C) original units
@@ -492,7 +533,7 @@ class Forecaster:
             frame_to_wide(future),
             path,
             history_rows=history_rows,
-            title=f"{self.model_name} forecast, {self.prediction_length} steps at {self.frequency}",
+            title=f"{self.model_name}: next {self.prediction_length} steps (frequency {self.frequency!r})",
         )
 
     # -- save / load --------------------------------------------------------------------------------
@@ -500,9 +541,7 @@ class Forecaster:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the fitted forecaster to ``directory`` (created; files of an earlier save replaced)."""
         module, scaler, frequency = self._fitted()
-        path = Path(directory)
-        if path.exists() and not path.is_dir():
-            raise EcalfError(f"{path} exists and is not a directory; choose another output directory")
+        path = check_output_dir(directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / METADATA_FILE).unlink(missing_ok=True)  # an interrupted save stays recognisably incomplete
         save_tensors(path / MODEL_FILE, snapshot(module), {"format": FORMAT, "model": self.model_name})
@@ -619,6 +658,91 @@ class Forecaster:
         )
 
 
+def check_output_dir(directory: str | os.PathLike[str]) -> Path:
+    """``directory`` if a forecaster may be saved there: absent, empty, or holding an earlier save.
+
+    Anything else in it (a run directory, a source tree) is refused rather than overwritten.
+    """
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise EcalfError(f"{path} exists and is not a directory; choose another output directory")
+    if path.is_dir():
+        foreign = sorted(
+            entry.name
+            for entry in path.iterdir()
+            if entry.name not in SAVED_FILES and not _is_temporary(entry.name)
+        )
+        if foreign:
+            raise EcalfError(
+                f"{path} holds files that are not part of a saved forecaster ({', '.join(foreign[:5])}); "
+                "save into a new or empty directory, or into one an earlier save wrote"
+            )
+    return path
+
+
+def fit_and_save(
+    data: SeriesInput,
+    output_dir: str | os.PathLike[str],
+    *,
+    model: str = "ecalf",
+    backbone: str | None = None,
+    context_length: int = 96,
+    prediction_length: int = 24,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    validation_fraction: float = 0.1,
+    overrides: Iterable[str] = (),
+    verbose: bool = True,
+) -> Forecaster:
+    """``ecalf fit``: fit a Forecaster on ``data`` and save it to ``output_dir``.
+
+    The output directory is checked before training; the per-epoch tracking (``training.tracking``,
+    ``metrics.jsonl`` by default) is written into it while fitting.
+    """
+    check_output_dir(output_dir)
+    model_options, training_options, seed = options_from_overrides(overrides)
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
+        if value is not None:
+            training_options[key] = value
+    if not verbose:
+        training_options["progress"] = False
+    forecaster = Forecaster(
+        model,
+        backbone,
+        context_length,
+        prediction_length,
+        model_options=model_options,
+        training_options=training_options,
+        seed=2021 if seed is None else seed,
+    )
+    forecaster.fit(data, validation_fraction=validation_fraction, verbose=verbose, tracking_dir=output_dir)
+    forecaster.save(output_dir)
+    return forecaster
+
+
+def forecast_to_csv(
+    model_dir: str | os.PathLike[str],
+    data: SeriesInput,
+    output: str | os.PathLike[str],
+    *,
+    plot: str | os.PathLike[str] | None = None,
+    history_rows: int | None = None,
+) -> pd.DataFrame:
+    """``ecalf forecast``: load a saved forecaster, forecast after ``data``, write the CSV (and PNG).
+
+    The CSV has the layout of the input (wide: ``date`` + channels; long: ``unique_id, ds, y``).
+    """
+    forecaster = Forecaster.load(model_dir)
+    frame, layout = load_series(data)
+    forecast = forecaster.predict(frame)  # wide
+    written = forecast if layout == "wide" else wide_to_long(forecast)
+    write_text(output, written.to_csv(index=False, lineterminator="\n"))
+    if plot is not None:
+        forecaster.plot(frame, forecast, plot, history_rows=history_rows)
+    return written
+
+
 def frame_to_wide(frame: TimeSeriesFrame) -> pd.DataFrame:
     """A frame as a ``date`` + channel columns DataFrame."""
     wide = pd.DataFrame(frame.values, columns=frame.columns)
@@ -633,6 +757,11 @@ def _checkpoint_read(reader: Callable[[Path], Any], path: Path) -> Any:
         raise
     except EcalfError as exc:
         raise CheckpointError(f"{exc}; save the forecaster again") from None
+
+
+def _is_temporary(name: str) -> bool:
+    """A temporary file of an atomic write (``.NAME.XXXX.tmp``) that a kill left behind."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _silent(line: str) -> None:

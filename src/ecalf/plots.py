@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ecalf.errors import EcalfError
 
@@ -86,7 +87,7 @@ def _hide_unused(axes: np.ndarray, used: int) -> None:
 
 
 def _date_axis(ax: Axes) -> None:
-    locator = AutoDateLocator(minticks=3, maxticks=6)
+    locator = AutoDateLocator(minticks=3, maxticks=7)  # 6 finds no interval for e.g. 60 hours
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
@@ -240,9 +241,9 @@ def plot_training_curves(
         )
     epochs = [int(r["epoch"]) for r in history]
     values_names = sorted({k for r in history for k in r.get("values", {})})
-    panels = 4 if values_names else 3
-    fig, axes = new_figure(1, panels, panel_size=(4.4, 3.2))
-    ax = axes[0, 0]
+    grid = (2, 2) if values_names else (1, 3)
+    fig, axes = new_figure(*grid, panel_size=(4.8, 3.2))
+    ax = axes.flat[0]
     ax.plot(epochs, [r["train_loss"] for r in history], marker="o", markersize=3, linewidth=2, label="loss")
     for name in sorted({k for r in history for k in r.get("loss_parts", {})}):
         ax.plot(epochs, [r.get("loss_parts", {}).get(name, np.nan) for r in history], linewidth=1, label=name)
@@ -250,7 +251,7 @@ def plot_training_curves(
     ax.set_title("training loss and its parts", fontsize=10)
     ax.legend(fontsize=7)
 
-    ax = axes[0, 1]
+    ax = axes.flat[1]
     ax.plot(epochs, [r["val_mse"] for r in history], marker="o", markersize=3, label="val mse")
     ax.plot(epochs, [r["val_mae"] for r in history], marker="s", markersize=3, label="val mae")
     best = int(np.nanargmin([r["val_mse"] for r in history]))
@@ -258,19 +259,20 @@ def plot_training_curves(
     ax.set_title("validation", fontsize=10)
     ax.legend(fontsize=7)
 
-    ax = axes[0, 2]
+    ax = axes.flat[2]
     ax.plot(epochs, [r["learning_rate"] for r in history], marker="o", markersize=3, color="0.3")
     _log_if_positive(ax, [r["learning_rate"] for r in history])
     ax.set_title("learning rate", fontsize=10)
 
     if values_names:
-        ax = axes[0, 3]
+        ax = axes.flat[3]
         for name in values_names:
             ax.plot(epochs, [r.get("values", {}).get(name, np.nan) for r in history], label=name)
         ax.set_title("adapted values", fontsize=10)
         ax.legend(fontsize=7)
     for ax in axes.flat:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(title or "training curves")
     return save_figure(fig, path)
@@ -317,11 +319,10 @@ def plot_run_training(run_dir: str | os.PathLike[str], path: str | os.PathLike[s
     if (directory / "metrics.json").is_file():
         metrics = read_json(directory / "metrics.json")
         history = metrics.get("history", []) if isinstance(metrics, dict) else []
-        name = (
-            f"{metrics.get('model', '')} {metrics.get('dataset', '')}".strip()
-            if isinstance(metrics, dict)
-            else ""
-        )
+        name = ""
+        if isinstance(metrics, dict):  # a run names its dataset, a saved forecaster its source
+            data = metrics.get("dataset") or Path(str(metrics.get("source", ""))).name
+            name = f"{metrics.get('model', '')} {data}".strip()
     elif (directory / JSONL_FILE).is_file():
         history, name = history_from_jsonl(read_jsonl(directory / JSONL_FILE)), "(in progress)"
     else:

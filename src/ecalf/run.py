@@ -7,6 +7,9 @@ A run directory holds:
 - ``train.log``        the per-epoch log
 - ``model.safetensors`` the best weights that training changed (trainable parameters and buffers);
                        frozen backbone weights are rebuilt from the config by the same seeded procedure.
+- ``metrics.jsonl``    per-epoch loss parts, validation metrics and adapted values, written as each epoch
+                       ends (``training.tracking``: ``jsonl``, the default, or ``tensorboard``, which
+                       adds event files under ``tensorboard/``; see ecalf.tracking)
 """
 
 from __future__ import annotations
@@ -30,14 +33,20 @@ from ecalf import __version__
 from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json, write_yaml
 from ecalf.config import RunConfig, load_run_config, to_dict
 from ecalf.data import ForecastSplits, prepare_splits
-from ecalf.errors import CheckpointError, EcalfError
+from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
 from ecalf.evaluation import Metrics, evaluate
 from ecalf.models.base import ForecastModel, count_parameters
 from ecalf.models.naive import NaiveConfig, NaiveForecast
 from ecalf.registry import create_model, model_name_for_config
+from ecalf.tracking import open_tracker, require_tracking
 from ecalf.training import EpochLog, TrainingCheckpoint, resolve_device, snapshot, train
 
 CHECKPOINT = "model.safetensors"
+FINAL_TRACKED = (
+    "test", "naive_test", "best_epoch", "best_val_mse", "epochs_run", "steps", "train_seconds",
+    "wall_seconds", "train_windows_per_second", "peak_memory_mb",
+)  # fmt: skip
+"""Entries of ``metrics.json`` also sent to the tracker at the end of a run (``final/...`` tags)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -63,9 +72,24 @@ def build_model(config: RunConfig, *, pretrained: bool = True) -> ForecastModel:
     model = create_model(config.model)
     if not isinstance(model, ForecastModel):
         raise TypeError(f"{type(model).__name__} does not follow the ForecastModel contract")
+    check_backbone_positions(model)
     if pretrained:
         model.load_pretrained()
     return model
+
+
+def check_backbone_positions(model: ForecastModel) -> None:
+    """Refuse more channels than a learned-position backbone has positions (CALF: one token per channel)."""
+    limit = getattr(getattr(model, "time_trunk", None), "max_positions", None)
+    channels = model.config.num_channels
+    if isinstance(limit, int) and channels > limit:
+        backbone = getattr(model.config, "backbone", None)
+        preset = getattr(backbone, "preset", "the backbone")
+        raise ConfigError(
+            f"the data has {channels} channels but backbone {preset!r} has only {limit} learned positions, "
+            "and each channel is one token; use a backbone with more positions (gpt2: 1024) or rotary "
+            "positions (smollm2-135m, tiny-llama), or fewer channels"
+        )
 
 
 @dataclass
@@ -112,7 +136,14 @@ def run_experiment(
             f"{run_dir} already holds a run; continue it with `ecalf train --resume {run_dir}` "
             "or choose another --output-dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    require_tracking(config.training.tracking)  # a missing tracking package stops the run here
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EcalfError(
+            f"cannot create the run directory {run_dir}: {exc.strerror or exc}. "
+            "Choose a writable --output-dir"
+        ) from exc
     for stale in run_dir.glob(".*.tmp"):  # temporary files of writes a kill interrupted
         stale.unlink(missing_ok=True)
     write_yaml(run_dir / "config.yaml", to_dict(config))
@@ -124,6 +155,7 @@ def run_experiment(
         if echo is not None:
             echo(line)
 
+    tracker = open_tracker(config.training.tracking, run_dir, append=resume)
     try:
         device = resolve_device(config.training.device)
         counts = splits.window_counts()
@@ -149,6 +181,7 @@ def run_experiment(
             log=log,
             on_improvement=save_best,
             checkpoint=checkpoint,
+            on_epoch_end=tracker.log_epoch,
         )
         if result.stopped == "untrainable":
             save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": "0"})
@@ -177,9 +210,11 @@ def run_experiment(
             "history": [dataclasses.asdict(r) for r in result.history],
             "environment": environment(),
         }
+        tracker.log_final({k: metrics[k] for k in FINAL_TRACKED})
         write_json(run_dir / "metrics.json", metrics)
         checkpoint.remove()
     finally:
+        tracker.close()
         log_file.close()
     return RunResult(run_dir, metrics)
 
@@ -245,13 +280,22 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]
     return config, model
 
 
-def evaluate_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, Metrics]:
-    """Evaluate a finished run's best checkpoint on its test split again."""
+def evaluate_run(run_dir: str | os.PathLike[str], *, progress: bool = False) -> tuple[RunConfig, Metrics]:
+    """Evaluate a finished run's best checkpoint on its test split again (``progress``: a tqdm bar)."""
     config, model = load_run(run_dir)
     splits = prepare_splits(config.data)
+    if splits.test.num_channels != config.model.num_channels:
+        raise DataError(
+            f"{config.data.dataset}: the run in {run_dir} was trained on {config.model.num_channels} "
+            f"channels but the data now has {splits.test.num_channels} ({', '.join(splits.columns[:8])}); "
+            "evaluate on the data the run was trained on, or train a new run on this data"
+        )
     device = resolve_device(config.training.device)
     model.to(device)
-    return config, evaluate(model, splits.test, batch_size=config.training.eval_batch_size, device=device)
+    metrics = evaluate(
+        model, splits.test, batch_size=config.training.eval_batch_size, device=device, progress=progress
+    )
+    return config, metrics
 
 
 def naive_metrics(splits: ForecastSplits, batch_size: int) -> Metrics:

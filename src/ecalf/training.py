@@ -252,10 +252,14 @@ def train(
             loss_value = float(output.loss.detach())
             if not math.isfinite(loss_value):
                 model.load_state_dict(best_state, strict=False)
+                kept = (
+                    f"the best weights (epoch {state.best_epoch}) were kept"
+                    if state.best_epoch
+                    else "no epoch had finished, so no trained weights were kept"
+                )
                 raise TrainingDiverged(
                     f"the training loss became {loss_value} at epoch {epoch}, step {state.steps + 1}; "
-                    f"the best weights (epoch {state.best_epoch}) were kept. Lower training.learning_rate "
-                    "or set training.grad_clip_norm."
+                    f"{kept}. Lower training.learning_rate or set training.grad_clip_norm."
                 )
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()

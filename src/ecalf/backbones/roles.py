@@ -105,6 +105,7 @@ def apply_role(trunk: Trunk, role: Role, config: BackboneConfig) -> Trunk:
     )
     trunk.requires_grad_(False)
     inject_adapter_in_model(lora, trunk)
+    trunk.train(trunk.training)  # the injected modules (LoRA dropout) start in training mode
     for p in lora_parameters(trunk) + norm_parameters(trunk) + trunk.position_parameters():
         p.requires_grad_(True)
     return trunk

@@ -1,0 +1,305 @@
+"""The practitioner API and its CLI: fit -> save -> load -> predict, formats, frequencies, bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.image import imread
+from safetensors import safe_open
+
+from ecalf.cli import main
+from ecalf.data import make_synthetic
+from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
+from ecalf.forecast import Forecaster, load_series
+from ecalf.registry import get_entry
+
+L, H = 24, 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _series(rows: int = 120, frequency: str = "h", start: str = "2021-01-01") -> pd.DataFrame:
+    return make_synthetic(rows, 2, seed=5, frequency=frequency, start=start)  # columns x0, OT
+
+
+def _forecaster(model: str = "dlinear", epochs: int = 2, **kwargs) -> Forecaster:
+    return Forecaster(
+        model,
+        context_length=kwargs.pop("context_length", L),
+        prediction_length=kwargs.pop("prediction_length", H),
+        model_options=get_entry(model).tiny_options,
+        training_options={"epochs": epochs, "progress": False, "batch_size": 32},
+        **kwargs,
+    )
+
+
+def assert_not_blank(png: Path) -> None:
+    """A real figure: mostly white paper, but lines in several colours (tests/test_plots.py has more)."""
+    pixels = imread(png)[..., :3]  # (height, width, RGB) floats in [0, 1]
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+    non_white = (pixels < 0.95).any(axis=-1).mean()
+    assert 0.01 < non_white < 0.6
+    assert len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 20
+
+
+def _values(forecast: pd.DataFrame) -> np.ndarray:
+    return forecast.drop(columns="date").to_numpy()
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Forecaster, pd.DataFrame]:
+    data = _series()
+    return _forecaster().fit(data, verbose=False), data
+
+
+# --------------------------------------------------------------------------------------------------
+# fit -> save -> load -> predict
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["dlinear", "ecalf"])
+def test_fit_save_load_predict_gives_bit_identical_forecasts(tmp_path, model):
+    data = _series(rows=100)
+    forecaster = _forecaster(model, epochs=1).fit(data, verbose=False)
+    before = forecaster.predict(data)
+    forecaster.save(tmp_path / "model")
+    for name in ("forecaster.json", "config.yaml", "model.safetensors", "scaler.json", "metrics.json"):
+        assert (tmp_path / "model" / name).is_file(), name
+
+    loaded = Forecaster.load(tmp_path / "model")
+    after = loaded.predict(data)
+    assert after["date"].equals(before["date"])
+    assert list(after.columns) == list(before.columns) == ["date", "x0", "OT"]
+    np.testing.assert_array_equal(_values(after), _values(before))  # bit for bit
+    assert np.isfinite(_values(after)).all()
+    assert loaded.columns == forecaster.columns and loaded.frequency == "h"
+    assert loaded.history == forecaster.history and len(loaded.history) == 1
+    if model == "ecalf":
+        with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as handle:
+            names = list(handle.keys())
+        assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)  # the LoRA adapter
+        assert loaded.config.model.backbone.preset == "tiny-gpt2"
+
+
+def test_forecasts_are_in_original_units_and_follow_the_input(fitted):
+    forecaster, data = fitted
+    forecast = _values(forecaster.predict(data))  # (H, C)
+    recent = data[["x0", "OT"]].to_numpy()[-L:]
+    # standardised forecasts mapped back: within the range the series lives in, not around 0
+    assert (np.abs(forecast - recent.mean(axis=0)) < 4 * recent.std(axis=0) + 1).all()
+    shifted = data.assign(x0=data["x0"] + 1000.0)
+    assert (_values(forecaster.predict(shifted))[:, 0] > forecast[:, 0] + 500).all()
+
+
+def test_fit_holds_out_a_validation_part_and_records_history(fitted):
+    forecaster, data = fitted
+    summary = forecaster.summary
+    assert summary["rows"] == 120 and summary["train_rows"] == 120 - 12  # validation_fraction 0.1
+    assert summary["windows"] == {"train": 108 - L - H + 1, "val": 12 - H + 1}
+    assert summary["stopped"] in ("epochs", "early_stopping")
+    assert [r["epoch"] for r in forecaster.history] == [1, 2]
+    assert forecaster.scaler is not None
+    np.testing.assert_allclose(forecaster.scaler.mean, data[["x0", "OT"]].to_numpy()[:108].mean(axis=0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Timestamps and formats
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frequency", "start", "rows", "expected_frequency", "expected"),
+    [
+        ("h", "2021-01-01 00:00", 70, "h",
+         ["2021-01-03 22:00", "2021-01-03 23:00", "2021-01-04 00:00", "2021-01-04 01:00"]),
+        ("15min", "2021-01-01 00:00", 94, "15min",
+         ["2021-01-01 23:30", "2021-01-01 23:45", "2021-01-02 00:00", "2021-01-02 00:15"]),
+        ("D", "2021-02-20", 40, "D", ["2021-04-01", "2021-04-02", "2021-04-03", "2021-04-04"]),
+    ],
+)  # fmt: skip
+def test_forecast_timestamps_continue_the_inferred_frequency(
+    frequency, start, rows, expected_frequency, expected
+):
+    data = _series(rows=rows, frequency=frequency, start=start)
+    forecaster = _forecaster(epochs=1, context_length=16, prediction_length=4).fit(data, verbose=False)
+    assert forecaster.frequency == expected_frequency
+    forecast = forecaster.predict(data)
+    assert list(forecast["date"]) == [pd.Timestamp(t) for t in expected]
+
+
+def _to_long(wide: pd.DataFrame) -> pd.DataFrame:
+    parts = [
+        pd.DataFrame({"unique_id": name, "ds": wide["date"].astype(str), "y": wide[name]})
+        for name in ("x0", "OT")
+    ]
+    return pd.concat(parts).sample(frac=1.0, random_state=0)  # rows in any order
+
+
+def test_wide_and_long_formats_give_the_same_forecast(fitted, tmp_path):
+    forecaster, wide = fitted
+    long = _to_long(wide)
+    from_wide = forecaster.predict(wide)
+    from_long = forecaster.predict(long)
+    assert list(from_long.columns) == ["unique_id", "ds", "y"]  # answers in the format it was given
+    pivot = from_long.pivot(index="ds", columns="unique_id", values="y")[["x0", "OT"]]
+    np.testing.assert_array_equal(pivot.to_numpy(), _values(from_wide))
+    assert list(pivot.index) == list(from_wide["date"])
+
+    fitted_on_long = _forecaster().fit(long, verbose=False)  # same seed, same data, other format
+    assert fitted_on_long.columns == ["x0", "OT"]
+    np.testing.assert_array_equal(_values(fitted_on_long.predict(wide)), _values(from_wide))
+
+    csv = tmp_path / "long.csv"
+    long.to_csv(csv, index=False)
+    frame, layout = load_series(csv)
+    assert layout == "long" and frame.columns == ["x0", "OT"]
+    np.testing.assert_array_equal(frame.values, wide[["x0", "OT"]].to_numpy(dtype=np.float32))
+
+
+def test_channels_in_another_order_are_matched_by_name(fitted):
+    forecaster, data = fitted
+    reordered = data[["date", "OT", "x0"]]
+    np.testing.assert_array_equal(_values(forecaster.predict(reordered)), _values(forecaster.predict(data)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Clear errors
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_saved_model_refuses_data_with_other_channels(fitted, tmp_path):
+    forecaster, data = fitted
+    forecaster.save(tmp_path / "model")
+    loaded = Forecaster.load(tmp_path / "model")
+    other = data.rename(columns={"OT": "load"})
+    with pytest.raises(DataError, match=r"fitted on 2 channels \['x0', 'OT'\].*missing: \['OT'\]"):
+        loaded.predict(other)
+    with pytest.raises(DataError, match="unexpected: \\['x1'\\]"):
+        loaded.predict(data.assign(x1=1.0))
+
+
+def test_bad_model_arguments_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown model 'prophet'"):
+        Forecaster("prophet")
+    with pytest.raises(ConfigError, match=r"model 'dlinear' has no LLM backbone.*calf, ecalf"):
+        Forecaster("dlinear", backbone="smollm2-135m")
+    with pytest.raises(ConfigError, match=r"training\.epohcs"):
+        Forecaster("dlinear", training_options={"epohcs": 3})
+    with pytest.raises(ConfigError, match="cannot be set"):
+        Forecaster("dlinear", model_options={"num_channels": 3})
+
+
+def test_bad_data_gets_clear_errors(fitted):
+    forecaster, data = fitted
+    with pytest.raises(DataError, match="120 rows are too few for context_length 96"):
+        _forecaster(context_length=96, prediction_length=24).fit(data, verbose=False)
+    gappy = data.drop(index=[50, 51]).reset_index(drop=True)
+    with pytest.raises(DataError, match=r"not evenly spaced.*2021-01-03 01:00:00 -> 2021-01-03 04:00:00"):
+        _forecaster().fit(gappy, verbose=False)
+    with pytest.raises(DataError, match="must be evenly spaced"):
+        forecaster.predict(gappy.iloc[:60])  # the gap lies in the last L rows
+    with pytest.raises(DataError, match=f"reads the last {L}"):
+        forecaster.predict(data.iloc[-10:])
+    long = _to_long(data)
+    with pytest.raises(DataError, match="series 'OT' has no value at ds=2021-01-01 05:00:00"):
+        forecaster.predict(long[~((long["unique_id"] == "OT") & (long["ds"] == "2021-01-01 05:00:00"))])
+    with pytest.raises(EcalfError, match="not fitted"):
+        _forecaster().predict(data)
+
+
+def test_loading_what_is_not_a_saved_forecaster_is_a_checkpoint_error(fitted, tmp_path):
+    forecaster, _ = fitted
+    with pytest.raises(CheckpointError, match="no such directory"):
+        Forecaster.load(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no saved forecaster"):
+        Forecaster.load(tmp_path / "empty")
+
+    saved = forecaster.save(tmp_path / "model")
+    weights = saved / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        Forecaster.load(saved)
+
+
+def test_save_refuses_a_directory_holding_other_files(fitted, tmp_path):
+    forecaster, _ = fitted
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(EcalfError, match=r"not part of a saved forecaster \(notes.txt\)"):
+        forecaster.save(tmp_path)
+    forecaster.save(tmp_path / "model")
+    forecaster.save(tmp_path / "model")  # over an earlier save: fine
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: ecalf fit -> ecalf forecast
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_csv(path: Path, data: pd.DataFrame) -> Path:
+    data.assign(date=data["date"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_csv(path, index=False)
+    return path
+
+
+def test_cli_fit_then_forecast_writes_csv_with_the_right_dates_and_a_plot(tmp_path, capsys):
+    csv = _write_csv(tmp_path / "my.csv", _series(rows=150, frequency="15min", start="2022-06-30 20:00"))
+    model_dir = tmp_path / "model"
+    code = main([
+        "fit", "--input", str(csv), "--prediction-length", "4", "--output-dir", str(model_dir),
+        "--model", "dlinear", "--context-length", str(L), "--epochs", "2", "--batch-size", "16",
+        "--set", "training.patience=1", "--set", "model.moving_average=5", "--quiet",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "saved dlinear forecaster" in out and "ecalf forecast --model" in out
+    saved = Forecaster.load(model_dir)
+    assert saved.config.training.patience == 1 and saved.config.training.batch_size == 16
+    assert saved.config.model.moving_average == 5  # type: ignore[attr-defined]
+    assert (model_dir / "metrics.jsonl").is_file()  # tracking written while fitting
+
+    output, png = tmp_path / "forecast.csv", tmp_path / "forecast.png"
+    code = main([
+        "forecast", "--model", str(model_dir), "--input", str(csv), "--output", str(output),
+        "--plot", str(png), "--history-rows", "48",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    forecast = pd.read_csv(output)
+    # 150 rows every 15 minutes from 2022-06-30 20:00 end at 2022-07-02 09:15
+    assert list(forecast["date"]) == [
+        "2022-07-02 09:30:00", "2022-07-02 09:45:00", "2022-07-02 10:00:00", "2022-07-02 10:15:00"
+    ]  # fmt: skip
+    assert list(forecast.columns) == ["date", "x0", "OT"]
+    np.testing.assert_allclose(forecast[["x0", "OT"]].to_numpy(), _values(saved.predict(csv)), rtol=1e-6)
+    assert_not_blank(png)
+
+
+def test_cli_reports_bad_inputs_without_traceback(fitted, tmp_path, capsys):
+    forecaster, data = fitted
+    csv = _write_csv(tmp_path / "my.csv", data)
+    args = ["fit", "--input", str(csv), "--prediction-length", "6", "--output-dir", str(tmp_path / "m")]
+    assert main([*args, "--model", "dlinear", "--backbone", "gpt2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has no LLM backbone" in err and "Traceback" not in err
+    assert main([*args, "--model", "dlinear", "--set", "data.dataset=x", "--quiet"]) == 2
+    assert "model.*, training.* and seed" in capsys.readouterr().err
+
+    forecaster.save(tmp_path / "model")
+    other = _write_csv(tmp_path / "other.csv", data.rename(columns={"x0": "price"}))
+    output = tmp_path / "f.csv"
+    code = main(
+        ["forecast", "--model", str(tmp_path / "model"), "--input", str(other), "--output", str(output)]
+    )
+    assert code == 2
+    assert "missing: ['x0'], unexpected: ['price']" in capsys.readouterr().err
+    assert not output.exists()
