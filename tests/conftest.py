@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+
+# Tests use tiny models: one thread is fastest for them, and keeps them fast on a loaded machine
+# (set before torch is imported, so child processes of the fault-injection tests inherit it too).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from ecalf.data import DATASETS, write_synthetic_csv
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from ecalf.data import DATASETS, write_synthetic_csv  # noqa: E402
 
 
 @pytest.fixture(scope="session")

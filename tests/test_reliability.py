@@ -441,3 +441,22 @@ def test_every_row_of_the_table_names_an_existing_test():
             assert file, f"row names no test: {row}"
             source = (ROOT / file).read_text(encoding="utf-8")
             assert re.search(rf"^def {name}\(", source, re.M), f"{file}::{name} does not exist"
+
+
+def test_a_backbone_directory_with_only_a_pickled_checkpoint_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ecalf.backbones import BackboneConfig, load_pretrained_weights
+    from ecalf.errors import BackboneError
+
+    config = GPT2Config(
+        vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(BackboneError, match=r"no file named model\.safetensors"):
+        load_pretrained_weights(
+            BackboneConfig(preset=str(tmp_path), num_layers=1, num_principal_embeddings=8)
+        )

@@ -148,12 +148,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_backbone_info(args: argparse.Namespace) -> int:
     from ecalf.backbones import BackboneConfig, describe_backbone
+    from ecalf.backbones.presets import full_config
 
+    k = args.principal_embeddings
+    if k is None:  # CALF's 500, or as many as a small backbone has
+        probe = full_config(
+            BackboneConfig(args.preset, pretrained=False, num_layers=1, num_principal_embeddings=1)
+        )
+        k = min(500, int(probe.hidden_size), int(probe.vocab_size))
     config = BackboneConfig(
         preset=args.preset,
         pretrained=not args.random,
         num_layers=args.layers,
-        num_principal_embeddings=args.principal_embeddings,
+        num_principal_embeddings=k,
     )
     for key, value in describe_backbone(config).items():
         print(f"{key:34s} {value}")
@@ -343,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--layers", type=int, default=6, help="number of blocks kept (default 6)")
     p.add_argument(
-        "--principal-embeddings", type=int, default=500, metavar="K", help="PCA size (default 500)"
+        "--principal-embeddings",
+        type=int,
+        default=None,
+        metavar="K",
+        help="PCA size (default 500, or the backbone's width if smaller)",
     )
     p.add_argument("--random", action="store_true", help="random weights instead of pretrained ones")
     p.set_defaults(func=_cmd_backbone_info)

@@ -83,7 +83,7 @@ class TrainingConfig:
     progress: bool = True
     tracking: Literal["none", "jsonl", "tensorboard"] = "jsonl"
     """Per-epoch tracking in the run directory: ``metrics.jsonl``; ``tensorboard`` adds event files
-    under ``tensorboard/`` (no extra package needed to write them); ``none`` (see ecalf.tracking)."""
+    under ``tensorboard/`` (needs ``pip install 'ecalf[tracking]'``); ``none`` (see ecalf.tracking)."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "batch_size", "eval_batch_size", "cosine_t_max", "patience")

@@ -170,14 +170,13 @@ def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str
         offset = pd.infer_freq(timestamps)
     if offset is not None:
         return str(pd.tseries.frequencies.to_offset(offset).freqstr)
-    steps = np.diff(timestamps.asi8)
-    values, counts = np.unique(steps, return_counts=True)
-    usual = values[int(np.argmax(counts))]
-    i = int(np.argmax(steps != usual))
+    steps = pd.TimedeltaIndex(timestamps[1:] - timestamps[:-1])  # unit-safe (ns, us or s resolution)
+    usual = steps.value_counts().idxmax()
+    i = int(np.argmax(np.asarray(steps != usual)))
     raise DataError(
         f"{source}: the timestamps are not evenly spaced, so the dates of the forecast cannot be "
-        f"inferred: the usual step is {pd.Timedelta(int(usual), unit='ns')} but rows {i + 1} -> {i + 2} "
-        f"({timestamps[i]} -> {timestamps[i + 1]}) are {pd.Timedelta(int(steps[i]), unit='ns')} apart. "
+        f"inferred: the usual step is {usual} but rows {i + 1} -> {i + 2} "
+        f"({timestamps[i]} -> {timestamps[i + 1]}) are {steps[i]} apart. "
         "Fill the gaps first, e.g. df.set_index('date').asfreq('h').interpolate().reset_index()"
     )
 
@@ -191,7 +190,7 @@ def check_spacing(timestamps: pd.DatetimeIndex, frequency: str, source: str = "d
         raise DataError(
             f"{source}: the last timestamp {timestamps[-1]} is not on the model's frequency {frequency!r}"
         )
-    i = int(np.argmax(expected.asi8 != timestamps.asi8))
+    i = int(np.argmax(np.asarray(expected != pd.DatetimeIndex(timestamps))))
     raise DataError(
         f"{source}: the last {len(timestamps)} rows (the model's context) must be evenly spaced at the "
         f"frequency the model was fitted on ({frequency!r}); row {len(timestamps) - i} from the end has "

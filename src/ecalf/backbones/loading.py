@@ -47,6 +47,8 @@ def _load_language_model(config: BackboneConfig, source: BackboneSource) -> nn.M
     kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "sdpa"}
     if source.kind == "gguf":
         kwargs["gguf_file"] = source.gguf_file
+    else:
+        kwargs["use_safetensors"] = True  # never unpickle a pytorch_model.bin (docs/reliability.md)
     try:
         return AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except ImportError as exc:
