@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from matplotlib.image import imread
 from safetensors import safe_open
 
@@ -18,15 +17,6 @@ from ecalf.forecast import Forecaster, load_series
 from ecalf.registry import get_entry
 
 L, H = 24, 6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _series(rows: int = 120, frequency: str = "h", start: str = "2021-01-01") -> pd.DataFrame:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
@@ -26,14 +25,6 @@ from ecalf.plots import (
     plot_training_curves,
 )
 from ecalf.run import run_experiment
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _pixels(png: Path) -> np.ndarray:

@@ -40,23 +40,27 @@ def _test_metrics(run_dir: Path) -> dict:
             "val": [round(r["val_mse"], 12) for r in metrics["history"]]}  # fmt: skip
 
 
-@pytest.mark.timeout(600)
-def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize(
+    ("epochs", "later_kills", "seed"),
+    [(8, 4, 2021), pytest.param(16, 12, 7, marks=pytest.mark.slow, id="long")],
+)
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, epochs, later_kills, seed):
+    """Default run: 5 kills; the marked long run (`-m slow`): 13 kills over 16 epochs."""
     csv = write_synthetic_csv(tmp_path / "toy.csv", num_rows=1000, num_channels=3, seed=11)
-    epochs = 8
     reference = tmp_path / "reference"
     started = time.perf_counter()
     subprocess.run(_command(reference, csv, epochs, resume=False), cwd=ROOT, check=True, timeout=300)
     duration = time.perf_counter() - started
 
-    rng = random.Random(2021)
+    rng = random.Random(seed)
     killed = tmp_path / "killed"
     pointer = killed / "state" / "latest.json"
     epoch_seconds = duration / epochs
     kills = 0
-    # Kill once during start-up, then four times after random epochs, a random moment later
+    # Kill once during start-up, then after random epochs, a random moment later
     # (mid-epoch, during validation, or while a checkpoint is being written).
-    for target in [0, *sorted(rng.sample(range(1, epochs - 1), 4))]:
+    for target in [0, *sorted(rng.sample(range(1, epochs - 1), later_kills))]:
         resume = (killed / "config.yaml").is_file()
         process = subprocess.Popen(_command(killed, csv, epochs, resume), cwd=ROOT)
         deadline = time.monotonic() + 120
@@ -72,7 +76,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
         kills += 1
     while not (killed / "metrics.json").is_file():
         subprocess.run(_command(killed, csv, epochs, resume=True), cwd=ROOT, check=True, timeout=300)
-    assert kills >= 5
+    assert kills == 1 + later_kills >= 5
     assert _test_metrics(killed) == _test_metrics(reference)
     assert not (killed / "state").exists()  # training state is removed once the run is complete
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ecalf.run
@@ -17,14 +16,6 @@ from ecalf.errors import EcalfError
 from ecalf.registry import get_entry
 from ecalf.run import resume_run, run_experiment
 from ecalf.tracking import epoch_scalars, open_tracker, read_jsonl
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

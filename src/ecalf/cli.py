@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ecalf.errors import EcalfError
 
@@ -33,11 +34,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.quiet:
             config.training.progress = False
         result = run_experiment(config, args.output_dir, echo=echo)
-    test, naive = result.metrics["test"], result.metrics["naive_test"]
-    print(f"run directory: {result.run_dir}")
+    _print_run_result(result.run_dir, result.metrics)
+    return 0
+
+
+def _print_run_result(run_dir: object, metrics: dict[str, Any]) -> None:
+    test, naive = metrics["test"], metrics["naive_test"]
+    print(f"run directory: {run_dir}")
     print(f"test mse {test['mse']:.4f} mae {test['mae']:.4f}", end=" | ")
     print(f"naive mse {naive['mse']:.4f} mae {naive['mae']:.4f}")
-    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -102,12 +107,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from ecalf.run import quickstart
 
     result = quickstart(args.output_dir, config_path=args.config, echo=None if args.quiet else print)
-    test, naive = result.metrics["test"], result.metrics["naive_test"]
-    print(f"run directory: {result.run_dir}")
-    print(
-        f"test mse {test['mse']:.4f} mae {test['mae']:.4f} | "
-        f"naive mse {naive['mse']:.4f} mae {naive['mae']:.4f}"
-    )
+    _print_run_result(result.run_dir, result.metrics)
     return 0
 
 

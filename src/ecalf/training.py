@@ -231,6 +231,10 @@ def train(
     if checkpoint is not None and checkpoint.exists():
         state, best_state = checkpoint.load(model, optimizer)
         log(f"resumed after epoch {state.epoch} ({state.steps} steps, best epoch {state.best_epoch})")
+    # The whole run's bar: its ETA assumes every epoch runs (early stopping can only end it sooner).
+    run_bar = tqdm(
+        total=config.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not config.progress
+    )
     while state.stopped is None:
         epoch = state.epoch + 1
         set_epoch_learning_rates(optimizer, config, epoch - 1)
@@ -243,7 +247,7 @@ def train(
         sums: dict[str, float] = {}
         loss_sum, seen = 0.0, 0
         epoch_start = time.perf_counter()
-        bar = tqdm(index_batches, desc=f"epoch {epoch}", disable=not config.progress, leave=False)
+        bar = tqdm(index_batches, desc=f"epoch {epoch}", disable=not config.progress, leave=False, position=1)
         for idx in bar:
             past, future = train_set.get_batch(idx)
             output = model(past.to(device), future.to(device))
@@ -310,6 +314,9 @@ def train(
             on_epoch_end(record)
         if checkpoint is not None:
             checkpoint.save(model, optimizer, state, best_state)
+        run_bar.update(1)
+        run_bar.set_postfix(val_mse=f"{metrics.mse:.4f}", best_epoch=state.best_epoch)
+    run_bar.close()
     model.load_state_dict(best_state, strict=False)
     return TrainingResult(
         state.history, state.best_epoch, state.best_mse, state.epoch, state.steps, state.stopped,
