@@ -56,6 +56,14 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return _atomic_write(path, write)
 
 
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+    return _atomic_write(path, write)
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
