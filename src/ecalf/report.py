@@ -87,7 +87,11 @@ def markdown_tables(df: pd.DataFrame) -> str:
         sub = dataset[dataset["setting"] == setting]
         columns = list(dict.fromkeys(zip(sub["dataset"], sub["target"], strict=True)))
         if columns:
-            lines.append("Mean over horizons (MSE / MAE; ± std over seeds; seeds in brackets).\n")
+            hs = sorted(set(df[df["setting"] == setting]["horizon"]))
+            lines.append(
+                f"Mean over horizons {', '.join(map(str, hs))} "
+                "(MSE / MAE; ± std over seeds; seeds in brackets).\n"
+            )
             lines.append("| model | " + " | ".join(_data_label(d, t) for d, t in columns) + " |")
             lines.append("|---" * (len(columns) + 1) + "|")
             best = {c: sub[(sub["dataset"] == c[0]) & (sub["target"] == c[1])]["mse"].min() for c in columns}
