@@ -66,7 +66,7 @@ def pick_channels(num_channels: int, max_channels: int) -> list[int]:
     return sorted({round(x) for x in np.linspace(0, num_channels - 1, max_channels)})
 
 
-def _hide_unused(axes: np.ndarray, used: int) -> None:
+def hide_unused(axes: np.ndarray, used: int) -> None:
     for ax in axes.flat[used:]:
         ax.set_visible(False)
 
@@ -131,7 +131,7 @@ def plot_forecast(
         ax.set_title(column, fontsize=10)
         ax.grid(alpha=0.3)
         _date_axis(ax)
-    _hide_unused(axes, len(shown))
+    hide_unused(axes, len(shown))
     axes.flat[0].legend(loc="best", fontsize=8)
     suffix = f" ({len(shown)} of {len(columns)} channels)" if len(shown) < len(columns) else ""
     fig.suptitle((title or f"forecast of the next {len(forecast)} steps") + suffix)

@@ -133,7 +133,7 @@ def markdown_tables(df: pd.DataFrame) -> str:
 
 def plot_mse_by_model(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """One panel per (setting, dataset): bars of the horizon-mean MSE by model, std over seeds."""
-    from ecalf.plots import grid_shape, new_figure, save_figure
+    from ecalf.plots import grid_shape, hide_unused, new_figure, save_figure
 
     horizon = per_horizon(df)
     # bars use every horizon present for the model (mean of per-horizon means)
@@ -155,8 +155,7 @@ def plot_mse_by_model(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         ax.set_title(f"{_data_label(dataset, target)} ({setting})", fontsize=10)
         ax.set_ylabel("test MSE (mean over horizons)", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
+    hide_unused(axes, len(panels))
     return save_figure(fig, path)
 
 
@@ -164,7 +163,7 @@ def plot_models_per_horizon(
     df: pd.DataFrame, path: str | os.PathLike[str], models: Sequence[str] = ("calf", "ecalf")
 ) -> Path | None:
     """MSE against horizon for ``models`` (mean ± std over seeds), one panel per (setting, dataset)."""
-    from ecalf.plots import grid_shape, new_figure, save_figure
+    from ecalf.plots import grid_shape, hide_unused, new_figure, save_figure
 
     horizon = per_horizon(df)
     horizon = horizon[horizon["model"].isin(models)]
@@ -190,8 +189,7 @@ def plot_models_per_horizon(
         ax.set_ylabel("test MSE", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
+    hide_unused(axes, len(panels))
     return save_figure(fig, path)
 
 

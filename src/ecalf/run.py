@@ -33,7 +33,7 @@ from ecalf import __version__
 from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json, write_yaml
 from ecalf.config import RunConfig, load_run_config, to_dict
 from ecalf.data import ForecastSplits, prepare_splits
-from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
+from ecalf.errors import CheckpointError, DataError, EcalfError
 from ecalf.evaluation import Metrics, evaluate
 from ecalf.models.base import ForecastModel, count_parameters
 from ecalf.models.naive import NaiveConfig, NaiveForecast
@@ -72,24 +72,9 @@ def build_model(config: RunConfig, *, pretrained: bool = True) -> ForecastModel:
     model = create_model(config.model)
     if not isinstance(model, ForecastModel):
         raise TypeError(f"{type(model).__name__} does not follow the ForecastModel contract")
-    check_backbone_positions(model)
     if pretrained:
         model.load_pretrained()
     return model
-
-
-def check_backbone_positions(model: ForecastModel) -> None:
-    """Refuse more channels than a learned-position backbone has positions (CALF: one token per channel)."""
-    limit = getattr(getattr(model, "time_trunk", None), "max_positions", None)
-    channels = model.config.num_channels
-    if isinstance(limit, int) and channels > limit:
-        backbone = getattr(model.config, "backbone", None)
-        preset = getattr(backbone, "preset", "the backbone")
-        raise ConfigError(
-            f"the data has {channels} channels but backbone {preset!r} has only {limit} learned positions, "
-            "and each channel is one token; use a backbone with more positions (gpt2: 1024) or rotary "
-            "positions (smollm2-135m, tiny-llama), or fewer channels"
-        )
 
 
 @dataclass

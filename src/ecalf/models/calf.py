@@ -180,6 +180,14 @@ class CALF(ForecastModel):
         self.text_trunk: nn.Module | None = None
         if config.backbone_mode in ("llm", "random"):
             self.time_trunk = apply_role(Trunk(arch), "time", config.backbone)
+            limit = self.time_trunk.max_positions
+            if limit is not None and config.num_channels > limit:
+                raise ConfigError(
+                    f"the data has {config.num_channels} channels but backbone {config.backbone.preset!r} "
+                    f"has only {limit} learned positions, and each channel is one token; use a backbone "
+                    "with more positions (gpt2: 1024) or rotary positions (smollm2-135m, tiny-llama), "
+                    "or fewer channels"
+                )
             self.text_trunk = apply_role(Trunk(arch), "text", config.backbone)
             num_levels = arch.num_hidden_layers + 1
         elif config.backbone_mode == "attention":
