@@ -92,6 +92,25 @@ def test_alignment_degree_is_in_unit_interval_and_depends_on_input():
     assert not torch.allclose(d1, d2)
 
 
+def test_alignment_degree_cannot_close_below_its_bound():
+    """A gate driven fully shut (the collapse seen on ETTh1) still keeps degree_min of x_att."""
+    torch.manual_seed(0)
+    x_time, dictionary, stats = torch.randn(2, 5, 32), torch.randn(16, 32), torch.randn(2, 5, 5)
+    bounded = DynamicCrossModalMatch(32, 4, adaptive_weights=True, alignment_degree=True, degree_min=0.5)
+    unbounded = DynamicCrossModalMatch(32, 4, adaptive_weights=True, alignment_degree=True)
+    unbounded.load_state_dict(bounded.state_dict())
+    for match in (bounded, unbounded):
+        gate = match.degree[-1]
+        torch.nn.init.constant_(gate.bias, -100.0)
+    x_text, degree = bounded(x_time, dictionary, stats)
+    x_text_closed, degree_closed = unbounded(x_time, dictionary, stats)
+    assert torch.allclose(degree, torch.full_like(degree, 0.5))
+    assert torch.allclose(x_text_closed, x_time) and (degree_closed < 1e-6).all()
+    assert not torch.allclose(x_text, x_time, atol=1e-3)
+    with pytest.raises(ValueError, match="degree_min"):
+        DynamicCrossModalMatch(32, 4, adaptive_weights=False, alignment_degree=True, degree_min=1.0)
+
+
 def test_window_statistics_mean_what_they_say():
     t = torch.arange(L, dtype=torch.float32)
     ramp = t.view(1, L, 1)
@@ -209,3 +228,11 @@ def test_ecalf_preset_turns_every_enhancement_on():
     assert config.dynamic_match and config.multilevel_distillation and config.adaptive_alignment
     off = dataclasses.replace(config, **ALL_OFF)
     assert not (off.dynamic_match or off.multilevel_distillation or off.adaptive_alignment)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_degree_min_outside_unit_interval_is_a_config_error(value):
+    from ecalf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.degree_min"):
+        ECALFConfig(degree_min=value)

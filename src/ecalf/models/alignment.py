@@ -62,7 +62,7 @@ class DynamicCrossModalMatch(nn.Module):
     where (g, g') come from an MLP over [window statistics, x_time]; its last layer starts at zero,
     so tau = m = 1 and the module equals CALF's cross-attention at initialisation.
     With the alignment-degree predictor, ``x_text = a * x_att + (1 - a) * x_time`` with
-    ``a = sigmoid(MLP([x_time, x_att, x_time * x_att]))`` in (0, 1).
+    ``a = a_min + (1 - a_min) sigmoid(MLP([x_time, x_att, x_time * x_att]))`` in (a_min, 1).
     """
 
     def __init__(
@@ -74,9 +74,13 @@ class DynamicCrossModalMatch(nn.Module):
         alignment_degree: bool,
         generator_hidden: int = 64,
         degree_init_bias: float = 2.0,
+        degree_min: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= degree_min < 1.0:
+            raise ValueError(f"degree_min must be in [0, 1), got {degree_min}")
         self.heads = heads
+        self.degree_min = degree_min
         self.attention = nn.MultiheadAttention(hidden_size, heads, batch_first=True)
         self.generator: nn.Sequential | None = None
         self.degree: nn.Sequential | None = None
@@ -106,7 +110,8 @@ class DynamicCrossModalMatch(nn.Module):
         x_att = self._attend(x_time, dictionary, statistics)
         if self.degree is None:
             return x_att, None
-        a = torch.sigmoid(self.degree(torch.cat([x_time, x_att, x_time * x_att], dim=-1)))  # (B, C, 1)
+        gate = torch.sigmoid(self.degree(torch.cat([x_time, x_att, x_time * x_att], dim=-1)))  # (B, C, 1)
+        a = self.degree_min + (1.0 - self.degree_min) * gate
         return a * x_att + (1 - a) * x_time, a.squeeze(-1)
 
     def _attend(self, x_time: Tensor, dictionary: Tensor, statistics: Tensor | None) -> Tensor:

@@ -61,7 +61,10 @@ class CALFConfig(ModelConfig):
     match_adaptive_weights: bool = True
     """Adaptive weight generator: per-token, per-head temperatures and mixing weights."""
     match_alignment_degree: bool = True
-    """Alignment-degree predictor a in (0, 1): x_text = a * x_att + (1 - a) * x_time."""
+    """Alignment-degree predictor a in (degree_min, 1): x_text = a * x_att + (1 - a) * x_time."""
+    degree_min: float = 0.5
+    """Lower bound of a. At 0 the gate can close (a -> 0, x_text = x_time), which satisfies every
+    alignment term trivially; it did so within 3 epochs on ETTh1 (docs/enhanced-calf.md)."""
     degree_aux_weight: float = 0.0
     """Weight of the auxiliary regression of a onto the branches' detached final cosine similarity."""
     multilevel_distillation: bool = False
@@ -99,6 +102,8 @@ class CALFConfig(ModelConfig):
             raise ConfigError(f"model.alignment_momentum must be in [0, 1), got {self.alignment_momentum}")
         if not 0.0 <= self.weight_min_factor <= 1.0 <= self.weight_max_factor:
             raise ConfigError("model.weight_min_factor <= 1 <= model.weight_max_factor must hold")
+        if not 0.0 <= self.degree_min < 1.0:
+            raise ConfigError(f"model.degree_min must be in [0, 1), got {self.degree_min}")
         if self.encoder_heads <= 0 or self.encoder_ff_dim <= 0:
             raise ConfigError("model.encoder_heads and model.encoder_ff_dim must be positive")
         if not 0.0 <= self.dropout < 1.0:
@@ -216,6 +221,7 @@ class CALF(ForecastModel):
             config.encoder_heads,
             adaptive_weights=config.dynamic_match and config.match_adaptive_weights,
             alignment_degree=config.dynamic_match and config.match_alignment_degree,
+            degree_min=config.degree_min,
         )
         distill = config.multilevel_distillation
         self.level_weights = LevelWeights(
