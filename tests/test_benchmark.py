@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -23,7 +25,7 @@ from ecalf.benchmark import (
     run_benchmark,
 )
 from ecalf.cli import main
-from ecalf.errors import ConfigError
+from ecalf.errors import ConfigError, EcalfError
 from ecalf.report import per_dataset, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +227,148 @@ def test_select_narrows_the_grid_and_keeps_cell_keys(in_repo):
     assert len(cells) == 2  # two settings
     with pytest.raises(ConfigError, match="not in grid"):
         benchmark.select(grid, datasets=["Traffic"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The Ray scheduler's driver side, without Ray (tests/test_ray_benchmark.py runs it on a real Ray)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ray_is_imported_only_for_ray_runs():
+    code = "import sys, ecalf.cli, ecalf.benchmark, ecalf.ray_runner; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_ray_without_the_extra_says_how_to_install_it(tmp_path, in_repo, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    results = tmp_path / "r.csv"
+    assert main(["benchmark", str(SMOKE), "--results", str(results), "--ray"]) == 2
+    assert "pip install 'ecalf[ray]'" in capsys.readouterr().err
+    assert not results.exists()
+
+
+class _FakeRay:
+    """The part of the ``ray`` module the scheduler uses; tasks run when their result is fetched."""
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.initialized = False
+        self.inits: list[dict] = []
+        self.submitted: list[tuple[dict, tuple]] = []
+        self.cancelled: list[int] = []
+        self.shutdowns = 0
+        self.waits = 0
+        self.interrupt_after = interrupt_after
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def init(self, **kwargs) -> None:
+        self.inits.append(kwargs)
+        self.initialized = True
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+        self.initialized = False
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 2.0, "GPU": 1.0}
+
+    def remote(self, function):
+        fake = self
+
+        class Remote:
+            def options(self, **options):
+                class Submit:
+                    def remote(self, *args):
+                        fake.submitted.append((options, args))
+                        return len(fake.submitted) - 1
+
+                return Submit()
+
+        self.function = function
+        return Remote()
+
+    def wait(self, refs, num_returns=1):
+        self.waits += 1
+        if self.interrupt_after is not None and self.waits > self.interrupt_after:
+            raise KeyboardInterrupt  # Ctrl-C while the driver waits for the next cell
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return self.function(*self.submitted[ref][1])
+
+    def cancel(self, ref, force=False) -> None:
+        self.cancelled.append(ref)
+
+
+def _fake_cell_task(cell, grid_overrides, runs_dir, data_dir, num_threads, gpus, config_data):
+    if cell.seed == 2:
+        raise RuntimeError("worker lost")
+    keys = dict(zip(KEY_COLUMNS, cell.key, strict=True))
+    return {**keys, "mse": 1.0, "mae": 1.0, "naive_mse": 2.0, "run_dir": runs_dir}, 0.5
+
+
+@pytest.fixture()
+def fake_ray(monkeypatch):
+    import ecalf.ray_runner as ray_runner
+
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_runner, "_cell_task", _fake_cell_task)
+    return fake
+
+
+def test_cli_ray_starts_a_local_instance_with_the_requested_resources(
+    fake_ray, tmp_path, in_repo, monkeypatch, capsys
+):
+    monkeypatch.setenv("ECALF_DATA_DIR", "relative/data")  # resolved by the driver, passed explicitly
+    grid_file = tmp_path / "smoke.yaml"
+    grid_file.write_text(SMOKE.read_text() + "\nruns_dir: runs-here\n")  # relative: made absolute
+    results = tmp_path / "r.csv"
+    argv = ["benchmark", str(grid_file), "--models", "naive", "--horizons", "24", "--results", str(results)]
+    assert main([*argv, "--quiet", "--ray", "--cpus-per-cell", "2", "--gpus-per-cell", "0.5"]) == 1
+    assert [i["address"] for i in fake_ray.inits] == ["local"] and fake_ray.shutdowns == 1
+    assert len(fake_ray.submitted) == 4  # 2 settings x 2 seeds
+    for options, args in fake_ray.submitted:
+        assert (options["num_cpus"], options["num_gpus"], options["max_retries"]) == (2.0, 0.5, 0)
+        cell, grid_set, runs_dir, data_dir, threads, gpus, config_data = args
+        assert data_dir == str(ROOT / "relative" / "data") and runs_dir == str(ROOT / "runs-here")
+        assert (threads, gpus, config_data["model"]["name"]) == (2, 0.5, "naive")
+        assert cell.model == "naive" and grid_set == load_grid(SMOKE).set
+    out, err = capsys.readouterr()
+    assert "2 cells finished, 0 already done, 2 failed, of 4" in out
+    assert err.count("failed: naive") == 2 and "RuntimeError: worker lost" in err  # reported, no row
+    assert sorted(r["seed"] for r in read_results(results)) == ["1", "1"]
+
+    assert main([*argv, "--quiet", "--ray", "ray://head:10001", "--seeds", "1"]) == 0  # nothing pending
+    assert len(fake_ray.inits) == 1  # a finished grid never starts or reaches Ray
+    assert main([*argv, "--quiet", "--ray", "ray://head:10001"]) == 1  # the failed cells run again
+    assert fake_ray.inits[-1]["address"] == "ray://head:10001" and len(fake_ray.submitted) == 6
+    assert len(read_results(results)) == 2
+
+
+def test_ctrl_c_cancels_the_outstanding_ray_tasks(fake_ray, tmp_path, in_repo):
+    from ecalf.ray_runner import RayScheduler
+
+    fake_ray.interrupt_after = 1
+    grid = benchmark.select(load_grid(SMOKE), models=["naive"], seeds=[1])  # 4 cells, none fails
+    grid.runs_dir = str(tmp_path / "runs")
+    results = tmp_path / "r.csv"
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(grid, results=results, progress=False, echo=None, scheduler=RayScheduler())
+    assert len(read_results(results)) == 1  # the cell done before Ctrl-C keeps its row
+    assert sorted(fake_ray.cancelled) == [1, 2, 3] and fake_ray.shutdowns == 1
+
+
+def test_a_ray_request_no_local_machine_can_meet_is_refused(fake_ray, tmp_path, in_repo):
+    from ecalf.ray_runner import RayScheduler
+
+    grid = benchmark.select(load_grid(SMOKE), models=["naive"], seeds=[1])
+    grid.runs_dir = str(tmp_path / "runs")
+    with pytest.raises(EcalfError, match="1 GPU per cell but the cluster has 0"):
+        fake_ray.cluster_resources = lambda: {"CPU": 2.0}  # type: ignore[method-assign]
+        run_benchmark(grid, results=tmp_path / "r.csv", progress=False, echo=None,
+                      scheduler=RayScheduler(gpus_per_cell=1))  # fmt: skip
+    assert fake_ray.shutdowns == 1 and not fake_ray.submitted
+    with pytest.raises(ConfigError, match="cpus per cell"):
+        RayScheduler(cpus_per_cell=0)

@@ -234,5 +234,5 @@ def test_ecalf_preset_turns_every_enhancement_on():
 def test_degree_min_outside_unit_interval_is_a_config_error(value):
     from ecalf.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="model.degree_min"):
+    with pytest.raises(ConfigError, match=r"model\.degree_min"):
         ECALFConfig(degree_min=value)

@@ -15,21 +15,27 @@ A grid file (``benchmarks/*.yaml``) mirrors :class:`Grid`::
 Each cell is one :func:`ecalf.run.run_experiment` in its own run directory under ``runs_dir``; its
 result row is appended to the results CSV atomically (the whole file is rewritten to a temporary
 sibling and renamed), so a kill loses at most the cell in flight, and that cell itself resumes from
-its last finished epoch. Cells whose row is already in the CSV are skipped. Cells may run in several
-processes (``jobs``); only the parent process writes the CSV.
+its last finished epoch. Cells whose row is already in the CSV are skipped.
+
+One function runs a cell and builds its row (:func:`run_cell`); a *scheduler* decides where cells run:
+in this process or in ``jobs`` processes (:func:`local_scheduler`), or as tasks on a Ray cluster
+(:class:`ecalf.ray_runner.RayScheduler`). Whatever the scheduler, only this (the driver) process
+selects the pending cells and writes the CSV.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +44,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from ecalf.artifacts import read_yaml, write_text
-from ecalf.config import from_dict, load_run_config
+from ecalf.config import apply_overrides, from_dict, load_run_config, run_config_from_dict
 from ecalf.errors import ConfigError, EcalfError
 
 SettingName = Literal["full", "few_shot", "zero_shot"]
@@ -333,8 +339,13 @@ def run_cell(
     runs_dir: str,
     data_dir: str | None = None,
     num_threads: int | None = None,
+    config_data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one cell (resuming its run directory) and return its result row."""
+    """Run one cell (resuming its run directory) and return its result row.
+
+    ``config_data``: the parsed YAML of ``cell.config_file``, read by the driver, so that a worker on
+    another machine needs no copy of the file; when None the file is read here.
+    """
     import torch
 
     from ecalf.run import run_experiment
@@ -342,7 +353,10 @@ def run_cell(
     if num_threads:
         torch.set_num_threads(num_threads)
     overrides = cell.overrides(grid_overrides, data_dir)
-    config = load_run_config(cell.config_file, overrides)
+    if config_data is None:
+        config = load_run_config(cell.config_file, overrides)
+    else:
+        config = run_config_from_dict(apply_overrides(config_data, overrides), source=cell.config_file)
     run_dir = Path(runs_dir) / cell.run_id
     metrics = run_experiment(config, run_dir, echo=None, resume=True).metrics
     env = metrics.get("environment", {})
@@ -393,6 +407,21 @@ class BenchmarkSummary:
     """(cell, error) of the cells that raised; they have no row and run again next time."""
 
 
+CellOutcome = tuple[Cell, dict[str, Any] | BaseException, float]
+"""A finished cell: its result row (or the error it raised) and the seconds it took."""
+
+Scheduler = Callable[[Grid, list[Cell], str | None], Generator[CellOutcome, None, None]]
+"""Runs ``cells`` of a grid (each with :func:`run_cell`, given the data directory) and yields each one's
+outcome as it finishes. Closing the iterator (Ctrl-C in the driver) cancels the cells not yet done."""
+
+
+def local_scheduler(jobs: int = 1) -> Scheduler:
+    """Cells in this process (``jobs == 1``) or in ``jobs`` separate processes."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    return functools.partial(_execute, jobs=jobs)
+
+
 def pending_cells(grid: Grid, results: Path) -> tuple[list[Cell], int]:
     cells = grid_cells(grid)
     done = {row_key(r) for r in read_results(results)}
@@ -409,10 +438,20 @@ def run_benchmark(
     limit: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
+    scheduler: Scheduler | None = None,
 ) -> BenchmarkSummary:
-    """Run the grid's cells that have no row in the results CSV yet (at most ``limit`` of them)."""
-    if jobs < 1:
-        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    """Run the grid's cells that have no row in the results CSV yet (at most ``limit`` of them).
+
+    ``scheduler`` says where the cells run (default: :func:`local_scheduler` with ``jobs``); rows are
+    appended here, by the driver, as cells finish.
+    """
+    if scheduler is None:
+        scheduler = local_scheduler(jobs)
+    elif jobs != 1:
+        raise ConfigError(
+            "--jobs is for local processes; on Ray the cluster's size and --cpus-per-cell (--gpus-per-cell) "
+            "set how many cells run at once"
+        )
     results_path = Path(results) if results is not None else grid.results_path
     check_grid(grid, data_dir)
     todo, skipped = pending_cells(grid, results_path)
@@ -443,8 +482,10 @@ def run_benchmark(
         bar.update(1)
 
     try:
-        for cell, outcome, seconds in _execute(grid, todo, data_dir, jobs):
-            record(cell, outcome, seconds)
+        # closing(): on Ctrl-C (or any error here) the scheduler cancels the cells still outstanding
+        with contextlib.closing(scheduler(grid, todo, data_dir)) as outcomes:
+            for cell, outcome, seconds in outcomes:
+                record(cell, outcome, seconds)
     finally:
         bar.close()
     return BenchmarkSummary(results_path, len(todo) + skipped, skipped, finished, failed)
@@ -452,8 +493,10 @@ def run_benchmark(
 
 def _execute(
     grid: Grid, cells: list[Cell], data_dir: str | None, jobs: int
-) -> Iterator[tuple[Cell, dict[str, Any] | BaseException, float]]:
+) -> Generator[CellOutcome, None, None]:
     runs_dir = str(grid.runs_path)
+    if not cells:
+        return
     if jobs == 1:
         for cell in cells:
             start = time.perf_counter()
@@ -470,10 +513,13 @@ def _execute(
         for cell in cells:
             future = pool.submit(run_cell, cell, grid.set, runs_dir, data_dir, threads)
             started[future] = (cell, time.perf_counter())
-        for future in futures.as_completed(started):
-            cell, start = started[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # a worker's error is reported, the other cells go on
-                outcome = exc
-            yield cell, outcome, time.perf_counter() - start
+        try:
+            for future in futures.as_completed(started):
+                cell, start = started[future]
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # a worker's error is reported, the other cells go on
+                    outcome = exc
+                yield cell, outcome, time.perf_counter() - start
+        finally:  # interrupted: queued cells never start (those running end with their processes)
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -121,6 +121,17 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         horizons=args.horizons,
         seeds=args.seeds,
     )
+    scheduler = None
+    if args.ray is not None:
+        from ecalf.ray_runner import RayScheduler
+
+        scheduler = RayScheduler(
+            args.ray,
+            cpus_per_cell=1.0 if args.cpus_per_cell is None else args.cpus_per_cell,
+            gpus_per_cell=0.0 if args.gpus_per_cell is None else args.gpus_per_cell,
+        )
+    elif args.cpus_per_cell is not None or args.gpus_per_cell is not None:
+        raise EcalfError("--cpus-per-cell and --gpus-per-cell are requests to Ray: add --ray [ADDRESS]")
     summary = run_benchmark(
         grid,
         results=args.results,
@@ -128,6 +139,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         limit=args.limit,
         progress=not args.quiet,
+        scheduler=scheduler,
     )
     print(
         f"{summary.results}: {summary.finished} cells finished, {summary.skipped} already done, "
@@ -293,6 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results CSV (default: the grid's `results`, else results/<name>.csv)")
     p.add_argument("--data-dir", help="directory of the benchmark CSVs (else $ECALF_DATA_DIR, ./datasets)")
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default 1)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run cells as Ray tasks on the cluster at ADDRESS (ray://HOST:10001, auto) or, without "
+        "ADDRESS, on a local Ray instance started for the run (put --ray after GRID); needs "
+        "pip install 'ecalf[ray]'",
+    )
+    p.add_argument("--cpus-per-cell", type=float, metavar="N", help="with --ray: CPUs per cell (default 1)")
+    p.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        metavar="N",
+        help="with --ray: GPUs per cell (default 0); >0 trains on CUDA",
+    )
     p.add_argument("--limit", type=int, default=None, help="run at most this many pending cells")
     p.add_argument("--models", nargs="+", metavar="LABEL", help="only these models of the grid")
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets of the grid")
