@@ -39,6 +39,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_run_result(run_dir: object, metrics: dict[str, Any]) -> None:
+    from ecalf.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 alone reports
+        return
     test, naive = metrics["test"], metrics["naive_test"]
     print(f"run directory: {run_dir}")
     print(f"test mse {test['mse']:.4f} mae {test['mae']:.4f}", end=" | ")

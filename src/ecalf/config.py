@@ -65,6 +65,8 @@ class DataConfig:
 class TrainingConfig:
     epochs: int = 20
     batch_size: int = 256
+    """Windows per optimizer step in each process; under torchrun with N processes a step takes
+    N * batch_size windows (the global batch; docs/scale-out.md)."""
     eval_batch_size: int = 256
     learning_rate: float = 5e-4
     weight_decay: float = 0.0
@@ -84,6 +86,9 @@ class TrainingConfig:
     tracking: Literal["none", "jsonl", "tensorboard"] = "jsonl"
     """Per-epoch tracking in the run directory: ``metrics.jsonl``; ``tensorboard`` adds event files
     under ``tensorboard/`` (needs ``pip install 'ecalf[tracking]'``); ``none`` (see ecalf.tracking)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16``: forward passes (training and evaluation) under bfloat16 autocast, on CUDA and CPU;
+    weights, optimizer state, the loss sums and the metrics stay float32/float64."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "batch_size", "eval_batch_size", "cosine_t_max", "patience")
@@ -91,6 +96,8 @@ class TrainingConfig:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"training.max_steps must be > 0 or null, got {self.max_steps}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"training.precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """Metrics and the one evaluation pass: every window counted, the whole model in eval mode.
 
 MSE and MAE are averaged over every window, horizon step and channel, on the scale of the data given
-(the standardised scale in the benchmark protocol). Sums are accumulated in float64.
+(the standardised scale in the benchmark protocol). Sums are accumulated in float64 on the device and
+read once per pass. In a data-parallel run each process evaluates its own contiguous shard of the
+windows and the sums are added up over the processes, so every window is counted exactly once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ecalf.data import WindowDataset
+from ecalf.distributed import SINGLE, World, all_reduce_sum, shard
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,12 @@ def batches(num_windows: int, batch_size: int, order: Tensor | None = None) -> I
         yield indices[start : start + batch_size]
 
 
+def autocast(precision: str, device: torch.device | str) -> AbstractContextManager[object]:
+    """The forward pass's precision: ``bf16`` autocast (CUDA or CPU), or nothing for ``fp32``."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -42,42 +52,62 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
     description: str = "evaluate",
+    precision: str = "fp32",
+    world: World = SINGLE,
 ) -> Metrics:
-    """Mean squared and absolute error of ``model`` over every window of ``dataset``."""
+    """Mean squared and absolute error of ``model`` over every window of ``dataset``.
+
+    With a ``world`` of several processes, every process must call this (it ends in a collective);
+    each evaluates its shard and all return the metrics of the whole dataset.
+    """
     if len(dataset) == 0:
         raise ValueError("cannot evaluate on a dataset with no windows")
     was_training = model.training
     model.eval()
-    squared = torch.zeros((), dtype=torch.float64)
-    absolute = torch.zeros((), dtype=torch.float64)
-    count = 0
+    indices = shard(torch.arange(len(dataset)), world)
+    squared = torch.zeros((), dtype=torch.float64, device=device)
+    absolute = torch.zeros((), dtype=torch.float64, device=device)
+    count, windows = 0, 0
     try:
         for idx in tqdm(
-            list(batches(len(dataset), batch_size)), desc=description, disable=not progress, leave=False
+            list(batches(len(indices), batch_size, indices)),
+            desc=description,
+            disable=not (progress and world.is_main),
+            leave=False,
         ):
             past, future = dataset.get_batch(idx)
-            prediction = model(past.to(device)).prediction.float()
-            error = prediction - future.to(device)
-            squared += error.square().sum(dtype=torch.float64).cpu()
-            absolute += error.abs().sum(dtype=torch.float64).cpu()
+            with autocast(precision, device):
+                prediction = model(past.to(device)).prediction
+            error = prediction.float() - future.to(device)
+            squared += error.square().sum(dtype=torch.float64)
+            absolute += error.abs().sum(dtype=torch.float64)
             count += error.numel()
+            windows += len(idx)
     finally:
         model.train(was_training)
-    return Metrics(mse=float(squared / count), mae=float(absolute / count), windows=len(dataset))
+    sums = torch.stack([squared, absolute, squared.new_tensor(count), squared.new_tensor(windows)])
+    squared, absolute, count_all, windows_all = all_reduce_sum(sums, world).cpu()  # one host sync
+    return Metrics(mse=float(squared / count_all), mae=float(absolute / count_all), windows=int(windows_all))
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, dataset: WindowDataset, *, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    dataset: WindowDataset,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> Tensor:
     """Forecasts for every window of ``dataset``: (num_windows, H, C) on the CPU."""
     was_training = model.training
     model.eval()
+    outputs = []
     try:
-        outputs = [
-            model(dataset.get_batch(idx)[0].to(device)).prediction.float().cpu()
-            for idx in batches(len(dataset), batch_size)
-        ]
+        for idx in batches(len(dataset), batch_size):
+            with autocast(precision, device):
+                prediction = model(dataset.get_batch(idx)[0].to(device)).prediction
+            outputs.append(prediction.float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(outputs)

@@ -10,6 +10,9 @@ A run directory holds:
 - ``metrics.jsonl``    per-epoch loss parts, validation metrics and adapted values, written as each epoch
                        ends (``training.tracking``: ``jsonl``, the default, or ``tensorboard``, which
                        adds event files under ``tensorboard/``; see ecalf.tracking)
+
+Under ``torchrun`` every process runs :func:`run_experiment` (ecalf.distributed): all train and evaluate
+their shards, only rank 0 writes the run directory and prints; the others wait for it where it writes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -33,12 +36,13 @@ from ecalf import __version__
 from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json, write_yaml
 from ecalf.config import RunConfig, load_run_config, to_dict
 from ecalf.data import ForecastSplits, prepare_splits
+from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError
 from ecalf.evaluation import Metrics, evaluate
 from ecalf.models.base import ForecastModel, count_parameters
 from ecalf.models.naive import NaiveConfig, NaiveForecast
 from ecalf.registry import create_model, model_name_for_config
-from ecalf.tracking import open_tracker, require_tracking
+from ecalf.tracking import NullTracker, Tracker, open_tracker, require_tracking
 from ecalf.training import EpochLog, TrainingCheckpoint, resolve_device, snapshot, train
 
 CHECKPOINT = "model.safetensors"
@@ -83,9 +87,9 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-def default_run_dir(config: RunConfig) -> Path:
+def default_run_dir(config: RunConfig, started: datetime | None = None) -> Path:
     name = model_name_for_config(type(config.model))
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = (started or datetime.now()).strftime("%Y%m%d-%H%M%S")
     dataset = Path(config.data.dataset).stem
     return Path("runs") / f"{name}_{dataset}_{config.data.prediction_length}_{stamp}"
 
@@ -102,13 +106,35 @@ def run_experiment(
     The training state is checkpointed after every epoch in ``RUN_DIR/state``; with ``resume`` a
     killed run continues from its last finished epoch and ends with the metrics an uninterrupted run
     would have. Without ``resume``, a directory that already holds a run is refused.
+
+    Launched by torchrun, every process calls this and joins the process group for the run (the run
+    directory must then be on a filesystem every process sees); all return the same metrics.
     """
     wall_start = time.perf_counter()
     if config.training.num_threads:
         torch.set_num_threads(config.training.num_threads)
+    world = current_world()
+    device = rank_device(resolve_device(config.training.device), world)
+    with process_group(world, device):
+        return _run(config, output_dir, echo, resume, world, device, wall_start)
+
+
+def _run(
+    config: RunConfig,
+    output_dir: str | os.PathLike[str] | None,
+    echo: Callable[[str], None] | None,
+    resume: bool,
+    world: World,
+    device: torch.device,
+    wall_start: float,
+) -> RunResult:
     splits = prepare_splits(config.data)
     config = resolve_model_config(config, splits)
-    run_dir = Path(output_dir) if output_dir is not None else default_run_dir(config)
+    if output_dir is None:  # every rank names rank 0's start time
+        started = datetime.fromtimestamp(broadcast_from_main(int(time.time()), world, device))
+        run_dir = default_run_dir(config, started)
+    else:
+        run_dir = Path(output_dir)
     checkpoint = TrainingCheckpoint(run_dir / "state")
     if resume:
         if (run_dir / "metrics.json").is_file():
@@ -122,27 +148,31 @@ def run_experiment(
             "or choose another --output-dir"
         )
     require_tracking(config.training.tracking)  # a missing tracking package stops the run here
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EcalfError(
-            f"cannot create the run directory {run_dir}: {exc.strerror or exc}. "
-            "Choose a writable --output-dir"
-        ) from exc
-    for stale in run_dir.glob(".*.tmp"):  # temporary files of writes a kill interrupted
-        stale.unlink(missing_ok=True)
-    write_yaml(run_dir / "config.yaml", to_dict(config))
-    log_path = run_dir / "train.log"
-    log_file = open(log_path, "a" if resume else "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def open_run_dir() -> tuple[IO[str], Tracker]:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EcalfError(
+                f"cannot create the run directory {run_dir}: {exc.strerror or exc}. "
+                "Choose a writable --output-dir"
+            ) from exc
+        for stale in run_dir.glob(".*.tmp"):  # temporary files of writes a kill interrupted
+            stale.unlink(missing_ok=True)
+        write_yaml(run_dir / "config.yaml", to_dict(config))
+        log_file = open(run_dir / "train.log", "a" if resume else "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        return log_file, open_tracker(config.training.tracking, run_dir, append=resume)
+
+    opened = on_main(world, device, open_run_dir)  # rank 0 only; the others get no files
+    log_file, tracker = opened if opened is not None else (None, NullTracker())
 
     def log(line: str) -> None:
-        log_file.write(line + "\n")
-        if echo is not None:
-            echo(line)
+        if log_file is not None:
+            log_file.write(line + "\n")
+            if echo is not None:
+                echo(line)
 
-    tracker = open_tracker(config.training.tracking, run_dir, append=resume)
     try:
-        device = resolve_device(config.training.device)
         counts = splits.window_counts()
         log(f"data {splits.spec.name}: {splits.train.num_channels} channels, windows {counts}")
         build_start = time.perf_counter()
@@ -151,6 +181,7 @@ def run_experiment(
         log(
             f"model {model_name_for_config(type(config.model))}: {params['trainable']:,} trainable of "
             f"{params['total']:,} parameters (built in {time.perf_counter() - build_start:.1f}s)"
+            + (f", {world.size} processes" if world.is_distributed else "")
         )
 
         def save_best(model: ForecastModel, record: EpochLog) -> None:
@@ -167,10 +198,16 @@ def run_experiment(
             on_improvement=save_best,
             checkpoint=checkpoint,
             on_epoch_end=tracker.log_epoch,
+            world=world,
         )
-        if result.stopped == "untrainable":
-            save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": "0"})
-        test = evaluate(model, splits.test, batch_size=config.training.eval_batch_size, device=device)
+        test = evaluate(
+            model,
+            splits.test,
+            batch_size=config.training.eval_batch_size,
+            device=device,
+            precision=config.training.precision,
+            world=world,
+        )
         naive = naive_metrics(splits, config.training.eval_batch_size)
         log(f"test mse {test.mse:.4f} mae {test.mae:.4f} | naive {naive.mse:.4f} / {naive.mae:.4f}")
         metrics = {
@@ -193,14 +230,21 @@ def run_experiment(
             "peak_memory_mb": peak_memory_mb(),
             "parameters": params,
             "history": [dataclasses.asdict(r) for r in result.history],
-            "environment": environment(),
+            "environment": environment(world_size=world.size),
         }
-        tracker.log_final({k: metrics[k] for k in FINAL_TRACKED})
-        write_json(run_dir / "metrics.json", metrics)
-        checkpoint.remove()
+
+        def finish() -> None:
+            if result.stopped == "untrainable":
+                save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": "0"})
+            tracker.log_final({k: metrics[k] for k in FINAL_TRACKED})
+            write_json(run_dir / "metrics.json", metrics)
+            checkpoint.remove()
+
+        on_main(world, device, finish)  # every rank returns once the run directory is complete
     finally:
         tracker.close()
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
     return RunResult(run_dir, metrics)
 
 
@@ -278,7 +322,12 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, progress: bool = False) -> 
     device = resolve_device(config.training.device)
     model.to(device)
     metrics = evaluate(
-        model, splits.test, batch_size=config.training.eval_batch_size, device=device, progress=progress
+        model,
+        splits.test,
+        batch_size=config.training.eval_batch_size,
+        device=device,
+        progress=progress,
+        precision=config.training.precision,
     )
     return config, metrics
 
@@ -299,7 +348,8 @@ def peak_memory_mb() -> float:
         return float("nan")
 
 
-def environment() -> dict[str, Any]:
+def environment(world_size: int = 1) -> dict[str, Any]:
+    """Provenance of a run; ``world_size``: processes of a data-parallel run (1: one process)."""
     import peft
     import transformers
 
@@ -313,6 +363,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "world_size": world_size,
     }
 
 

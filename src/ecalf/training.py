@@ -4,6 +4,13 @@ Adam over the model's parameter groups; cosine annealing stepped once per epoch 
 ``fixed_lr`` keep their rate); early stopping on validation MSE with the best weights restored.
 Every window of an epoch is used: the last partial batch is kept, never dropped. The loop knows
 nothing of any particular model: models bring their loss (``ForecastOutput.loss``) and groups.
+
+The same loop runs in every process of a data-parallel run (ecalf.distributed, docs/scale-out.md):
+each step takes ``batch_size`` windows per process, DistributedDataParallel averages the gradients,
+and losses and metrics are summed over the processes, so all take the same decisions; only rank 0
+logs, calls back and writes checkpoints. The loop never waits for the device inside an epoch: losses
+are summed as device tensors and read at the finiteness checks (every ``FINITE_CHECK_STEPS`` steps
+and at the end of the epoch) and, when a progress bar is shown, at its refresh interval.
 """
 
 from __future__ import annotations
@@ -23,9 +30,15 @@ from tqdm.auto import tqdm
 from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json
 from ecalf.config import TrainingConfig
 from ecalf.data import WindowDataset
+from ecalf.distributed import SINGLE, World, all_reduce_sum, data_parallel, shard
 from ecalf.errors import EcalfError
-from ecalf.evaluation import batches, evaluate
+from ecalf.evaluation import Metrics, autocast, batches, evaluate
 from ecalf.models.base import ForecastModel
+
+FINITE_CHECK_STEPS = 50
+"""Steps between checks of the loss for NaN/inf (each check waits for the device once)."""
+POSTFIX_SECONDS = 1.0
+"""How often the progress bar's loss is read (only when the bar is shown)."""
 
 
 class TrainingDiverged(EcalfError):
@@ -79,6 +92,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise EcalfError(
+            f"training.precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support "
+            "(it needs an Ampere or newer GPU); use training.precision=fp32"
+        )
+
+
 def build_optimizer(model: ForecastModel, config: TrainingConfig) -> torch.optim.Optimizer:
     groups = [g for g in model.parameter_groups(config.learning_rate) if g["params"]]
     return torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -121,6 +142,8 @@ class LoopState:
     """Set once training has ended (``early_stopping``, ``epochs`` or ``max_steps``)."""
     train_seconds: float = 0.0
     history: list[EpochLog] = field(default_factory=list)
+    world_size: int = 1
+    """Processes of the run (torchrun); a resumed run must have as many."""
 
 
 class TrainingCheckpoint:
@@ -198,6 +221,44 @@ def _with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+class EpochLosses:
+    """An epoch's training loss and loss parts as device sums weighted by windows, read once.
+
+    Each step's loss is also kept until the next finiteness check, which reads them all at once.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.parts: dict[str, Tensor] = {}
+        self.windows = 0
+        self.unchecked: list[Tensor] = []
+
+    def add(self, loss: Tensor, parts: dict[str, Tensor], windows: int) -> None:
+        self.loss += loss.detach().double() * windows
+        for name, part in parts.items():
+            if name not in self.parts:
+                self.parts[name] = torch.zeros_like(self.loss)
+            self.parts[name] += part.detach().double() * windows
+        self.windows += windows
+        self.unchecked.append(loss.detach())
+
+    def first_non_finite(self, world: World) -> tuple[int, float] | None:
+        """Position among the unchecked steps and value of the first loss that is NaN or infinite
+        on any rank (summed over the ranks, a NaN or infinity stays one), then forget them."""
+        losses = all_reduce_sum(torch.stack(self.unchecked).double(), world).cpu()
+        self.unchecked = []
+        bad = (~torch.isfinite(losses)).nonzero()
+        return (int(bad[0]), float(losses[bad[0]])) if len(bad) else None
+
+    def means(self, world: World) -> tuple[float, dict[str, float], int]:
+        """Mean loss and parts per window over every rank's windows, and the windows seen."""
+        names = list(self.parts)
+        sums = torch.stack([self.loss, *(self.parts[n] for n in names), self.loss.new_tensor(self.windows)])
+        loss, *parts, windows = all_reduce_sum(sums, world).tolist()
+        seen = max(int(windows), 1)
+        return loss / seen, {n: v / seen for n, v in zip(names, parts, strict=True)}, int(windows)
+
+
 def train(
     model: ForecastModel,
     train_set: WindowDataset,
@@ -210,79 +271,93 @@ def train(
     on_improvement: Callable[[ForecastModel, EpochLog], None] | None = None,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
     checkpoint: TrainingCheckpoint | None = None,
+    world: World = SINGLE,
 ) -> TrainingResult:
     """Train ``model`` in place; on return it holds the weights of the best validation epoch.
 
     With ``checkpoint``, the loop state is saved after every epoch, and a checkpoint that already
     exists is resumed from: the run then ends exactly as an uninterrupted one would.
+
+    With a ``world`` of several processes, every process calls this with the same arguments (its
+    process group initialised, ``device`` its own). Each takes its shard of every global batch of
+    ``config.batch_size * world.size`` windows; ``log``, the callbacks and ``checkpoint.save`` run on
+    rank 0 only, while every rank loads a checkpoint to resume.
     """
     if len(train_set) == 0:
         raise EcalfError("the training split has no windows; use more data or a larger few-shot percent")
+    device = torch.device(device)
+    check_precision(config.precision, device)
+    if not world.is_main:
+        log, on_improvement, on_epoch_end = _silent, None, None
     model.to(device)
     start = time.perf_counter()
     if not any(p.requires_grad for p in model.parameters()):
-        metrics = evaluate(model, val_set, batch_size=config.eval_batch_size, device=device)
+        metrics = _validate(model, val_set, config, device, world)
         log(f"no trainable parameters: validation mse {metrics.mse:.4f} mae {metrics.mae:.4f}")
         return TrainingResult([], 0, metrics.mse, 0, 0, "untrainable", time.perf_counter() - start)
 
     optimizer = build_optimizer(model, config)
-    state = LoopState()
+    state = LoopState(world_size=world.size)
     best_state = snapshot(model)
     if checkpoint is not None and checkpoint.exists():
         state, best_state = checkpoint.load(model, optimizer)
+        if state.world_size != world.size:
+            raise EcalfError(
+                f"{checkpoint.directory} holds a run of {state.world_size} process(es) (global batches of "
+                f"{state.world_size} x batch_size); resume it with as many (torchrun --nproc-per-node ...)"
+            )
         log(f"resumed after epoch {state.epoch} ({state.steps} steps, best epoch {state.best_epoch})")
+    network = data_parallel(model, world, device)  # the model itself in one process
+    show = config.progress and world.is_main
     # The whole run's bar: its ETA assumes every epoch runs (early stopping can only end it sooner).
-    run_bar = tqdm(
-        total=config.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not config.progress
-    )
+    run_bar = tqdm(total=config.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not show)
     while state.stopped is None:
         epoch = state.epoch + 1
         set_epoch_learning_rates(optimizer, config, epoch - 1)
         learning_rate = optimizer.param_groups[0]["lr"]
         model.train()
+        if world.is_distributed:  # each rank its own dropout masks, repeated exactly on resume
+            torch.manual_seed((seed * 1000 + epoch) * 1024 + world.rank)
+        # The same permutation on every rank; a step takes one global batch, each rank its shard.
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        index_batches = list(batches(len(train_set), config.batch_size, order))
+        global_batches = list(batches(len(train_set), config.batch_size * world.size, order))
         if config.max_steps is not None:
-            index_batches = index_batches[: config.max_steps - state.steps]
-        sums: dict[str, float] = {}
-        loss_sum, seen = 0.0, 0
-        epoch_start = time.perf_counter()
-        bar = tqdm(index_batches, desc=f"epoch {epoch}", disable=not config.progress, leave=False, position=1)
-        for idx in bar:
-            past, future = train_set.get_batch(idx)
-            output = model(past.to(device), future.to(device))
+            global_batches = global_batches[: config.max_steps - state.steps]
+        losses = EpochLosses(device)
+        epoch_start = shown = time.perf_counter()
+        bar = tqdm(global_batches, desc=f"epoch {epoch}", disable=not show, leave=False, position=1)
+        for step, global_idx in enumerate(bar, start=1):
+            idx = shard(global_idx, world)
+            # A rank whose shard of the last, partial batch is empty still takes part in the
+            # gradient reduction, with a real window and zero weight.
+            past, future = train_set.get_batch(idx if len(idx) else global_idx[:1])
+            with autocast(config.precision, device):
+                output = network(past.to(device), future.to(device))
             if output.loss is None:
                 raise RuntimeError(f"{type(model).__name__} returned no loss for a batch with targets")
-            loss_value = float(output.loss.detach())
-            if not math.isfinite(loss_value):
-                model.load_state_dict(best_state, strict=False)
-                kept = (
-                    f"the best weights (epoch {state.best_epoch}) were kept"
-                    if state.best_epoch
-                    else "no epoch had finished, so no trained weights were kept"
-                )
-                raise TrainingDiverged(
-                    f"the training loss became {loss_value} at epoch {epoch}, step {state.steps + 1}; "
-                    f"{kept}. Lower training.learning_rate or set training.grad_clip_norm."
-                )
+            loss = output.loss.float()
+            losses.add(loss, output.loss_parts, len(idx))
+            # DDP averages the ranks' gradients; this weight makes it the mean over the global batch
+            # when the last batch's shards differ in size (1.0 otherwise, and in one process).
+            weight = len(idx) * world.size / len(global_idx)
             optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
+            (loss if weight == 1.0 else loss * weight).backward()
             if config.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
             optimizer.step()
             state.steps += 1
-            n = len(idx)
-            seen += n
-            loss_sum += loss_value * n
-            for name, part in output.loss_parts.items():
-                sums[name] = sums.get(name, 0.0) + float(part.detach()) * n
-            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if step % FINITE_CHECK_STEPS == 0 or step == len(global_batches):
+                _stop_if_diverged(losses, world, model, best_state, state, epoch)
+            if show and time.perf_counter() - shown >= POSTFIX_SECONDS:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+                shown = time.perf_counter()
+        train_loss, loss_parts, seen = losses.means(world)
         train_seconds = time.perf_counter() - epoch_start
-        metrics = evaluate(model, val_set, batch_size=config.eval_batch_size, device=device)
+        metrics = _validate(model, val_set, config, device, world)
         record = EpochLog(
             epoch=epoch,
-            train_loss=loss_sum / max(seen, 1),
-            loss_parts={k: v / max(seen, 1) for k, v in sums.items()},
+            train_loss=train_loss,
+            loss_parts=loss_parts,
             val_mse=metrics.mse,
             val_mae=metrics.mae,
             learning_rate=learning_rate,
@@ -312,7 +387,7 @@ def train(
             state.stopped = "epochs"
         if on_epoch_end is not None:
             on_epoch_end(record)
-        if checkpoint is not None:
+        if checkpoint is not None and world.is_main:
             checkpoint.save(model, optimizer, state, best_state)
         run_bar.update(1)
         run_bar.set_postfix(val_mse=f"{metrics.mse:.4f}", best_epoch=state.best_epoch)
@@ -322,3 +397,41 @@ def train(
         state.history, state.best_epoch, state.best_mse, state.epoch, state.steps, state.stopped,
         state.train_seconds,
     )  # fmt: skip
+
+
+def _validate(
+    model: ForecastModel, val_set: WindowDataset, config: TrainingConfig, device: torch.device, world: World
+) -> Metrics:
+    batch_size, precision = config.eval_batch_size, config.precision
+    return evaluate(model, val_set, batch_size=batch_size, device=device, precision=precision, world=world)
+
+
+def _stop_if_diverged(
+    losses: EpochLosses,
+    world: World,
+    model: ForecastModel,
+    best_state: dict[str, Tensor],
+    state: LoopState,
+    epoch: int,
+) -> None:
+    """Raise TrainingDiverged (on every rank alike) if a loss since the last check was NaN or inf;
+    the model gets its best weights back first."""
+    unchecked = len(losses.unchecked)
+    bad = losses.first_non_finite(world)
+    if bad is None:
+        return
+    position, value = bad
+    model.load_state_dict(best_state, strict=False)
+    kept = (
+        f"the best weights (epoch {state.best_epoch}) were kept"
+        if state.best_epoch
+        else "no epoch had finished, so no trained weights were kept"
+    )
+    raise TrainingDiverged(
+        f"the training loss became {value} at epoch {epoch}, step {state.steps - unchecked + position + 1}; "
+        f"{kept}. Lower training.learning_rate or set training.grad_clip_norm."
+    )
+
+
+def _silent(line: str) -> None:
+    pass
