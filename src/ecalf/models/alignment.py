@@ -229,11 +229,15 @@ class AlignmentScore(nn.Module):
         return self.value
 
 
-def adaptive_weight(base: float, score: Tensor | float, beta: float, minimum: float, maximum: float) -> float:
+def adaptive_weight(
+    base: float, score: Tensor | float, beta: float, minimum: float, maximum: float
+) -> Tensor | float:
     """w = base * clamp(1 + beta * (1 - 2 s), minimum, maximum).
 
     Poor alignment (s -> 0) raises the weight towards base * (1 + beta); good alignment (s -> 1)
     lowers it towards base * (1 - beta), so alignment terms fade once the modalities agree.
+    A tensor score gives a tensor weight on its device (no host synchronisation in the training step).
     """
-    s = float(score)
-    return base * min(max(1.0 + beta * (1.0 - 2.0 * s), minimum), maximum)
+    if isinstance(score, Tensor):
+        return base * (1.0 + beta * (1.0 - 2.0 * score.detach())).clamp(minimum, maximum)
+    return base * min(max(1.0 + beta * (1.0 - 2.0 * score), minimum), maximum)

@@ -236,7 +236,7 @@ class CALF(ForecastModel):
             self.contrastive_levels = sorted({range(num_levels)[k] for k in levels})
         self.alignment = AlignmentScore(config.alignment_momentum) if config.adaptive_alignment else None
         self.skip = nn.Linear(config.context_length, config.prediction_length) if config.linear_skip else None
-        self._epoch_sums: dict[str, float] = {}
+        self._epoch_sums: dict[str, Tensor | float] = {}
         self._epoch_count = 0
 
     # -- weights ----------------------------------------------------------------------------------
@@ -295,7 +295,9 @@ class CALF(ForecastModel):
         task = regression_loss(cfg.loss, y_time, future_values)
         output = regression_loss(cfg.loss, y_time, y_text)
         feature, contrastive = self._alignment_terms(hidden_time, hidden_text)
-        w_out, w_feat, w_con = cfg.output_weight, cfg.feature_weight, cfg.contrastive_weight
+        w_out: Tensor | float = cfg.output_weight
+        w_feat: Tensor | float = cfg.feature_weight
+        w_con: Tensor | float = cfg.contrastive_weight
         if self.alignment is not None:
             score = (
                 self.alignment.update(hidden_time[-1], hidden_text[-1])
@@ -303,9 +305,9 @@ class CALF(ForecastModel):
                 else self.alignment.value
             )
             lo, hi, beta = cfg.weight_min_factor, cfg.weight_max_factor, cfg.alignment_beta
-            w_out = adaptive_weight(w_out, score, beta, lo, hi)
-            w_feat = adaptive_weight(w_feat, score, beta, lo, hi)
-            w_con = adaptive_weight(w_con, score, beta, lo, hi)
+            w_out = adaptive_weight(cfg.output_weight, score, beta, lo, hi)
+            w_feat = adaptive_weight(cfg.feature_weight, score, beta, lo, hi)
+            w_con = adaptive_weight(cfg.contrastive_weight, score, beta, lo, hi)
         loss = task + w_out * output + w_feat * feature
         parts = {"task": task.detach(), "output": output.detach(), "feature": feature.detach()}
         if contrastive is not None:
@@ -359,23 +361,30 @@ class CALF(ForecastModel):
 
     # -- logging of adapted values ----------------------------------------------------------------
 
-    def _accumulate(self, w_out: float, w_feat: float, w_con: float | None, degree: Tensor | None) -> None:
-        values: dict[str, float] = {}
+    def _accumulate(
+        self,
+        w_out: Tensor | float,
+        w_feat: Tensor | float,
+        w_con: Tensor | float | None,
+        degree: Tensor | None,
+    ) -> None:
+        """Sum the adapted values of this step on their device; read once per epoch (no host sync)."""
+        values: dict[str, Tensor | float] = {}
         if self.alignment is not None:
             values.update(
-                alignment_score=float(self.alignment.value), weight_output=w_out, weight_feature=w_feat
+                alignment_score=self.alignment.value.clone(), weight_output=w_out, weight_feature=w_feat
             )
             if w_con is not None:
                 values["weight_contrastive"] = w_con
         if degree is not None:
-            values["alignment_degree"] = float(degree.detach().mean())
+            values["alignment_degree"] = degree.detach().mean()
         for key, value in values.items():
             self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value
         self._epoch_count += 1
 
     def training_values(self) -> dict[str, float]:
         """Epoch means of the adapted values since the last call, plus their current state."""
-        values = {k: v / max(self._epoch_count, 1) for k, v in self._epoch_sums.items()}
+        values = {k: float(v) / max(self._epoch_count, 1) for k, v in self._epoch_sums.items()}
         self._epoch_sums, self._epoch_count = {}, 0
         if self.contrastive is not None:
             values["temperature"] = float(self.contrastive.temperature.detach())
