@@ -8,18 +8,22 @@ Each measurement runs in its own child process, so its peak resident memory (ru_
 - ``matmul``   the machine's dense fp32 matmul rate (GFLOP/s, median of repeats, same thread count);
 - ``train``    training windows/s at ``--batch-size`` (Adam steps on random windows of the config's
                shape, after warm-up, median of ``--repeats``);
-- ``predict``  inference windows/s at batch 256 (eval mode, inference_mode, median of repeats);
-- ``latency``  single-window latency (median of ``--latency-repeats``).
+- ``predict``  inference windows/s at ``--predict-batch-size`` (default 256; eval mode, inference_mode,
+               LoRA merged as in ``ecalf.evaluation``, median of repeats; ``--no-merge-lora`` keeps the
+               adapters apart);
+- ``latency``  single-window latency (median of ``--latency-repeats``), same path.
 
 Results are also given as ratios to the measured matmul rate, so runs on noisy machines compare, and
 against the official CALF figures of issue #7 (measured with the same shapes on a 2-core CPU whose
-matmul rate was about 300 GFLOP/s). Input values do not change the cost, so no dataset is read; the
+matmul rate was about 300 GFLOP/s); ``--precision bf16`` autocasts the forward passes as
+``training.precision: bf16`` does. Input values do not change the cost, so no dataset is read; the
 shapes come from the config (``--channels`` overrides C). Uses CUDA when available (``--device``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -101,6 +105,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def measure_train(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
+    from ecalf.evaluation import autocast
     from ecalf.training import build_optimizer
 
     config, model, device = build(args)
@@ -113,7 +118,8 @@ def measure_train(args: argparse.Namespace) -> dict[str, float]:
     for i in range(args.warmup + args.repeats):
         synchronize(device)
         start = time.perf_counter()
-        output = model(past, future)
+        with autocast(args.precision, device):
+            output = model(past, future)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
@@ -127,12 +133,16 @@ def measure_train(args: argparse.Namespace) -> dict[str, float]:
 def measure_predict(args: argparse.Namespace, batch: int, repeats: int, warmup: int) -> list[float]:
     import torch
 
+    from ecalf.evaluation import autocast
+    from ecalf.inference import merged_lora
+
     config, model, device = build(args)
     m = config.model
     past = torch.randn(batch, m.context_length, m.num_channels, device=device)
     model.eval()
     times = []
-    with torch.inference_mode():
+    merge = merged_lora(model) if args.merge_lora else contextlib.nullcontext()
+    with merge, torch.inference_mode(), autocast(args.precision, device):
         for i in range(warmup + repeats):
             synchronize(device)
             start = time.perf_counter()
@@ -152,8 +162,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     elif args.phase == "train":
         result = measure_train(args)
     elif args.phase == "predict":
-        step = statistics.median(measure_predict(args, 256, args.repeats, args.warmup))
-        result = {"predict_windows_per_second": 256 / step}
+        step = statistics.median(measure_predict(args, args.predict_batch_size, args.repeats, args.warmup))
+        result = {"predict_windows_per_second": args.predict_batch_size / step}
     else:
         latency = statistics.median(measure_predict(args, 1, args.latency_repeats, 3))
         result = {"latency_ms": latency * 1000}
@@ -176,6 +186,8 @@ def official_shapes(args: argparse.Namespace) -> bool:
         and config.data.context_length == config.data.prediction_length == 96
         and args.channels in (None, 7)
         and args.batch_size == 256
+        and args.predict_batch_size == 256
+        and args.precision == "fp32"
     )
 
 
@@ -189,8 +201,11 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
         "overrides": list(args.set or []) + (["model.backbone.pretrained=false"] if args.random else []),
         "channels": args.channels,
         "batch_size": args.batch_size,
+        "predict_batch_size": args.predict_batch_size,
+        "precision": args.precision,
         "threads": args.threads,
         "device": args.device,
+        "merge_lora": args.merge_lora,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "environment": environment(),
@@ -198,8 +213,10 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
     }
     base = [sys.executable, __file__, "--config", args.config, "--threads", str(args.threads)]
     base += ["--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+    base += ["--predict-batch-size", str(args.predict_batch_size), "--precision", args.precision]
     base += ["--warmup", str(args.warmup), "--latency-repeats", str(args.latency_repeats)]
     base += ["--device", args.device] + (["--random"] if args.random else [])
+    base += [] if args.merge_lora else ["--no-merge-lora"]
     base += ["--channels", str(args.channels)] if args.channels else []
     for item in args.set or []:
         base += ["--set", item]
@@ -226,24 +243,73 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def table(paths: list[str]) -> str:
+    """A markdown table of result JSON files (the docs' tables are this output)."""
+    rows = [
+        "| file | precision | C | H | train batch | matmul GFLOP/s | train win/s | predict win/s (batch) "
+        "| latency ms | peak RSS train / predict MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(value: Any, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        horizon = next(
+            (o.split("=", 1)[1] for o in r.get("overrides", []) if o.startswith("data.prediction_length=")),
+            "96",
+        )
+        predict = cell(r.get("predict_windows_per_second"))
+        if "predict_windows_per_second" in r:
+            predict += f" ({r.get('predict_batch_size', 256)})"
+        memory = f"{cell(r.get('train_peak_rss_mb'), 0)} / {cell(r.get('predict_peak_rss_mb'), 0)}"
+        rows.append(
+            f"| {Path(path).name} | {r.get('precision', 'fp32')} | {r.get('channels') or 7} | {horizon} "
+            f"| {r['batch_size']} | {cell(r.get('matmul_gflops'), 0)} "
+            f"| {cell(r.get('train_windows_per_second'))} | {predict} | {cell(r.get('latency_ms'))} "
+            f"| {memory} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config")
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="print a markdown table of result files")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
     parser.add_argument("--random", action="store_true", help="random backbone weights (no download)")
     parser.add_argument("--channels", type=int, default=None, help="override C (default: the dataset's)")
     parser.add_argument("--batch-size", type=int, default=256, help="training batch (default 256)")
+    parser.add_argument("--predict-batch-size", type=int, default=256, help="inference batch (default 256)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: autocast the forward passes, as training.precision=bf16 does (default fp32)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--latency-repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument(
+        "--no-merge-lora",
+        dest="merge_lora",
+        action="store_false",
+        help="predict and latency with the LoRA adapters unmerged (default: merged, as ecalf predicts)",
+    )
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--output", help="write the results JSON here (atomically)")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not args.config:
+        parser.error("--config is required (or --table JSON ...)")
     if args.phase:
         print(json.dumps(child(args)))
         return

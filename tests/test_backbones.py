@@ -492,3 +492,67 @@ def test_smollm2_principal_embeddings_are_cached(smollm2, monkeypatch):
     again = cached_principal_embeddings(word_embeddings, 500, smollm2["cache_dir"])
     assert torch.equal(again, dictionary)
     print(f"smollm2-135m, 6 layers: loaded (GGUF dequantisation + PCA) in {smollm2['seconds']:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradient checkpointing (backbone.gradient_checkpointing)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["time", "text"])
+@pytest.mark.parametrize("preset", TINY)
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(preset, role):
+    """In training mode, dropout included: the recomputation replays the same masks."""
+    trunks = []
+    for enabled in (False, True):
+        config = tiny_config(preset, gradient_checkpointing=enabled)
+        torch.manual_seed(0)
+        trunk = apply_role(Trunk(architecture_config(config)), role, config).train()
+        perturb_lora_b(trunk)
+        assert trunk.gradient_checkpointing is enabled
+        trunks.append(trunk)
+    grads = []
+    for trunk in trunks:
+        x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        torch.manual_seed(2)
+        states = trunk(x)
+        sum(h.square().mean() for h in states).backward()
+        assert x.grad is not None
+        grads.append(
+            (
+                [h.detach() for h in states],
+                x.grad,
+                {n: p.grad for n, p in trunk.named_parameters() if p.requires_grad},
+            )
+        )
+    (states_a, x_a, params_a), (states_b, x_b, params_b) = grads
+    for a, b in zip(states_a, states_b, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(x_a, x_b)
+    assert params_a.keys() == params_b.keys()
+    assert params_a or (preset, role) == ("tiny-llama", "text")  # a rotary text trunk trains nothing
+    for name in params_a:
+        torch.testing.assert_close(params_a[name], params_b[name], msg=name)
+
+
+def test_gradient_checkpointing_keeps_fewer_tensors_for_the_backward_pass():
+    config = tiny_config("tiny-gpt2", num_layers=3)
+    saved = {}
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        trunk = Trunk(architecture_config(config)).train()
+        trunk.set_gradient_checkpointing(enabled)
+        count = 0
+
+        def pack(t: Tensor) -> Tensor:
+            nonlocal count
+            count += 1
+            return t
+
+        x = torch.randn(2, 5, D, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            trunk(x)
+        saved[enabled] = count
+    assert saved[True] < saved[False] / 3
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        tiny_config("tiny-gpt2", gradient_checkpointing="yes")

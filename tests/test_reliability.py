@@ -372,6 +372,27 @@ def test_disk_full_while_writing_the_checkpoint(tmp_path, toy_csv, capsys, monke
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"] == "dlinear"
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomically_written_files_get_the_mode_of_a_plain_open(umask, tmp_path):
+    """Not mkstemp's 0600: results and models stay readable by the group when the umask says so."""
+    from ecalf.artifacts import save_tensors, write_json, write_text
+
+    old = os.umask(umask)
+    try:
+        paths = [
+            write_text(tmp_path / "a.txt", "x"),
+            write_json(tmp_path / "b.json", {"a": 1}),
+            save_tensors(tmp_path / "c.safetensors", {"w": torch.zeros(2)}),
+        ]
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    expected = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for path in paths:
+        assert Path(path).stat().st_mode & 0o777 == expected, path
+
+
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,13 @@ from safetensors.torch import load_file, save_file
 from ecalf.errors import CheckpointError, EcalfError
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     target = Path(path)
@@ -36,6 +43,7 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) ->
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), _new_file_mode())  # mkstemp's 0600 -> what open() would give
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ecalf.data import WindowDataset
 from ecalf.distributed import SINGLE, World, all_reduce_sum, shard
+from ecalf.inference import merged_lora
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,21 @@ def evaluate(
     absolute = torch.zeros((), dtype=torch.float64, device=device)
     count, windows = 0, 0
     try:
-        for idx in tqdm(
-            list(batches(len(indices), batch_size, indices)),
-            desc=description,
-            disable=not (progress and world.is_main),
-            leave=False,
-        ):
-            past, future = dataset.get_batch(idx)
-            with autocast(precision, device):
-                prediction = model(past.to(device)).prediction
-            error = prediction.float() - future.to(device)
-            squared += error.square().sum(dtype=torch.float64)
-            absolute += error.abs().sum(dtype=torch.float64)
-            count += error.numel()
-            windows += len(idx)
+        with merged_lora(model):  # one product per adapted matrix (src/ecalf/inference.py)
+            for idx in tqdm(
+                list(batches(len(indices), batch_size, indices)),
+                desc=description,
+                disable=not (progress and world.is_main),
+                leave=False,
+            ):
+                past, future = dataset.get_batch(idx)
+                with autocast(precision, device):
+                    prediction = model(past.to(device)).prediction
+                error = prediction.float() - future.to(device)
+                squared += error.square().sum(dtype=torch.float64)
+                absolute += error.abs().sum(dtype=torch.float64)
+                count += error.numel()
+                windows += len(idx)
     finally:
         model.train(was_training)
     sums = torch.stack([squared, absolute, squared.new_tensor(count), squared.new_tensor(windows)])
@@ -104,10 +106,11 @@ def predict(
     model.eval()
     outputs = []
     try:
-        for idx in batches(len(dataset), batch_size):
-            with autocast(precision, device):
-                prediction = model(dataset.get_batch(idx)[0].to(device)).prediction
-            outputs.append(prediction.float().cpu())
+        with merged_lora(model):
+            for idx in batches(len(dataset), batch_size):
+                with autocast(precision, device):
+                    prediction = model(dataset.get_batch(idx)[0].to(device)).prediction
+                outputs.append(prediction.float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(outputs)

@@ -48,6 +48,7 @@ from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, writ
 from ecalf.config import RunConfig, apply_overrides, run_config_from_dict, to_dict
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset, frame_from_dataframe, read_csv
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
+from ecalf.inference import merged_lora
 from ecalf.models.base import ForecastModel
 from ecalf.registry import list_models, model_config_class, model_name_for_config
 from ecalf.tracking import JSONL_FILE, TENSORBOARD_DIR, open_tracker, require_tracking
@@ -503,7 +504,7 @@ class Forecaster:
         past = torch.from_numpy(scaler.transform(frame.values[-L:]))[None]  # (1, L, C)
         device = next(iter(module.parameters()), torch.empty(0)).device
         module.eval()
-        with torch.no_grad():
+        with merged_lora(module), torch.no_grad():
             prediction = module(past.to(device)).prediction.float().cpu()[0]  # (H, C)
         values = scaler.inverse_transform(prediction.numpy())  # (H, C) original units
         dates = future_timestamps(frame.timestamps[-1], frequency, self.prediction_length)

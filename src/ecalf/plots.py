@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ecalf.artifacts import write_bytes
 from ecalf.errors import EcalfError
+from ecalf.inference import merged_lora
 
 HISTORY_COLOR = "#1f77b4"
 FORECAST_COLOR = "#ff7f0e"
@@ -340,7 +341,7 @@ def plot_run_test_windows(
     count = max(1, min(num_windows, len(test)))
     chosen = sorted({round(x) for x in np.linspace(0, len(test) - 1, count)})
     past, future = test.get_batch(chosen)  # (N, L, C), (N, H, C)
-    with torch.no_grad():
+    with merged_lora(model), torch.no_grad():
         predicted = model(past.to(device)).prediction.float().cpu()  # (N, H, C)
     scaler = splits.test_scaler or splits.scaler
     past_np, future_np, predicted_np = (

@@ -25,6 +25,9 @@ class BackboneConfig:
     lora_targets: list[str] | None = None
     """Module names LoRA adapts in the ``time`` role. None: the family default, the attention's input
     projections (GPT-2 ``c_attn``; Llama-family ``q_proj``, ``k_proj``, ``v_proj``)."""
+    gradient_checkpointing: bool = False
+    """Recompute the trunks' block activations in the backward pass instead of keeping them: less
+    training memory for more compute (docs/speed.md has the measured trade-off). Results are unchanged."""
     cache_dir: str | None = None
     """Cache of PCA dictionaries; default ``$ECALF_CACHE_DIR``, else ``~/.cache/ecalf``."""
 
@@ -43,6 +46,10 @@ class BackboneConfig:
             raise ConfigError(
                 "backbone.lora_targets must be null (the family default) or a non-empty list of "
                 f"module names such as [q_proj, v_proj], got {self.lora_targets!r}"
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(
+                f"backbone.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
             )
         if self.cache_dir is not None and not self.cache_dir.strip():
             raise ConfigError("backbone.cache_dir must be null or a directory path")

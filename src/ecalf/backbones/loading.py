@@ -37,13 +37,17 @@ from ecalf.errors import BackboneError
 
 
 def _load_language_model(config: BackboneConfig, source: BackboneSource) -> nn.Module:
-    """The whole causal LM in float32: pretrained from ``source``, or a random init of its architecture."""
-    from transformers import AutoModelForCausalLM
+    """The LM in float32: pretrained from ``source`` (with its head), or a random init of its architecture.
+
+    The random init builds the base model only (``AutoModel``: blocks, embeddings, final norm, no LM
+    head): a causal LM draws its head's random numbers (if untied) after the base model's, so the base
+    weights are bit-identical to those of the full causal LM from the same seed (a test pins this), and
+    no (V, D) head is allocated only to be tied or thrown away.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
 
     if not config.pretrained or source.kind == "builtin":
-        return AutoModelForCausalLM.from_config(
-            full_config(config), attn_implementation="sdpa", dtype=torch.float32
-        )
+        return AutoModel.from_config(full_config(config), attn_implementation="sdpa", dtype=torch.float32)
     kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": "sdpa"}
     if source.kind == "gguf":
         kwargs["gguf_file"] = source.gguf_file
@@ -71,15 +75,16 @@ def load_pretrained_weights(config: BackboneConfig) -> tuple[dict[str, Tensor], 
     """Load the backbone; return (Trunk state dict, principal embeddings (K, D) float32).
 
     The state dict loads into ``Trunk(architecture_config(config))`` with ``strict=True``. With
-    ``pretrained: false`` the full LM is randomly initialised with the current torch RNG (its own
-    init scheme, full depth — as a random GPT-2 is in the official code) and then truncated.
+    ``pretrained: false`` the full-depth model is randomly initialised with the current torch RNG (its
+    own init scheme — as a random GPT-2 is in the official code; the LM head is not built, which leaves
+    the other weights as they are) and then truncated.
     """
     arch = architecture_config(config)
     with torch.device("meta"):
         skeleton = Trunk(arch)  # names and shapes only, no memory
     source = resolve_source(config.preset)
     lm = _load_language_model(config, source)
-    base: nn.Module = lm.base_model  # type: ignore[assignment]  # GPT2Model / LlamaModel ...
+    base: nn.Module = lm.base_model  # type: ignore[assignment]  # GPT2Model / LlamaModel ... (or lm itself)
     base_state = base.state_dict()
     state: dict[str, Tensor] = {}
     for key, expected in skeleton.state_dict().items():
@@ -93,13 +98,15 @@ def load_pretrained_weights(config: BackboneConfig) -> tuple[dict[str, Tensor], 
             )
         state[key] = tensor.detach().to(torch.float32)
     word_embeddings = lm.get_input_embeddings().weight.detach()  # type: ignore[operator]  # (V, D)
+    del lm, base, base_state  # deeper blocks and the LM head go here, before the dictionary's work
+    gc.collect()
     k = config.num_principal_embeddings
     if word_embeddings.numel() >= CACHE_MIN_ENTRIES:
         cache_dir = config.cache_dir or default_cache_dir()
         dictionary = cached_principal_embeddings(word_embeddings, k, cache_dir, source=source.describe())
     else:
         dictionary = principal_embeddings(word_embeddings, k)
-    del lm, base, base_state, word_embeddings  # deeper blocks, word embeddings and LM head go here
+    del word_embeddings
     gc.collect()
     return state, dictionary
 

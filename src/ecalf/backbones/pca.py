@@ -66,7 +66,7 @@ def embedding_fingerprint(word_embeddings: Tensor) -> str:
     """SHA-256 of the matrix's shape and float32 bytes: the identity of a backbone's vocabulary."""
     data = word_embeddings.detach().to("cpu", torch.float32).contiguous()
     digest = hashlib.sha256(f"{tuple(data.shape)}".encode())
-    digest.update(data.numpy().tobytes())
+    digest.update(data.numpy().data.cast("B"))  # the bytes in place, not a (V, D) copy
     return digest.hexdigest()
 
 

@@ -69,9 +69,12 @@ def apply_role(trunk: Trunk, role: Role, config: BackboneConfig) -> Trunk:
 
     ``time`` injects LoRA (peft) into the trunk's modules, so its state-dict keys stay those of the
     plain trunk plus ``.base_layer.`` / ``lora_A`` / ``lora_B`` entries; ``forward`` is unchanged.
+    Both roles switch the trunk's gradient checkpointing as ``config.gradient_checkpointing`` says.
     """
     if lora_parameters(trunk):
         raise ValueError("apply_role was already applied to this trunk")
+    if role in ("time", "text"):
+        trunk.set_gradient_checkpointing(config.gradient_checkpointing)
     if role == "text":
         trunk.requires_grad_(False)
         for p in trunk.position_parameters():

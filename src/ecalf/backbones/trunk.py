@@ -8,6 +8,7 @@ transformers knows computes exactly what the full model computes; the word-embed
 from __future__ import annotations
 
 import copy
+import functools
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
@@ -66,6 +67,28 @@ class Trunk(nn.Module):
         hidden_states = tuple(out.hidden_states)  # N + 1 x (B, T, D)
         assert len(hidden_states) == self.num_layers + 1
         return hidden_states
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only).
+
+        Uses the blocks' own Hugging Face mechanism (``GradientCheckpointingLayer``) with the
+        non-reentrant ``torch.utils.checkpoint``; the recomputation replays the same dropout masks, so
+        outputs and gradients are those of the plain trunk. Eval mode and ``no_grad`` are unaffected.
+        """
+        from torch.utils.checkpoint import checkpoint
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        blocks = [m for m in self.decoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if not blocks:  # pragma: no cover - every decoder family in transformers 5 has them
+            raise NotImplementedError(f"the {self.family} blocks do not support gradient checkpointing")
+        function = functools.partial(checkpoint, use_reentrant=False)
+        for block in blocks:
+            block.gradient_checkpointing = enabled
+            setattr(block, "_gradient_checkpointing_func", function)  # noqa: B010 - an untyped HF hook
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.decoder.modules())
 
     def position_parameters(self) -> list[nn.Parameter]:
         """Learned position embeddings (GPT-2 ``wpe``); [] for rotary (or ALiBi) models.
