@@ -251,8 +251,11 @@ def table(paths: list[str]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(value: Any, digits: int = 1) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
+    def cell(value: Any, digits: int | None = None) -> str:
+        """Rates and latencies to 3 significant digits (0.161, 29.5, 152); ``digits`` fixed decimals."""
+        if value is None:
+            return "-"
+        return f"{value:.{digits}f}" if digits is not None else f"{value:#.3g}".rstrip(".")
 
     for path in paths:
         r = json.loads(Path(path).read_text())

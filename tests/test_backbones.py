@@ -556,3 +556,52 @@ def test_gradient_checkpointing_keeps_fewer_tensors_for_the_backward_pass():
     assert saved[True] < saved[False] / 3
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
         tiny_config("tiny-gpt2", gradient_checkpointing="yes")
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention dropout (backbone.attention_dropout)
+# --------------------------------------------------------------------------------------------------
+
+
+def _saved_bytes_of_a_training_forward(trunk: Trunk, tokens: int) -> int:
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    x = torch.randn(2, tokens, D, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trunk.train()(x)
+    return total
+
+
+def test_attention_dropout_overrides_the_backbone_and_zero_keeps_no_attention_matrix():
+    default = architecture_config(tiny_config("tiny-gpt2"))
+    assert default.attn_pdrop > 0  # GPT-2's own 0.1
+    assert architecture_config(tiny_config("tiny-gpt2", attention_dropout=0.0)).attn_pdrop == 0.0
+    assert architecture_config(tiny_config("tiny-llama", attention_dropout=0.25)).attention_dropout == 0.25
+    saved = {}
+    for value in (None, 0.0):
+        torch.manual_seed(0)
+        saved[value] = _saved_bytes_of_a_training_forward(
+            Trunk(architecture_config(tiny_config("tiny-gpt2", attention_dropout=value))), tokens=60
+        )
+    # With dropout, each layer keeps (B, heads, T, T) probabilities and a mask: 2 x 4 x 60 x 60 floats.
+    assert saved[None] - saved[0.0] > 2 * 2 * 4 * 60 * 60 * 4
+
+
+def test_attention_dropout_zero_makes_training_mode_attention_deterministic():
+    config = tiny_config("tiny-gpt2", attention_dropout=0.0)
+    hf = architecture_config(config)
+    hf.resid_pdrop = hf.embd_pdrop = 0.0  # isolate the attention's dropout
+    trunk = Trunk(hf).train()
+    x = torch.randn(2, 5, D)
+    torch.testing.assert_close(trunk(x)[-1], trunk(x)[-1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "yes", True])
+def test_attention_dropout_must_be_null_or_in_the_unit_interval(value):
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        tiny_config("tiny-gpt2", attention_dropout=value)

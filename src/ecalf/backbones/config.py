@@ -28,6 +28,10 @@ class BackboneConfig:
     gradient_checkpointing: bool = False
     """Recompute the trunks' block activations in the backward pass instead of keeping them: less
     training memory for more compute (docs/speed.md has the measured trade-off). Results are unchanged."""
+    attention_dropout: float | None = None
+    """Dropout on the trunks' attention probabilities. None: the backbone's own (GPT-2 0.1, as CALF;
+    SmolLM2 0.0). On a CPU, 0 lets PyTorch's fused attention keep O(T) instead of a (B, heads, T, T)
+    matrix per layer for the backward pass: much less memory with hundreds of channels (docs/speed.md)."""
     cache_dir: str | None = None
     """Cache of PCA dictionaries; default ``$ECALF_CACHE_DIR``, else ``~/.cache/ecalf``."""
 
@@ -50,6 +54,15 @@ class BackboneConfig:
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(
                 f"backbone.gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}"
+            )
+        if self.attention_dropout is not None and (
+            isinstance(self.attention_dropout, bool)
+            or not isinstance(self.attention_dropout, (int, float))
+            or not 0.0 <= self.attention_dropout < 1.0
+        ):
+            raise ConfigError(
+                "backbone.attention_dropout must be null (the backbone's own) or a number in [0, 1), "
+                f"got {self.attention_dropout!r}"
             )
         if self.cache_dir is not None and not self.cache_dir.strip():
             raise ConfigError("backbone.cache_dir must be null or a directory path")

@@ -291,4 +291,17 @@ def architecture_config(config: BackboneConfig) -> PretrainedConfig:
     if getattr(hf_config, "is_encoder_decoder", False):
         raise BackboneError(f"{config.preset!r} is an encoder-decoder model; ecalf needs a decoder-only LM")
     check_shapes(config, hf_config)
-    return truncate_config(hf_config, config.num_layers)
+    truncated = truncate_config(hf_config, config.num_layers)
+    if config.attention_dropout is not None:
+        keys = [k for k in ATTENTION_DROPOUT_KEYS if hasattr(truncated, k)]
+        if not keys:
+            raise BackboneError(
+                f"backbone.attention_dropout: the {truncated.model_type} config has no attention-dropout "
+                f"setting (none of {', '.join(ATTENTION_DROPOUT_KEYS)}); leave it null"
+            )
+        setattr(truncated, keys[0], float(config.attention_dropout))
+    return truncated
+
+
+ATTENTION_DROPOUT_KEYS = ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob")
+"""Where Hugging Face configs keep the attention-probability dropout (GPT-2 first, then the rest)."""
