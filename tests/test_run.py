@@ -96,3 +96,27 @@ def test_quickstart_is_idempotent_and_resumes(tmp_path, synthetic_csv, capsys, m
     monkeypatch.chdir(tmp_path)
     assert main(["quickstart", "--output-dir", str(out)]) == 2  # no configs/quickstart.yaml here
     assert "repository root" in capsys.readouterr().err
+
+
+def test_quiet_silences_the_libraries_bars_for_the_command_only(tmp_path, monkeypatch, capsys):
+    import os
+
+    import ecalf.run
+    from ecalf.evaluation import Metrics
+
+    seen = {}
+
+    def fake_evaluate_run(run_dir, progress):
+        seen.update(
+            progress=progress,
+            **{k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")},
+        )
+        return None, Metrics(mse=1.0, mae=1.0, windows=1)
+
+    monkeypatch.setattr(ecalf.run, "evaluate_run", fake_evaluate_run)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert main(["evaluate", str(tmp_path), "--quiet"]) == 0
+    assert seen == {"progress": False, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    assert "TQDM_DISABLE" not in os.environ  # restored after the command
+    assert main(["evaluate", str(tmp_path)]) == 0
+    assert seen["progress"] is True and seen["TQDM_DISABLE"] is None

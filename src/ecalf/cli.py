@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -396,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    saved = dict(os.environ)
+    if getattr(args, "quiet", False):
+        # The libraries' own bars (GGUF conversion, weight loading, downloads) go quiet too. Both are
+        # read when tqdm / huggingface_hub are first imported, which happens inside the command.
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         return int(args.func(args) or 0)
     except EcalfError as exc:
@@ -404,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ecalf: interrupted", file=sys.stderr)
         return 130
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 if __name__ == "__main__":
