@@ -99,6 +99,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     device = resolve_device(args.device)
     model = build_model(config).to(device)
     torch.manual_seed(0)
+    if getattr(args, "compile", False):
+        model = torch.compile(model)  # compiled on the first (warm-up) call, not timed
     return config, model, device
 
 
@@ -130,7 +132,10 @@ def measure_train(args: argparse.Namespace) -> dict[str, float]:
     return {"train_step_seconds": step, "train_windows_per_second": args.batch_size / step}
 
 
-def measure_predict(args: argparse.Namespace, batch: int, repeats: int, warmup: int) -> list[float]:
+def measure_predict(
+    args: argparse.Namespace, batch: int, repeats: int, warmup: int
+) -> tuple[list[float], float]:
+    """Seconds per call after ``warmup`` calls, and the first call's (with --compile: compiling)."""
     import torch
 
     from ecalf.evaluation import autocast
@@ -140,7 +145,7 @@ def measure_predict(args: argparse.Namespace, batch: int, repeats: int, warmup: 
     m = config.model
     past = torch.randn(batch, m.context_length, m.num_channels, device=device)
     model.eval()
-    times = []
+    times, first = [], 0.0
     merge = merged_lora(model) if args.merge_lora else contextlib.nullcontext()
     with merge, torch.inference_mode(), autocast(args.precision, device):
         for i in range(warmup + repeats):
@@ -148,9 +153,11 @@ def measure_predict(args: argparse.Namespace, batch: int, repeats: int, warmup: 
             start = time.perf_counter()
             model(past)
             synchronize(device)
+            if i == 0:
+                first = time.perf_counter() - start
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return times
+    return times, first
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,11 +169,15 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     elif args.phase == "train":
         result = measure_train(args)
     elif args.phase == "predict":
-        step = statistics.median(measure_predict(args, args.predict_batch_size, args.repeats, args.warmup))
-        result = {"predict_windows_per_second": args.predict_batch_size / step}
+        times, first = measure_predict(args, args.predict_batch_size, args.repeats, max(args.warmup, 1))
+        step = statistics.median(times)
+        result = {
+            "predict_windows_per_second": args.predict_batch_size / step,
+            "predict_first_call_seconds": first,
+        }
     else:
-        latency = statistics.median(measure_predict(args, 1, args.latency_repeats, 3))
-        result = {"latency_ms": latency * 1000}
+        times, _ = measure_predict(args, 1, args.latency_repeats, 3)
+        result = {"latency_ms": statistics.median(times) * 1000}
     key = {"matmul": "matmul_peak_rss_mb"}.get(args.phase, f"{args.phase}_peak_rss_mb")
     result[key] = peak_rss_mb()
     return result
@@ -188,6 +199,7 @@ def official_shapes(args: argparse.Namespace) -> bool:
         and args.batch_size == 256
         and args.predict_batch_size == 256
         and args.precision == "fp32"
+        and not args.compile
     )
 
 
@@ -206,6 +218,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "device": args.device,
         "merge_lora": args.merge_lora,
+        "compile": args.compile,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "environment": environment(),
@@ -217,6 +230,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
     base += ["--warmup", str(args.warmup), "--latency-repeats", str(args.latency_repeats)]
     base += ["--device", args.device] + (["--random"] if args.random else [])
     base += [] if args.merge_lora else ["--no-merge-lora"]
+    base += ["--compile"] if args.compile else []
     base += ["--channels", str(args.channels)] if args.channels else []
     for item in args.set or []:
         base += ["--set", item]
@@ -266,9 +280,10 @@ def table(paths: list[str]) -> str:
         predict = cell(r.get("predict_windows_per_second"))
         if "predict_windows_per_second" in r:
             predict += f" ({r.get('predict_batch_size', 256)})"
+        precision = r.get("precision", "fp32") + (" compiled" if r.get("compile") else "")
         memory = f"{cell(r.get('train_peak_rss_mb'), 0)} / {cell(r.get('predict_peak_rss_mb'), 0)}"
         rows.append(
-            f"| {Path(path).name} | {r.get('precision', 'fp32')} | {r.get('channels') or 7} | {horizon} "
+            f"| {Path(path).name} | {precision} | {r.get('channels') or 7} | {horizon} "
             f"| {r['batch_size']} | {cell(r.get('matmul_gflops'), 0)} "
             f"| {cell(r.get('train_windows_per_second'))} | {predict} | {cell(r.get('latency_ms'))} "
             f"| {memory} |"
@@ -303,6 +318,9 @@ def main() -> None:
         dest="merge_lora",
         action="store_false",
         help="predict and latency with the LoRA adapters unmerged (default: merged, as ecalf predicts)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (compiled during warm-up)"
     )
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
