@@ -108,9 +108,11 @@ def measure_train(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
     from ecalf.evaluation import autocast
+    from ecalf.memory import release_freed_memory
     from ecalf.training import build_optimizer
 
     config, model, device = build(args)
+    low_memory = config.training.low_memory and device.type == "cpu" and release_freed_memory()
     m = config.model
     optimizer = build_optimizer(model, config.training)
     past = torch.randn(args.batch_size, m.context_length, m.num_channels, device=device)
@@ -129,7 +131,11 @@ def measure_train(args: argparse.Namespace) -> dict[str, float]:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
-    return {"train_step_seconds": step, "train_windows_per_second": args.batch_size / step}
+    return {
+        "train_step_seconds": step,
+        "train_windows_per_second": args.batch_size / step,
+        "train_low_memory": bool(low_memory),
+    }
 
 
 def measure_predict(
@@ -221,6 +227,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
         "compile": args.compile,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "environment": environment(),
         "torch_cuda": torch.cuda.is_available(),
     }
@@ -281,6 +288,7 @@ def table(paths: list[str]) -> str:
         if "predict_windows_per_second" in r:
             predict += f" ({r.get('predict_batch_size', 256)})"
         precision = r.get("precision", "fp32") + (" compiled" if r.get("compile") else "")
+        precision += " low-memory" if r.get("train_low_memory") else ""
         memory = f"{cell(r.get('train_peak_rss_mb'), 0)} / {cell(r.get('predict_peak_rss_mb'), 0)}"
         rows.append(
             f"| {Path(path).name} | {precision} | {r.get('channels') or 7} | {horizon} "

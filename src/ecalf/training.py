@@ -33,6 +33,7 @@ from ecalf.data import WindowDataset
 from ecalf.distributed import SINGLE, World, all_reduce_sum, data_parallel, shard
 from ecalf.errors import EcalfError
 from ecalf.evaluation import Metrics, autocast, batches, evaluate
+from ecalf.memory import release_freed_memory
 from ecalf.models.base import ForecastModel
 
 FINITE_CHECK_STEPS = 50
@@ -289,6 +290,8 @@ def train(
     check_precision(config.precision, device)
     if not world.is_main:
         log, on_improvement, on_epoch_end = _silent, None, None
+    if config.low_memory and device.type == "cpu" and not release_freed_memory():
+        log("training.low_memory has no effect here: it needs glibc's malloc (Linux)")
     model.to(device)
     start = time.perf_counter()
     if not any(p.requires_grad for p in model.parameters()):
