@@ -145,12 +145,14 @@ def measure_predict(
     import torch
 
     from ecalf.evaluation import autocast
-    from ecalf.inference import merged_lora
+    from ecalf.inference import merged_lora, quantized_int8
 
     config, model, device = build(args)
     m = config.model
     past = torch.randn(batch, m.context_length, m.num_channels, device=device)
     model.eval()
+    if args.int8:
+        model = quantized_int8(model)  # LoRA merged into it; the float model is dropped
     times, first = [], 0.0
     merge = merged_lora(model) if args.merge_lora else contextlib.nullcontext()
     with merge, torch.inference_mode(), autocast(args.precision, device):
@@ -225,6 +227,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "merge_lora": args.merge_lora,
         "compile": args.compile,
+        "int8": args.int8,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
@@ -238,6 +241,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
     base += ["--device", args.device] + (["--random"] if args.random else [])
     base += [] if args.merge_lora else ["--no-merge-lora"]
     base += ["--compile"] if args.compile else []
+    base += ["--int8"] if args.int8 else []
     base += ["--channels", str(args.channels)] if args.channels else []
     for item in args.set or []:
         base += ["--set", item]
@@ -287,7 +291,8 @@ def table(paths: list[str]) -> str:
         predict = cell(r.get("predict_windows_per_second"))
         if "predict_windows_per_second" in r:
             predict += f" ({r.get('predict_batch_size', 256)})"
-        precision = r.get("precision", "fp32") + (" compiled" if r.get("compile") else "")
+        precision = "int8" if r.get("int8") else r.get("precision", "fp32")
+        precision += " compiled" if r.get("compile") else ""
         precision += " low-memory" if r.get("train_low_memory") else ""
         memory = f"{cell(r.get('train_peak_rss_mb'), 0)} / {cell(r.get('predict_peak_rss_mb'), 0)}"
         rows.append(
@@ -329,6 +334,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (compiled during warm-up)"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="predict and latency with the int8 copy (ecalf.inference)"
     )
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)

@@ -82,6 +82,20 @@ def test_fit_save_load_predict_gives_bit_identical_forecasts(tmp_path, model):
         assert loaded.config.model.backbone.preset == "tiny-gpt2"
 
 
+def test_int8_forecasts_stay_close_to_the_float_ones(tmp_path):
+    data = _series(rows=100)
+    forecaster = _forecaster("ecalf", epochs=1).fit(data, verbose=False)
+    float_forecast = _values(forecaster.predict(data))
+    int8_forecast = _values(forecaster.predict(data, int8=True))
+    scale = data[["x0", "OT"]].to_numpy().std(axis=0)
+    error = np.abs(int8_forecast - float_forecast)
+    assert (error > 0).any() and (error < 0.05 * scale).all()
+    first = forecaster._int8
+    np.testing.assert_array_equal(_values(forecaster.predict(data, int8=True)), int8_forecast)
+    assert forecaster._int8 is first  # made once, kept
+    np.testing.assert_array_equal(_values(forecaster.predict(data)), float_forecast)  # float untouched
+
+
 def test_forecasts_are_in_original_units_and_follow_the_input(fitted):
     forecaster, data = fitted
     forecast = _values(forecaster.predict(data))  # (H, C)

@@ -8,7 +8,8 @@ from torch import nn
 
 from ecalf.artifacts import load_tensors, save_tensors
 from ecalf.backbones import BackboneConfig
-from ecalf.inference import lora_layers, merged_lora
+from ecalf.errors import EcalfError
+from ecalf.inference import lora_layers, merged_lora, quantized_int8
 from ecalf.models.calf import CALF, CALFConfig, ECALFConfig
 from ecalf.training import snapshot
 
@@ -179,3 +180,41 @@ def test_evaluation_and_prediction_run_with_the_adapters_merged():
     predict(model, dataset, batch_size=4)
     assert seen and all(seen)
     assert not getattr(model, "_ecalf_lora_merged", False)  # left as it was
+
+
+# --------------------------------------------------------------------------------------------------
+# int8 copy for CPU inference
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enhanced", [False, True], ids=["calf", "ecalf"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_int8_copy_forecasts_like_the_float_model_with_its_adapters(preset, enhanced):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from transformers.pytorch_utils import Conv1D
+
+    model = tiny_model(preset, enhanced)
+    past, _ = windows()
+    before = state(model)
+    with torch.no_grad():
+        reference = model(past).prediction
+        unadapted = tiny_model(preset, enhanced, adapted=False)(past).prediction
+    quantized = quantized_int8(model)
+    with torch.no_grad():
+        prediction = quantized(past).prediction
+    assert_bit_identical(before, state(model))  # the float model is untouched
+    assert any(p.requires_grad for p in model.parameters())
+    modules = list(quantized.modules())
+    assert not lora_layers(quantized) and not any(isinstance(m, Conv1D) for m in modules)
+    trunk_layers = [m for m in quantized.time_trunk.modules() if isinstance(m, DynamicInt8Linear)]
+    assert len(trunk_layers) >= 2 * 4  # tiny trunks: 2 blocks, >= 4 matrices each
+    error = (prediction - reference).abs().max()
+    assert 0 < error < 0.05 * reference.abs().max()
+    # The merged adapters are in: the int8 forecast is much nearer the adapted model than the bare one.
+    assert (prediction - reference).abs().mean() < 0.5 * (prediction - unadapted).abs().mean()
+
+
+def test_int8_copy_is_cpu_only():
+    model = tiny_model("tiny-gpt2").to("meta")
+    with pytest.raises(EcalfError, match="int8 inference runs on the CPU"):
+        quantized_int8(model)

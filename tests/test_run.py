@@ -54,6 +54,11 @@ def test_evaluate_reproduces_logged_test_metrics_exactly(tmp_path, synthetic_csv
     assert metrics.mae == logged["mae"]
     assert main(["evaluate", str(result.run_dir)]) == 0
     assert f"{logged['mse']:.6f}" in capsys.readouterr().out
+    # The int8 CPU copy: another number, close to the float one (docs/speed.md measures real runs).
+    _, int8 = evaluate_run(result.run_dir, int8=True)
+    assert int8.mse != logged["mse"] and abs(int8.mse - logged["mse"]) < 0.05 * logged["mse"]
+    assert main(["evaluate", str(result.run_dir), "--int8", "--quiet"]) == 0
+    assert f"test mse {int8.mse:.6f}" in capsys.readouterr().out
 
 
 def test_cli_train_with_overrides(tmp_path, synthetic_csv, capsys):

@@ -53,8 +53,9 @@ def _print_run_result(run_dir: object, metrics: dict[str, Any]) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ecalf.run import evaluate_run
 
-    _, metrics = evaluate_run(args.run_dir, progress=not args.quiet)
-    print(f"test mse {metrics.mse:.6f} mae {metrics.mae:.6f} ({metrics.windows} windows)")
+    _, metrics = evaluate_run(args.run_dir, progress=not args.quiet, int8=args.int8)
+    int8 = ", int8" if args.int8 else ""
+    print(f"test mse {metrics.mse:.6f} mae {metrics.mae:.6f} ({metrics.windows} windows{int8})")
     if args.plot:
         from ecalf.plots import plot_run_test_windows
 
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--plot", metavar="PNG", help="also draw forecast vs actual on a few test windows")
     p.add_argument("--windows", type=int, default=3, metavar="N", help="test windows in the plot (default 3)")
+    p.add_argument("--int8", action="store_true", help="evaluate the int8 CPU inference copy (docs/speed.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -37,18 +37,19 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from ecalf import __version__
 from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_text, write_yaml
 from ecalf.config import RunConfig, apply_overrides, run_config_from_dict, to_dict
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset, frame_from_dataframe, read_csv
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
-from ecalf.inference import merged_lora
+from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel
 from ecalf.registry import list_models, model_config_class, model_name_for_config
 from ecalf.tracking import JSONL_FILE, TENSORBOARD_DIR, open_tracker, require_tracking
@@ -366,6 +367,7 @@ class Forecaster:
         self.summary: dict[str, Any] = {}
         """What ``fit`` did: rows, windows, best epoch, why it stopped, seconds."""
         self.validation_fraction: float | None = None
+        self._int8: tuple[ForecastModel, nn.Module] | None = None  # (module, its int8 copy)
 
     # -- properties ---------------------------------------------------------------------------------
 
@@ -485,13 +487,19 @@ class Forecaster:
         }
         return self
 
-    def predict(self, data: SeriesInput) -> pd.DataFrame:
+    def predict(self, data: SeriesInput, *, int8: bool = False) -> pd.DataFrame:
         """The next ``prediction_length`` rows after the last row of ``data``, in the original units.
 
         Uses the last ``context_length`` rows. Wide input gives a ``date`` + channel columns frame,
-        long input gives ``unique_id, ds, y`` rows.
+        long input gives ``unique_id, ds, y`` rows. ``int8``: forecast with an int8 copy of the model
+        (``ecalf.inference.quantized_int8``; CPU only), made on the first such call and kept, for
+        low-latency serving; its accuracy cost is measured in docs/speed.md.
         """
         module, scaler, frequency = self._fitted()
+        if int8:
+            if self._int8 is None or self._int8[0] is not module:
+                self._int8 = (module, quantized_int8(module))
+            module = cast(ForecastModel, self._int8[1])
         frame, layout = load_series(data)
         frame = self._matching_channels(frame)
         L = self.context_length
@@ -628,6 +636,7 @@ class Forecaster:
         forecaster.config, forecaster.module, forecaster.scaler = config, module, scaler
         forecaster.columns, forecaster.frequency = list(columns), meta["frequency"]
         forecaster.validation_fraction = meta.get("validation_fraction")
+        forecaster._int8 = None
         metrics = _checkpoint_read(read_json, path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
         forecaster.history = list(metrics.pop("history", [])) if isinstance(metrics, dict) else []
         forecaster.summary = metrics if isinstance(metrics, dict) else {}

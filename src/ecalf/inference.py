@@ -29,10 +29,20 @@ tensor back. Cost: one extra copy of the adapted matrices while inside (random o
   where they were).
 
 Nested blocks are no-ops; a model without LoRA layers is left alone.
+
+**int8 for CPU inference.** :func:`quantized_int8` returns a separate, inference-only copy of a
+model: every LoRA layer merged (as above) into a plain ``nn.Linear``, GPT-2's ``Conv1D`` layers
+turned into ``nn.Linear``, then every ``nn.Linear`` quantized to int8 weights with dynamic int8
+activations (``torch.ao.quantization.quantize_dynamic``, fbgemm/x86 or qnnpack kernels). One window
+of C channel tokens is memory-bound on a CPU (each matrix product streams its whole weight matrix for
+C rows), so a quarter of the bytes is most of the gain; the accuracy cost is measured in
+docs/speed.md. The original model is not touched.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -41,7 +51,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["lora_layers", "merged_lora"]
+from ecalf.errors import EcalfError
+
+__all__ = ["lora_layers", "merged_lora", "quantized_int8"]
 
 _MERGED_FLAG = "_ecalf_lora_merged"
 
@@ -167,3 +179,80 @@ def _refuse_training(module: nn.Module, args: Any) -> None:
             "merged_lora() is for inference: a training-mode forward with gradients enabled would give "
             "the LoRA parameters no gradient; call model.eval() or leave the block to train"
         )
+
+
+def quantized_int8(model: nn.Module) -> nn.Module:
+    """An int8 copy of ``model`` for CPU inference (see the module doc); ``model`` is left as it was.
+
+    The copy is in eval mode with no trainable parameters; call it as the model
+    (``copy(past).prediction``). It cannot be trained, saved as a checkpoint or moved to a GPU.
+    """
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as error:  # pragma: no cover - present in the pinned torch
+        raise EcalfError(
+            f"int8 inference needs torch.ao.quantization.quantize_dynamic, which torch {torch.__version__} "
+            "does not have; use the float model"
+        ) from error
+    devices = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
+    if devices - {"cpu"}:
+        raise EcalfError(
+            f"int8 inference runs on the CPU; the model is on {', '.join(sorted(devices))}: move it with "
+            "model.to('cpu') (on a GPU, use training.precision: bf16 instead)"
+        )
+    engines = torch.backends.quantized.supported_engines
+    if not any(e in engines for e in ("x86", "fbgemm", "qnnpack")):
+        raise EcalfError(f"this torch build has no int8 CPU kernels (quantized engines: {engines})")
+    quantized = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        _replace_linear_layers(quantized)
+    for parameter in quantized.parameters():
+        parameter.requires_grad_(False)
+    with warnings.catch_warnings():  # torch 2.13 announces the eager-mode API's move to torchao
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        quantize_dynamic(quantized, _quantizable(quantized), dtype=torch.qint8, inplace=True)
+    return quantized
+
+
+def _quantizable(model: nn.Module) -> set[str]:
+    """Names of the ``nn.Linear`` layers to quantize: all but those inside torch's Transformer layers,
+    whose fast path reads ``linear.weight`` as a tensor (CALF's small input encoder stays float)."""
+    fused = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+    skipped = [name for name, m in model.named_modules() if isinstance(m, fused)]
+    return {
+        name
+        for name, m in model.named_modules()
+        if type(m) is nn.Linear and not any(name.startswith(prefix + ".") for prefix in skipped)
+    }
+
+
+def _replace_linear_layers(model: nn.Module) -> None:
+    """Every LoRA layer (merged) and every GPT-2 ``Conv1D`` of ``model`` becomes a plain ``nn.Linear``."""
+    from peft.tuners.lora.layer import LoraLayer
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            replacement: nn.Linear | None = None
+            if isinstance(child, LoraLayer):
+                base = cast(Any, child).get_base_layer()
+                tensors = _merged_tensors(child) or {"weight": base.weight.detach()}
+                weight = tensors["weight"].T if cast(Any, child).fan_in_fan_out else tensors["weight"]
+                replacement = _linear(weight, tensors.get("bias", base.bias))
+            elif isinstance(child, Conv1D):  # W stored as (in, out)
+                replacement = _linear(child.weight.detach().T, child.bias)
+            if replacement is not None:
+                setattr(parent, name, replacement)
+
+
+def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """``nn.Linear`` computing ``x weight^T + bias`` (``weight``: (out, in))."""
+    out_features, in_features = weight.shape
+    layer = nn.Linear(
+        in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    layer.weight.copy_(weight)
+    if bias is not None:
+        layer.bias.copy_(bias.detach())
+    return layer

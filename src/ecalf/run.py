@@ -39,6 +39,7 @@ from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError
 from ecalf.evaluation import Metrics, evaluate
+from ecalf.inference import quantized_int8
 from ecalf.models.base import ForecastModel, count_parameters
 from ecalf.models.naive import NaiveConfig, NaiveForecast
 from ecalf.registry import create_model, model_name_for_config
@@ -309,8 +310,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]
     return config, model
 
 
-def evaluate_run(run_dir: str | os.PathLike[str], *, progress: bool = False) -> tuple[RunConfig, Metrics]:
-    """Evaluate a finished run's best checkpoint on its test split again (``progress``: a tqdm bar)."""
+def evaluate_run(
+    run_dir: str | os.PathLike[str], *, progress: bool = False, int8: bool = False
+) -> tuple[RunConfig, Metrics]:
+    """Evaluate a finished run's best checkpoint on its test split again (``progress``: a tqdm bar;
+    ``int8``: its int8 copy for CPU inference, ``ecalf.inference.quantized_int8``, on the CPU)."""
     config, model = load_run(run_dir)
     splits = prepare_splits(config.data)
     if splits.test.num_channels != config.model.num_channels:
@@ -319,10 +323,10 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, progress: bool = False) -> 
             f"channels but the data now has {splits.test.num_channels} ({', '.join(splits.columns[:8])}); "
             "evaluate on the data the run was trained on, or train a new run on this data"
         )
-    device = resolve_device(config.training.device)
+    device = torch.device("cpu") if int8 else resolve_device(config.training.device)
     model.to(device)
     metrics = evaluate(
-        model,
+        quantized_int8(model) if int8 else model,
         splits.test,
         batch_size=config.training.eval_batch_size,
         device=device,
