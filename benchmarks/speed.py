@@ -211,6 +211,29 @@ def official_shapes(args: argparse.Namespace) -> bool:
     )
 
 
+ALLOCATORS = {"tcmalloc": "tcmalloc_minimal", "jemalloc": "jemalloc"}
+
+
+def allocator_library(name: str) -> str:
+    """The shared library of ``name`` (Debian/Ubuntu: libtcmalloc-minimal4, libjemalloc2)."""
+    import ctypes.util
+    import glob
+
+    stem = ALLOCATORS[name]
+    found = ctypes.util.find_library(stem)
+    candidates = ([found] if found and os.path.isabs(found) else []) + sorted(
+        glob.glob(f"/usr/lib/*/lib{stem}.so*") + glob.glob(f"/usr/lib/lib{stem}.so*")
+    )
+    if not candidates and found:
+        candidates = [found]  # a bare soname the dynamic loader resolves
+    if not candidates:
+        raise SystemExit(
+            f"--allocator {name}: lib{stem}.so not found; install it (Debian/Ubuntu: apt install "
+            f"{'libtcmalloc-minimal4' if name == 'tcmalloc' else 'libjemalloc2'})"
+        )
+    return candidates[0]
+
+
 def parent(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -228,6 +251,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
         "merge_lora": args.merge_lora,
         "compile": args.compile,
         "int8": args.int8,
+        "allocator": args.allocator,
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
@@ -245,9 +269,14 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
     base += ["--channels", str(args.channels)] if args.channels else []
     for item in args.set or []:
         base += ["--set", item]
+    env = dict(os.environ)
+    if args.allocator != "glibc":
+        library = allocator_library(args.allocator)
+        env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD")]))
+        results["allocator_library"] = library
     for phase in args.phases:
         print(f"measuring {phase} ...", file=sys.stderr, flush=True)
-        done = subprocess.run([*base, "--phase", phase], capture_output=True, text=True, check=False)
+        done = subprocess.run([*base, "--phase", phase], capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
         results.update(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -293,6 +322,7 @@ def table(paths: list[str]) -> str:
             predict += f" ({r.get('predict_batch_size', 256)})"
         precision = "int8" if r.get("int8") else r.get("precision", "fp32")
         precision += " compiled" if r.get("compile") else ""
+        precision += f" {r['allocator']}" if r.get("allocator", "glibc") != "glibc" else ""
         precision += " low-memory" if r.get("train_low_memory") else ""
         memory = f"{cell(r.get('train_peak_rss_mb'), 0)} / {cell(r.get('predict_peak_rss_mb'), 0)}"
         rows.append(
@@ -334,6 +364,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (compiled during warm-up)"
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("glibc", *ALLOCATORS),
+        default="glibc",
+        help="malloc of the measuring processes: glibc's, or tcmalloc/jemalloc by LD_PRELOAD",
     )
     parser.add_argument(
         "--int8", action="store_true", help="predict and latency with the int8 copy (ecalf.inference)"
