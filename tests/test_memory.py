@@ -83,3 +83,12 @@ def test_training_applies_it_on_cpu_and_says_when_it_cannot(
     lines = _train(tmp_path, low_memory=True)
     assert calls == [1]
     assert any("training.low_memory has no effect here" in line for line in lines)
+
+
+def test_run_provenance_records_a_preloaded_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecalf.run import environment
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert environment()["ld_preload"] is None
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert environment()["ld_preload"].endswith("libtcmalloc_minimal.so.4")

@@ -368,6 +368,7 @@ def environment(world_size: int = 1) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "world_size": world_size,
+        "ld_preload": os.environ.get("LD_PRELOAD") or None,  # e.g. tcmalloc (docs/speed.md)
     }
 
 
