@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -152,7 +153,9 @@ def test_a_result_row_is_never_half_written(tmp_path, monkeypatch):
 
 def test_parallel_jobs_give_the_same_rows_as_one_process(synthetic_csv_dir, tmp_path, in_repo):
     one = _small_grid(tmp_path, results=str(tmp_path / "one.csv"), runs_dir=str(tmp_path / "r1"))
-    two = _small_grid(tmp_path, results=str(tmp_path / "two.csv"), runs_dir=str(tmp_path / "r2"))
+    two = _small_grid(
+        tmp_path, results=str(tmp_path / "two.csv"), runs_dir=str(tmp_path / "r2"), reuse_runs=False
+    )
     run_benchmark(one, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
     summary = run_benchmark(two, data_dir=str(synthetic_csv_dir), jobs=2, progress=False, echo=None)
     assert summary.finished == 4 and not summary.failed
@@ -161,6 +164,133 @@ def test_parallel_jobs_give_the_same_rows_as_one_process(synthetic_csv_dir, tmp_
         return {tuple(r[c] for c in KEY_COLUMNS): (r["mse"], r["mae"]) for r in read_results(path)}
 
     assert metrics(tmp_path / "one.csv") == metrics(tmp_path / "two.csv")
+
+
+def _zero_shot_grid(tmp_path: Path, name: str, **changes) -> Grid:
+    fields = dict(
+        name=name,
+        models=[
+            GridModel("dlinear", "configs/baselines/dlinear.yaml"),
+            GridModel("calf", "configs/tiny/calf.yaml"),
+        ],
+        settings=[GridSetting("zero_shot", 5, targets={"ETTh1": ["ETTh2", "ETTm1"]})],
+        seeds=[1],
+        results=str(tmp_path / f"{name}.csv"),
+        runs_dir=str(tmp_path / "runs" / name),
+    )
+    fields.update(changes)
+    return _small_grid(tmp_path, **fields)
+
+
+@pytest.fixture()
+def trainings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None, Path]]:
+    """Every run_experiment call (a training) of the test: (dataset, zero-shot target, run dir)."""
+    import ecalf.run as run
+
+    calls: list[tuple[str, str | None, Path]] = []
+    real = run.run_experiment
+
+    def counting(config, output_dir=None, **kwargs):
+        calls.append((config.data.dataset, config.data.zero_shot_target, Path(output_dir)))
+        return real(config, output_dir, **kwargs)
+
+    monkeypatch.setattr(run, "run_experiment", counting)
+    return calls
+
+
+def test_zero_shot_targets_share_one_training_that_matches_a_zero_shot_run(
+    synthetic_csv_dir, tmp_path, in_repo, trainings
+):
+    from ecalf.run import evaluate_run, run_experiment
+
+    grid = _zero_shot_grid(tmp_path, "zeroshot")
+    summary = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert summary.finished == 4 and not summary.failed
+    # one training per model, on the source, in the source's own cell directory; none per target
+    assert sorted((d, t, p.relative_to(tmp_path / "runs/zeroshot").as_posix()) for d, t, p in trainings) == [
+        ("ETTh1", None, "calf/ETTh1/few_shot/H24/seed1"),
+        ("ETTh1", None, "dlinear/ETTh1/few_shot/H24/seed1"),
+    ]
+    rows = {(r["model"], r["target"]): r for r in read_results(grid.results_path)}
+    for (model, target), row in rows.items():
+        metrics = json.loads(Path(row["run_dir"], "metrics.json").read_text())
+        source = tmp_path / f"runs/zeroshot/{model}/ETTh1/few_shot/H24/seed1"
+        assert metrics["trained_in"] == str(source) and metrics["zero_shot_target"] == target
+        assert float(row["mse"]) == metrics["test"]["mse"]
+        _, again = evaluate_run(source, target=target)
+        assert again.mse == pytest.approx(metrics["test"]["mse"], rel=1e-6)
+    assert rows["dlinear", "ETTh2"]["mse"] != rows["dlinear", "ETTm1"]["mse"]
+    # what the shared training gives is what a zero-shot run trained on its own gives
+    cell = next(c for c in grid_cells(grid) if c.model == "calf" and c.target == "ETTm1")
+    alone = run_experiment(
+        benchmark.load_run_config(cell.config_file, cell.overrides(grid.set, str(synthetic_csv_dir))),
+        tmp_path / "alone",
+        echo=None,
+    )
+    assert alone.metrics["test"]["mse"] == pytest.approx(float(rows["calf", "ETTm1"]["mse"]), rel=1e-5)
+    assert alone.metrics["epochs_run"] == int(rows["calf", "ETTm1"]["epochs"])
+
+
+def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path, in_repo, trainings):
+    data = str(synthetic_csv_dir)
+    first = _zero_shot_grid(tmp_path, "zeroshot")
+    run_benchmark(first, data_dir=data, progress=False, echo=None)
+    del trainings[:]
+    # a few-shot grid of the same configs finds the zero-shot grid's source runs: nothing trains
+    fewshot = _small_grid(tmp_path, models=first.models, seeds=[1], runs_dir=str(tmp_path / "runs/fewshot"))
+    run_benchmark(fewshot, data_dir=data, progress=False, echo=None)
+    assert trainings == []
+    rows = read_results(fewshot.results_path)
+    assert {Path(r["run_dir"]).parent.parent.parent.parent.parent.name for r in rows} == {"zeroshot"}
+    # any difference in the config (here the epochs) trains anew; so does --no-reuse
+    longer = _small_grid(
+        tmp_path, name="longer", models=first.models, seeds=[1], runs_dir=str(tmp_path / "runs/longer"),
+        set=[*fewshot.set, "training.epochs=2"], results=str(tmp_path / "longer.csv"),
+    )  # fmt: skip
+    run_benchmark(longer, data_dir=data, progress=False, echo=None)
+    assert len(trainings) == 2
+    del trainings[:]
+    assert main(
+        ["benchmark", str(_write_grid(tmp_path, fewshot, "own")), "--no-reuse", "--quiet", "--data-dir", data,
+         "--results", str(tmp_path / "own.csv"), "--models", "dlinear"]
+    ) == 0  # fmt: skip
+    assert [p.relative_to(tmp_path).as_posix() for _, _, p in trainings] == [
+        "runs/own/dlinear/ETTh1/few_shot/H24/seed1"
+    ]
+
+
+def _write_grid(tmp_path: Path, grid: Grid, name: str) -> Path:
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    data = {
+        "name": name,
+        "datasets": grid.datasets,
+        "horizons": grid.horizons,
+        "seeds": grid.seeds,
+        "settings": [{"name": s.name, "few_shot_percent": s.few_shot_percent} for s in grid.settings],
+        "set": grid.set,
+        "models": [{"label": m.label, "config": m.config} for m in grid.models],
+        "runs_dir": str(tmp_path / "runs" / name),
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_evaluate_on_a_zero_shot_target_from_the_cli(synthetic_csv_dir, tmp_path, in_repo, capsys):
+    from ecalf.run import evaluate_run
+
+    grid = _small_grid(tmp_path, models=[GridModel("dlinear", "configs/baselines/dlinear.yaml")], seeds=[1])
+    run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    run_dir = read_results(grid.results_path)[0]["run_dir"]
+    config, metrics = evaluate_run(run_dir, target="ETTm1")
+    assert config.data.zero_shot_target == "ETTm1" and metrics.windows > 10_000  # ETTm1's test split
+    png = tmp_path / "ettm1.png"
+    assert main(["evaluate", run_dir, "--target", "ETTm1", "--quiet", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert f"ETTm1 test (zero-shot) mse {metrics.mse:.6f}" in out and png.is_file()
+    assert main(["evaluate", run_dir, "--target", "Weather", "--quiet"]) == 2  # 21 variables, not 7
+    assert "same number of variables" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -301,7 +431,7 @@ class _FakeRay:
         self.cancelled.append(ref)
 
 
-def _fake_cell_task(cell, grid_overrides, runs_dir, data_dir, num_threads, gpus, config_data):
+def _fake_cell_task(cell, grid_overrides, runs_dir, data_dir, num_threads, gpus, config_data, reuse_runs):
     if cell.seed == 2:
         raise RuntimeError("worker lost")
     keys = dict(zip(KEY_COLUMNS, cell.key, strict=True))
@@ -331,7 +461,8 @@ def test_cli_ray_starts_a_local_instance_with_the_requested_resources(
     assert len(fake_ray.submitted) == 4  # 2 settings x 2 seeds
     for options, args in fake_ray.submitted:
         assert (options["num_cpus"], options["num_gpus"], options["max_retries"]) == (2.0, 0.5, 0)
-        cell, grid_set, runs_dir, data_dir, threads, gpus, config_data = args
+        cell, grid_set, runs_dir, data_dir, threads, gpus, config_data, reuse_runs = args
+        assert reuse_runs is True
         assert data_dir == str(ROOT / "relative" / "data") and runs_dir == str(ROOT / "runs-here")
         assert (threads, gpus, config_data["model"]["name"]) == (2, 0.5, "naive")
         assert cell.model == "naive" and grid_set == load_grid(SMOKE).set

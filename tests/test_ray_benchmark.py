@@ -57,7 +57,8 @@ def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
 def _smoke_part(tmp_path: Path, name: str) -> benchmark.Grid:
     """Both settings of the smoke grid (few-shot, zero-shot) for the naive floor, DLinear and tiny CALF."""
     part = benchmark.select(load_grid(SMOKE), models=["naive", "dlinear", "calf"], horizons=[24], seeds=[1])
-    return dataclasses.replace(part, runs_dir=str(tmp_path / f"runs-{name}"))
+    # reuse_runs off: each scheduler trains its own cells rather than finding the other's runs
+    return dataclasses.replace(part, runs_dir=str(tmp_path / f"runs-{name}"), reuse_runs=False)
 
 
 def _rows(path: Path) -> dict[tuple[str, ...], dict[str, str]]:

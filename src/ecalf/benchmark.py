@@ -39,13 +39,16 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tqdm.auto import tqdm
 
-from ecalf.artifacts import read_yaml, write_text
-from ecalf.config import apply_overrides, from_dict, load_run_config, run_config_from_dict
+from ecalf.artifacts import read_json, read_yaml, write_text
+from ecalf.config import RunConfig, apply_overrides, from_dict, load_run_config, run_config_from_dict
 from ecalf.errors import ConfigError, EcalfError
+
+if TYPE_CHECKING:
+    from ecalf.run import RunResult
 
 SettingName = Literal["full", "few_shot", "zero_shot"]
 
@@ -140,6 +143,10 @@ class Grid:
     """Results CSV; default ``results/<name>.csv``."""
     runs_dir: str | None = None
     """Where each cell's run directory goes; default ``runs/benchmark/<name>``."""
+    reuse_runs: bool = True
+    """Take a finished run of exactly a cell's config from a sibling grid's runs directory instead of
+    training it again (:func:`finished_run`); false: this grid trains every model it reports itself
+    (its zero-shot targets still share one training per source)."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
@@ -239,6 +246,12 @@ class Cell:
         if data_dir is not None:
             cell.append(f"data.data_dir={data_dir}")
         return [*grid_overrides, *self.model_overrides, *cell]
+
+    @property
+    def source_run_id(self) -> str:
+        """Where a zero-shot cell's model is trained: the run id of the same cell on its source data."""
+        setting = "full" if self.few_shot_percent >= 100 else "few_shot"
+        return f"{self.model}/{self.dataset}/{setting}/H{self.horizon}/seed{self.seed}"
 
     def describe(self) -> str:
         data = f"{self.dataset}->{self.target}" if self.target else self.dataset
@@ -340,15 +353,20 @@ def run_cell(
     data_dir: str | None = None,
     num_threads: int | None = None,
     config_data: Mapping[str, Any] | None = None,
+    reuse_runs: bool = True,
 ) -> dict[str, Any]:
     """Run one cell (resuming its run directory) and return its result row.
+
+    A zero-shot cell trains on its source data once (in the source's own cell directory, which the
+    other targets and a full-data cell of the same config share) and evaluates on its target;
+    ``reuse_runs``: a finished identical run in a sibling grid's directory counts (:func:`finished_run`).
 
     ``config_data``: the parsed YAML of ``cell.config_file``, read by the driver, so that a worker on
     another machine needs no copy of the file; when None the file is read here.
     """
     import torch
 
-    from ecalf.run import run_experiment
+    from ecalf.run import run_experiment, source_config, transfer_run
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -358,7 +376,13 @@ def run_cell(
     else:
         config = run_config_from_dict(apply_overrides(config_data, overrides), source=cell.config_file)
     run_dir = Path(runs_dir) / cell.run_id
-    metrics = run_experiment(config, run_dir, echo=None, resume=True).metrics
+    if cell.target:  # zero-shot: train on the source once, evaluate on each target
+        trained = trained_run(source_config(config), Path(runs_dir), cell.source_run_id, reuse_runs)
+        result = transfer_run(trained, config, run_dir)
+    else:
+        found = finished_run(config, Path(runs_dir), cell.run_id) if reuse_runs else None
+        result = found or run_experiment(config, run_dir, echo=None, resume=True)
+    run_dir, metrics = result.run_dir, result.metrics
     env = metrics.get("environment", {})
     backbone = getattr(config.model, "backbone", None)
     return {
@@ -395,6 +419,64 @@ def run_cell(
         "peft": env.get("peft", ""),
         "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool = True) -> RunResult | None:
+    """A finished run of exactly ``config`` (same seed and resolved config) at ``run_id`` in
+    ``runs_dir`` or (``siblings``) in a sibling grid's runs directory (``runs/benchmark/*/RUN_ID``).
+
+    Grids share their trainings this way: the zero-shot grid evaluates the full grid's ETTh1 models on
+    ETTm1/ETTm2 rather than training them again, and the other way round. A run whose config differs in
+    anything (a grid's own overrides, the data directory, the code's defaults) is never taken.
+    """
+    from ecalf.run import RunResult, same_training
+
+    own = runs_dir / run_id
+    others = sorted(runs_dir.parent.glob(f"*/{run_id}")) if siblings else []
+    candidates = [own, *(p for p in others if p != own)]
+    for path in candidates:
+        if not (path / "metrics.json").is_file() or not (path / "config.yaml").is_file():
+            continue
+        try:
+            saved = load_run_config(path / "config.yaml")
+            if same_training(saved, config):
+                return RunResult(path, read_json(path / "metrics.json"))
+        except (EcalfError, OSError, ValueError):  # another version's or a damaged run: not ours
+            continue
+    return None
+
+
+def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool = True) -> Path:
+    """The directory of a finished run of ``config``: one found by :func:`finished_run`, or one trained
+    now into ``runs_dir / run_id`` (resuming it; a lock keeps parallel cells from training it twice)."""
+    from ecalf.run import run_experiment
+
+    found = finished_run(config, runs_dir, run_id, siblings)
+    if found is not None:
+        return found.run_dir
+    run_dir = runs_dir / run_id
+    with _exclusive(run_dir.parent / f".{run_dir.name}.lock"):
+        found = finished_run(config, runs_dir, run_id, siblings)  # a parallel cell may have trained it
+        if found is not None:
+            return found.run_dir
+        return run_experiment(config, run_dir, echo=None, resume=True).run_dir
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Generator[None, None, None]:
+    """Hold an exclusive lock on ``lock_path`` (processes on this machine; none where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows: parallel zero-shot cells may train a source twice)
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -501,7 +583,9 @@ def _execute(
         for cell in cells:
             start = time.perf_counter()
             try:
-                outcome: dict[str, Any] | BaseException = run_cell(cell, grid.set, runs_dir, data_dir)
+                outcome: dict[str, Any] | BaseException = run_cell(
+                    cell, grid.set, runs_dir, data_dir, reuse_runs=grid.reuse_runs
+                )
             except Exception as exc:  # reported; the grid goes on and the cell runs again next time
                 outcome = exc
             yield cell, outcome, time.perf_counter() - start
@@ -511,7 +595,9 @@ def _execute(
     with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         started = {}
         for cell in cells:
-            future = pool.submit(run_cell, cell, grid.set, runs_dir, data_dir, threads)
+            future = pool.submit(
+                run_cell, cell, grid.set, runs_dir, data_dir, threads, reuse_runs=grid.reuse_runs
+            )
             started[future] = (cell, time.perf_counter())
         try:
             for future in futures.as_completed(started):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -53,13 +54,15 @@ def _print_run_result(run_dir: object, metrics: dict[str, Any]) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ecalf.run import evaluate_run
 
-    _, metrics = evaluate_run(args.run_dir, progress=not args.quiet, int8=args.int8)
+    _, metrics = evaluate_run(args.run_dir, progress=not args.quiet, int8=args.int8, target=args.target)
     int8 = ", int8" if args.int8 else ""
-    print(f"test mse {metrics.mse:.6f} mae {metrics.mae:.6f} ({metrics.windows} windows{int8})")
+    split = f"{args.target} test (zero-shot)" if args.target else "test"
+    print(f"{split} mse {metrics.mse:.6f} mae {metrics.mae:.6f} ({metrics.windows} windows{int8})")
     if args.plot:
         from ecalf.plots import plot_run_test_windows
 
-        print(f"plot: {plot_run_test_windows(args.run_dir, args.plot, num_windows=args.windows)}")
+        png = plot_run_test_windows(args.run_dir, args.plot, num_windows=args.windows, target=args.target)
+        print(f"plot: {png}")
     return 0
 
 
@@ -127,6 +130,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         horizons=args.horizons,
         seeds=args.seeds,
     )
+    if args.no_reuse:
+        grid = dataclasses.replace(grid, reuse_runs=False)
     scheduler = None
     if args.ray is not None:
         from ecalf.ray_runner import RayScheduler
@@ -238,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="also draw forecast vs actual on a few test windows")
     p.add_argument("--windows", type=int, default=3, metavar="N", help="test windows in the plot (default 3)")
     p.add_argument("--int8", action="store_true", help="evaluate the int8 CPU inference copy (docs/speed.md)")
+    p.add_argument(
+        "--target", metavar="DATASET",
+        help="zero-shot: evaluate on this dataset's test split instead (same number of variables), "
+        "scaled with its own training statistics",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -329,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --ray: GPUs per cell (default 0); >0 trains on CUDA",
     )
     p.add_argument("--limit", type=int, default=None, help="run at most this many pending cells")
+    p.add_argument(
+        "--no-reuse", action="store_true",
+        help="train every cell here, never taking a finished run of the same config from another grid's "
+        "runs directory (runs/benchmark/*/)",
+    )  # fmt: skip
     p.add_argument("--models", nargs="+", metavar="LABEL", help="only these models of the grid")
     p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets of the grid")
     p.add_argument("--horizons", nargs="+", type=int, metavar="H", help="only these horizons")

@@ -325,8 +325,12 @@ def plot_run_test_windows(
     *,
     num_windows: int = 3,
     max_channels: int = 4,
+    target: str | None = None,
 ) -> Path:
-    """Forecast vs actuals on ``num_windows`` evenly spread test windows of a run, in original units."""
+    """Forecast vs actuals on ``num_windows`` evenly spread test windows of a run, in original units
+    (``target``: of that dataset's test split, zero-shot, as ``ecalf.run.evaluate_run`` does)."""
+    import dataclasses
+
     import torch
 
     from ecalf.data import prepare_splits
@@ -334,6 +338,8 @@ def plot_run_test_windows(
     from ecalf.training import resolve_device
 
     config, model = load_run(run_dir)
+    if target is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=target))
     splits = prepare_splits(config.data)
     test = splits.test
     device = resolve_device(config.training.device)

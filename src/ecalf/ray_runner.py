@@ -103,6 +103,7 @@ class RayScheduler:
                     threads,
                     self.gpus_per_cell,
                     configs[cell.config_file],
+                    grid.reuse_runs,
                 )
                 submitted[ref] = (cell, time.perf_counter())
             pending = list(submitted)
@@ -162,6 +163,7 @@ def _cell_task(
     num_threads: int,
     gpus: float,
     config_data: Mapping[str, Any],
+    reuse_runs: bool = True,
 ) -> tuple[dict[str, Any], float]:
     """One cell on a Ray worker: its result row and the seconds it ran."""
     start = time.perf_counter()
@@ -178,7 +180,9 @@ def _cell_task(
                 f"the cell asked for {gpus} GPU but torch {torch.__version__} on this node sees none "
                 f"(CUDA_VISIBLE_DEVICES={visible!r}): install a CUDA build of torch there"
             )
-    row = run_cell(cell, grid_overrides, runs_dir, data_dir, num_threads, config_data=config_data)
+    row = run_cell(
+        cell, grid_overrides, runs_dir, data_dir, num_threads, config_data=config_data, reuse_runs=reuse_runs
+    )
     return row, time.perf_counter() - start
 
 

@@ -311,11 +311,19 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike[str], *, progress: bool = False, int8: bool = False
+    run_dir: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    int8: bool = False,
+    target: str | None = None,
 ) -> tuple[RunConfig, Metrics]:
     """Evaluate a finished run's best checkpoint on its test split again (``progress``: a tqdm bar;
-    ``int8``: its int8 copy for CPU inference, ``ecalf.inference.quantized_int8``, on the CPU)."""
+    ``int8``: its int8 copy for CPU inference, ``ecalf.inference.quantized_int8``, on the CPU;
+    ``target``: zero-shot, on that dataset's test split instead, scaled with its own training
+    statistics; it needs the run's number of variables). Returns the config evaluated and the metrics."""
     config, model = load_run(run_dir)
+    if target is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=target))
     splits = prepare_splits(config.data)
     if splits.test.num_channels != config.model.num_channels:
         raise DataError(
@@ -334,6 +342,78 @@ def evaluate_run(
         precision=config.training.precision,
     )
     return config, metrics
+
+
+def source_config(config: RunConfig) -> RunConfig:
+    """The config that trains ``config``'s model: a zero-shot run trains exactly as a run on its source
+    dataset does (train/validation windows, scaling, model selection), so only the target is dropped."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=None))
+
+
+def same_training(saved: RunConfig, config: RunConfig) -> bool:
+    """Whether a run directory's resolved ``saved`` config trains what ``config`` (as loaded from a file,
+    shape fields not yet filled from the data) would train."""
+    resolved = dataclasses.replace(
+        config,
+        model=dataclasses.replace(
+            config.model,
+            context_length=config.data.context_length,
+            prediction_length=config.data.prediction_length,
+            num_channels=saved.model.num_channels,
+        ),
+    )
+    return saved == resolved
+
+
+def transfer_run(
+    trained_dir: str | os.PathLike[str],
+    config: RunConfig,
+    output_dir: str | os.PathLike[str],
+) -> RunResult:
+    """Zero-shot without training again: evaluate the finished run in ``trained_dir`` on the test split
+    of ``config.data.zero_shot_target`` and write ``output_dir`` (config.yaml, metrics.json).
+
+    ``config`` must be the trained run's config with a zero-shot target (:func:`source_config` of it
+    trains the same model), so one training on ETTh1 serves ETTh1 -> ETTm1 and ETTh1 -> ETTm2 and the
+    full-data ETTh1 cell alike. The metrics are the trained run's (epochs, wall time, provenance) with
+    the test and naive metrics on the target, ``trained_in`` naming the run that was evaluated.
+    Idempotent: a finished ``output_dir`` is returned as it is.
+    """
+    source, out = Path(trained_dir), Path(output_dir)
+    if (out / "metrics.json").is_file():
+        return RunResult(out, read_json(out / "metrics.json"))
+    if config.data.zero_shot_target is None:
+        raise EcalfError("transfer_run evaluates on a zero-shot target; set data.zero_shot_target")
+    if not (source / "metrics.json").is_file():
+        raise CheckpointError(f"{source} holds no finished run (no metrics.json); train it first")
+    start = time.perf_counter()
+    trained, model = load_run(source)
+    if not same_training(trained, source_config(config)):
+        raise EcalfError(
+            f"{source / 'config.yaml'} does not train the model of the zero-shot config given "
+            "(they differ beyond data.zero_shot_target)"
+        )
+    config = dataclasses.replace(trained, data=config.data)
+    splits = prepare_splits(config.data)
+    device = resolve_device(config.training.device)
+    model.to(device)
+    batch_size, precision = config.training.eval_batch_size, config.training.precision
+    test = evaluate(model, splits.test, batch_size=batch_size, device=device, precision=precision)
+    naive = naive_metrics(splits, batch_size)
+    metrics = {
+        **read_json(source / "metrics.json"),
+        "zero_shot_target": config.data.zero_shot_target,
+        "test": test.as_dict(),
+        "naive_test": naive.as_dict(),
+        "windows": splits.window_counts(),
+        "trained_in": str(source),
+        "evaluation_seconds": time.perf_counter() - start,
+        "evaluation_environment": environment(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", to_dict(config))
+    write_json(out / "metrics.json", metrics)
+    return RunResult(out, metrics)
 
 
 def naive_metrics(splits: ForecastSplits, batch_size: int) -> Metrics:
