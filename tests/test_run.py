@@ -111,7 +111,7 @@ def test_quiet_silences_the_libraries_bars_for_the_command_only(tmp_path, monkey
 
     seen = {}
 
-    def fake_evaluate_run(run_dir, progress, int8=False):
+    def fake_evaluate_run(run_dir, progress, int8=False, target=None):
         seen.update(
             progress=progress,
             **{k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")},
