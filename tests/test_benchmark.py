@@ -204,6 +204,15 @@ def test_zero_shot_targets_share_one_training_that_matches_a_zero_shot_run(
     from ecalf.run import evaluate_run, run_experiment
 
     grid = _zero_shot_grid(tmp_path, "zeroshot")
+    planned, done = benchmark.plan_benchmark(grid, data_dir=str(synthetic_csv_dir))
+    source = tmp_path / "runs/zeroshot/calf/ETTh1/few_shot/H24/seed1"
+    assert done == 0 and [
+        (p.cell.model, p.cell.target, p.reuses) for p in planned if p.cell.model == "calf"
+    ] == [
+        ("calf", "ETTh2", None),  # trains the source
+        ("calf", "ETTm1", source),  # evaluates it
+    ]
+    assert trainings == []  # planning runs nothing
     summary = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
     assert summary.finished == 4 and not summary.failed
     # one training per model, on the source, in the source's own cell directory; none per target
@@ -231,13 +240,15 @@ def test_zero_shot_targets_share_one_training_that_matches_a_zero_shot_run(
     assert alone.metrics["epochs_run"] == int(rows["calf", "ETTm1"]["epochs"])
 
 
-def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path, in_repo, trainings):
+def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path, in_repo, trainings, capsys):
     data = str(synthetic_csv_dir)
     first = _zero_shot_grid(tmp_path, "zeroshot")
     run_benchmark(first, data_dir=data, progress=False, echo=None)
     del trainings[:]
     # a few-shot grid of the same configs finds the zero-shot grid's source runs: nothing trains
     fewshot = _small_grid(tmp_path, models=first.models, seeds=[1], runs_dir=str(tmp_path / "runs/fewshot"))
+    planned, _ = benchmark.plan_benchmark(fewshot, data_dir=data)
+    assert all(p.reuses is not None and "zeroshot" in p.reuses.parts for p in planned)
     run_benchmark(fewshot, data_dir=data, progress=False, echo=None)
     assert trainings == []
     rows = read_results(fewshot.results_path)
@@ -250,10 +261,15 @@ def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path
     run_benchmark(longer, data_dir=data, progress=False, echo=None)
     assert len(trainings) == 2
     del trainings[:]
-    assert main(
-        ["benchmark", str(_write_grid(tmp_path, fewshot, "own")), "--no-reuse", "--quiet", "--data-dir", data,
-         "--results", str(tmp_path / "own.csv"), "--models", "dlinear"]
-    ) == 0  # fmt: skip
+    argv = ["benchmark", str(_write_grid(tmp_path, fewshot, "own")), "--quiet", "--data-dir", data,
+            "--results", str(tmp_path / "own.csv"), "--models", "dlinear"]  # fmt: skip
+    assert main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 to run: 0 train, 1 reuse another's run" in out and "(reuses " in out
+    assert main([*argv, "--dry-run", "--no-reuse"]) == 0
+    assert "1 to run: 1 train, 0 reuse" in capsys.readouterr().out
+    assert trainings == [] and not (tmp_path / "own.csv").exists()
+    assert main([*argv, "--no-reuse"]) == 0
     assert [p.relative_to(tmp_path).as_posix() for _, _, p in trainings] == [
         "runs/own/dlinear/ETTh1/few_shot/H24/seed1"
     ]

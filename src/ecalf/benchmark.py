@@ -511,6 +511,42 @@ def pending_cells(grid: Grid, results: Path) -> tuple[list[Cell], int]:
     return todo, len(cells) - len(todo)
 
 
+@dataclass(frozen=True)
+class PlannedCell:
+    cell: Cell
+    reuses: Path | None
+    """The run this cell would take instead of training: a finished one, or (zero-shot) the source run
+    an earlier cell of the plan trains; None: the cell trains."""
+
+
+def plan_benchmark(
+    grid: Grid, *, results: str | os.PathLike[str] | None = None, data_dir: str | None = None
+) -> tuple[list[PlannedCell], int]:
+    """What :func:`run_benchmark` would do, without running anything: the pending cells, each with the
+    finished run it would reuse, and how many cells are already in the results file."""
+    check_grid(grid, data_dir)
+    todo, skipped = pending_cells(grid, Path(results) if results is not None else grid.results_path)
+    from ecalf.run import source_config
+
+    runs_dir = grid.runs_path
+    planned, training = [], set()
+    for cell in todo:
+        config = load_run_config(cell.config_file, cell.overrides(grid.set, data_dir))
+        if cell.target:
+            config, run_id = source_config(config), cell.source_run_id
+        else:
+            run_id = cell.run_id
+        found = finished_run(config, runs_dir, run_id, grid.reuse_runs)
+        if found is not None:
+            planned.append(PlannedCell(cell, found.run_dir))
+        elif run_id in training:  # trained by an earlier cell of this plan
+            planned.append(PlannedCell(cell, runs_dir / run_id))
+        else:
+            training.add(run_id)
+            planned.append(PlannedCell(cell, None))
+    return planned, skipped
+
+
 def run_benchmark(
     grid: Grid,
     *,

@@ -132,6 +132,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     )
     if args.no_reuse:
         grid = dataclasses.replace(grid, reuse_runs=False)
+    if args.dry_run:
+        return _print_plan(grid, args)
     scheduler = None
     if args.ray is not None:
         from ecalf.ray_runner import RayScheduler
@@ -159,6 +161,21 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     for cell, error in summary.failed:
         print(f"  failed: {cell}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _print_plan(grid: Any, args: argparse.Namespace) -> int:
+    from ecalf.benchmark import plan_benchmark
+
+    planned, skipped = plan_benchmark(grid, results=args.results, data_dir=args.data_dir)
+    trains = sum(p.reuses is None for p in planned)
+    results = args.results or grid.results_path
+    print(
+        f"grid {grid.name}: {len(planned) + skipped} cells, {skipped} already in {results}, "
+        f"{len(planned)} to run: {trains} train, {len(planned) - trains} reuse another's run"
+    )
+    for item in planned:
+        print(f"  {item.cell.describe()}" + (f"  (reuses {item.reuses})" if item.reuses else ""))
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -339,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --ray: GPUs per cell (default 0); >0 trains on CUDA",
     )
     p.add_argument("--limit", type=int, default=None, help="run at most this many pending cells")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="list the cells still to run (and which reuse a finished run) without running any",
+    )  # fmt: skip
     p.add_argument(
         "--no-reuse", action="store_true",
         help="train every cell here, never taking a finished run of the same config from another grid's "
