@@ -309,6 +309,37 @@ def test_evaluate_on_a_zero_shot_target_from_the_cli(synthetic_csv_dir, tmp_path
     assert "same number of variables" in capsys.readouterr().err
 
 
+def test_pending_cells_are_estimated_from_the_finished_ones(synthetic_csv_dir, tmp_path, in_repo):
+    data = str(synthetic_csv_dir)
+    run_benchmark(_small_grid(tmp_path, seeds=[1]), data_dir=data, progress=False, echo=None)
+    done = {r["model"]: float(r["wall_seconds"]) for r in read_results(tmp_path / "small.csv")}
+    # another results file beside it informs too, after this grid's own rows
+    other = {c: "" for c in RESULT_COLUMNS}
+    other.update(
+        model="patchtst", dataset="ETTh1", setting="few_shot", horizon="24", seed="1", wall_seconds="321"
+    )
+    other.update(mse="1", mae="1")
+    benchmark.append_result(tmp_path / "other.csv", other)
+    models = [
+        *_small_grid(tmp_path).models,
+        GridModel("patchtst", "configs/baselines/mean.yaml"),
+    ]  # cheap stand-in
+    wider = _small_grid(tmp_path, seeds=[1, 2], datasets=["ETTh1", "ETTh2"], models=models)
+    planned, skipped = benchmark.plan_benchmark(wider, data_dir=data)
+    assert skipped == 2
+    estimates = {(p.cell.model, p.cell.dataset, p.cell.seed): p.seconds for p in planned}
+    assert estimates["dlinear", "ETTh1", 2] == done["dlinear"]
+    assert estimates["naive", "ETTh1", 2] == done["naive"]
+    assert estimates["patchtst", "ETTh1", 1] == 321.0
+    assert estimates["dlinear", "ETTh2", 1] is None  # no finished cell on ETTh2
+    lines: list[str] = []
+    run_benchmark(wider, data_dir=data, progress=False, echo=lines.append, limit=1)
+    assert lines[0].endswith("running 1 (~5 min left)")  # the pending patchtst cell: 321 s
+    assert lines[-1].startswith("patchtst ETTh1 few_shot H=24 seed=1: mse") and lines[-1].endswith(
+        "~0 s left"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

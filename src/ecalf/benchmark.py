@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tqdm.auto import tqdm
 
 from ecalf.artifacts import read_json, read_yaml, write_text
+from ecalf.cell_costs import CellCosts, CellKey, Remaining
 from ecalf.config import RunConfig, apply_overrides, from_dict, load_run_config, run_config_from_dict
 from ecalf.errors import ConfigError, EcalfError
 
@@ -517,6 +518,8 @@ class PlannedCell:
     reuses: Path | None
     """The run this cell would take instead of training: a finished one, or (zero-shot) the source run
     an earlier cell of the plan trains; None: the cell trains."""
+    seconds: float | None = None
+    """Estimated wall time (:mod:`ecalf.cell_costs`; 0 when it reuses a run, None when unknown)."""
 
 
 def plan_benchmark(
@@ -524,10 +527,14 @@ def plan_benchmark(
 ) -> tuple[list[PlannedCell], int]:
     """What :func:`run_benchmark` would do, without running anything: the pending cells, each with the
     finished run it would reuse, and how many cells are already in the results file."""
-    check_grid(grid, data_dir)
-    todo, skipped = pending_cells(grid, Path(results) if results is not None else grid.results_path)
     from ecalf.run import source_config
 
+    check_grid(grid, data_dir)
+    results_path = Path(results) if results is not None else grid.results_path
+    todo, skipped = pending_cells(grid, results_path)
+    own, *others = _results_files(results_path)
+    costs = CellCosts.from_rows(read_results(own))  # this grid's recipes first, then other grids'
+    other_costs = CellCosts.from_rows(row for path in others for row in read_results(path))
     runs_dir = grid.runs_path
     planned, training = [], set()
     for cell in todo:
@@ -538,13 +545,34 @@ def plan_benchmark(
             run_id = cell.run_id
         found = finished_run(config, runs_dir, run_id, grid.reuse_runs)
         if found is not None:
-            planned.append(PlannedCell(cell, found.run_dir))
+            planned.append(PlannedCell(cell, found.run_dir, 0.0))
         elif run_id in training:  # trained by an earlier cell of this plan
-            planned.append(PlannedCell(cell, runs_dir / run_id))
+            planned.append(PlannedCell(cell, runs_dir / run_id, 0.0))
         else:
             training.add(run_id)
-            planned.append(PlannedCell(cell, None))
+            setting = cell.source_run_id.split("/")[2] if cell.target else cell.setting
+            key = CellKey(cell.model, cell.dataset, setting, cell.horizon)
+            estimate = costs.estimate(key)
+            if estimate is None:
+                estimate = other_costs.estimate(key)
+            planned.append(PlannedCell(cell, None, estimate))
     return planned, skipped
+
+
+def _results_files(results: Path) -> list[Path]:
+    """``results`` and the other ecalf results files beside it (their cells inform the estimates)."""
+    files = [results]
+    for path in sorted(results.parent.glob("*.csv")) if results.parent.is_dir() else []:
+        if path == results:
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                header = handle.readline()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if all(column in header.split(",") for column in (*KEY_COLUMNS, "wall_seconds")):
+            files.append(path)
+    return files
 
 
 def run_benchmark(
@@ -571,14 +599,15 @@ def run_benchmark(
             "set how many cells run at once"
         )
     results_path = Path(results) if results is not None else grid.results_path
-    check_grid(grid, data_dir)
-    todo, skipped = pending_cells(grid, results_path)
+    planned, skipped = plan_benchmark(grid, results=results_path, data_dir=data_dir)
     if limit is not None:
-        todo = todo[:limit]
+        planned = planned[:limit]
+    todo = [p.cell for p in planned]
+    remaining = Remaining({p.cell: p.seconds for p in planned})
     say = echo or (lambda line: None)
     say(
         f"grid {grid.name}: {len(todo) + skipped} cells, {skipped} already in {results_path}, "
-        f"running {len(todo)}"
+        f"running {len(todo)} ({remaining.describe()})"
     )
     failed: list[tuple[str, str]] = []
     finished = 0
@@ -588,15 +617,18 @@ def run_benchmark(
         nonlocal finished
         if isinstance(outcome, BaseException):
             failed.append((cell.describe(), f"{type(outcome).__name__}: {outcome}"))
+            remaining.dropped(cell)
             bar.write(f"FAILED {cell.describe()}: {type(outcome).__name__}: {outcome}")
         else:
             append_result(results_path, outcome)
             finished += 1
+            remaining.finished(cell, seconds)
             line = (
                 f"{cell.describe()}: mse {outcome['mse']:.4f} mae {outcome['mae']:.4f} "
-                f"(naive {outcome['naive_mse']:.4f}) in {seconds:.0f}s"
+                f"(naive {outcome['naive_mse']:.4f}) in {seconds:.0f}s; {remaining.describe()}"
             )
             bar.write(line) if progress else say(line)
+        bar.set_postfix_str(remaining.describe(), refresh=False)
         bar.update(1)
 
     try:

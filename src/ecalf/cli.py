@@ -165,16 +165,22 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _print_plan(grid: Any, args: argparse.Namespace) -> int:
     from ecalf.benchmark import plan_benchmark
+    from ecalf.cell_costs import Remaining, format_duration
 
     planned, skipped = plan_benchmark(grid, results=args.results, data_dir=args.data_dir)
     trains = sum(p.reuses is None for p in planned)
     results = args.results or grid.results_path
     print(
         f"grid {grid.name}: {len(planned) + skipped} cells, {skipped} already in {results}, "
-        f"{len(planned)} to run: {trains} train, {len(planned) - trains} reuse another's run"
+        f"{len(planned)} to run: {trains} train, {len(planned) - trains} reuse another's run; "
+        + Remaining({p.cell: p.seconds for p in planned}).describe()
     )
     for item in planned:
-        print(f"  {item.cell.describe()}" + (f"  (reuses {item.reuses})" if item.reuses else ""))
+        if item.reuses is not None:
+            note = f"reuses {item.reuses}"
+        else:
+            note = "~" + format_duration(item.seconds) if item.seconds is not None else "no estimate yet"
+        print(f"  {item.cell.describe()}  ({note})")
     return 0
 
 

@@ -1,0 +1,107 @@
+"""How long a benchmark cell will take, estimated from the cells of the results file that finished.
+
+Cells differ by a factor of a thousand (the naive forecast: a second; an LLM on a full dataset: an
+hour), so a progress bar's "seconds per cell so far" says little. A pending cell is estimated by the
+median wall time of finished rows of the same model, dataset and setting (full data costs ten times
+few-shot), of the same horizon where there are some. A cell that will only evaluate a run another cell trained
+(a zero-shot target, a run reused from a sibling grid) costs about nothing. While a grid runs, the
+estimates are scaled by how the cells of this run compare with their own estimates (this machine,
+this load).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CellKey:
+    model: str
+    dataset: str
+    setting: str
+    horizon: int
+
+
+@dataclass
+class CellCosts:
+    """Median wall seconds of finished cells, by (model, dataset, setting, horizon) and without the
+    horizon."""
+
+    by_horizon: dict[tuple[str, str, str, int], float] = field(default_factory=dict)
+    by_setting: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, str]]) -> CellCosts:
+        """From results rows (``model``, ``dataset``, ``setting``, ``horizon``, ``wall_seconds``);
+        zero-shot rows are left out (their wall time is their source's training, counted once)."""
+        fine: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
+        middle: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        for row in rows:
+            try:
+                seconds = float(row["wall_seconds"])
+                horizon = int(row["horizon"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if row.get("target") or seconds != seconds or seconds < 0:  # zero-shot, NaN
+                continue
+            model, dataset, setting = row["model"], row["dataset"], row["setting"]
+            fine[model, dataset, setting, horizon].append(seconds)
+            middle[model, dataset, setting].append(seconds)
+        return cls(
+            {k: statistics.median(v) for k, v in fine.items()},
+            {k: statistics.median(v) for k, v in middle.items()},
+        )
+
+    def estimate(self, key: CellKey) -> float | None:
+        """Seconds a cell that trains will take, or None when no finished cell of its model, dataset and
+        setting says."""
+        exact = self.by_horizon.get((key.model, key.dataset, key.setting, key.horizon))
+        return exact if exact is not None else self.by_setting.get((key.model, key.dataset, key.setting))
+
+
+@dataclass
+class Remaining:
+    """The time left in a running grid: estimates of the pending cells, calibrated by the cells done.
+
+    ``estimates``: per pending cell, its seconds (0 for a cell that reuses a run) or None (unknown).
+    """
+
+    estimates: dict[object, float | None]
+    _done_estimated: float = 0.0
+    _done_actual: float = 0.0
+
+    def finished(self, cell: object, seconds: float) -> None:
+        estimate = self.estimates.pop(cell, None)
+        if estimate:  # a known, non-zero estimate calibrates the rest
+            self._done_estimated += estimate
+            self._done_actual += seconds
+
+    def dropped(self, cell: object) -> None:
+        """A cell that failed: no longer pending in this run, and no measure of the machine."""
+        self.estimates.pop(cell, None)
+
+    @property
+    def unknown(self) -> int:
+        return sum(v is None for v in self.estimates.values())
+
+    def seconds(self) -> float:
+        """Estimated seconds for the pending cells that have an estimate, scaled by how this run's
+        finished cells compared with theirs."""
+        scale = self._done_actual / self._done_estimated if self._done_estimated > 0 else 1.0
+        return scale * sum(v for v in self.estimates.values() if v)
+
+    def describe(self) -> str:
+        """E.g. ``~3.2 h left (+4 cells not estimated)``."""
+        text = f"~{format_duration(self.seconds())} left"
+        return text + (f" (+{self.unknown} cells not estimated)" if self.unknown else "")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,54 @@
+"""Estimating a benchmark cell's wall time from finished rows, and the time left in a running grid."""
+
+import pytest
+
+from ecalf.cell_costs import CellCosts, CellKey, Remaining, format_duration
+
+
+def _row(model="calf", dataset="ETTh1", setting="few_shot", horizon=96, seconds=100.0, target=""):
+    return {
+        "model": model, "dataset": dataset, "setting": setting, "horizon": str(horizon),
+        "wall_seconds": str(seconds), "target": target,
+    }  # fmt: skip
+
+
+def test_estimates_come_from_the_same_model_dataset_and_setting():
+    costs = CellCosts.from_rows(
+        [
+            _row(seconds=100), _row(seconds=300), _row(seconds=200),  # median 200
+            _row(horizon=720, seconds=40),
+            _row(setting="full", seconds=4000),
+            _row(setting="zero_shot", target="ETTm1", seconds=9999),  # its source's time: left out
+            _row(seconds="nan"), {"model": "calf"},  # unreadable rows are skipped
+        ]
+    )  # fmt: skip
+    assert costs.estimate(CellKey("calf", "ETTh1", "few_shot", 96)) == 200
+    assert costs.estimate(CellKey("calf", "ETTh1", "few_shot", 720)) == 40
+    # no row of that horizon: the setting's median over horizons
+    assert costs.estimate(CellKey("calf", "ETTh1", "few_shot", 336)) == pytest.approx(150)
+    assert costs.estimate(CellKey("calf", "ETTh1", "full", 336)) == 4000
+    # never from another setting, dataset or model: few-shot says nothing about full data
+    assert costs.estimate(CellKey("calf", "ETTh1", "zero_shot", 96)) is None
+    assert costs.estimate(CellKey("calf", "ETTm1", "few_shot", 96)) is None
+    assert costs.estimate(CellKey("ecalf", "ETTh1", "few_shot", 96)) is None
+
+
+def test_the_time_left_is_calibrated_by_the_cells_done():
+    left = Remaining({"a": 10.0, "b": 20.0, "c": None, "reused": 0.0, "e": 30.0})
+    assert left.seconds() == 60 and left.unknown == 1
+    left.finished("a", 20.0)  # this machine runs at half the estimated speed
+    assert left.seconds() == 100
+    left.finished("reused", 5.0)  # a cell without an estimate tells nothing about speed
+    left.finished("c", 500.0)
+    assert left.seconds() == 100 and left.unknown == 0
+    left.dropped("e")  # failed: no longer pending
+    assert left.seconds() == 40
+    assert left.describe() == "~40 s left"
+    assert Remaining({"x": None}).describe() == "~0 s left (+1 cells not estimated)"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(5, "5 s"), (89, "89 s"), (600, "10 min"), (5399, "90 min"), (9000, "2.5 h")]
+)
+def test_durations_read_in_their_natural_unit(seconds, text):
+    assert format_duration(seconds) == text
