@@ -391,12 +391,38 @@ def table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
+def ratio_table(paths: list[str]) -> str:
+    """A markdown table of the ratios to the official figures (``vs_official``) of result JSON files."""
+    rows = [
+        "| file | scaled by | training win/s | prediction win/s | batch-1 latency | peak memory, training |",
+        "|---|---|---|---|---|---|",
+    ]
+    columns = (
+        ("train_windows_per_second", "x"),
+        ("predict_windows_per_second", "x"),
+        ("latency_ms", ""),
+        ("train_peak_rss_mb", ""),
+    )
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        ratios = r.get("vs_official")
+        if not ratios:
+            continue
+        basis = "each call's matmul probe" if r.get("paired_matmul") else "the run's matmul phase"
+        shown = [f"{ratios[key]:.2f}{suffix}" if key in ratios else "-" for key, suffix in columns]
+        rows.append(f"| {Path(path).name} | {basis} | " + " | ".join(shown) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config")
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print a markdown table of result files")
+    parser.add_argument(
+        "--ratios", nargs="+", metavar="JSON", help="print their ratios to the official figures as a table"
+    )
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
     parser.add_argument("--random", action="store_true", help="random backbone weights (no download)")
     parser.add_argument("--channels", type=int, default=None, help="override C (default: the dataset's)")
@@ -441,8 +467,12 @@ def main() -> None:
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--output", help="write the results JSON here (atomically)")
     args = parser.parse_args()
-    if args.table:
-        print(table(args.table))
+    if args.table or args.ratios:
+        print(
+            "\n\n".join(
+                t for t in (args.table and table(args.table), args.ratios and ratio_table(args.ratios)) if t
+            )
+        )
         return
     if not args.config:
         parser.error("--config is required (or --table JSON ...)")
