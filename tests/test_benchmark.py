@@ -240,6 +240,20 @@ def test_zero_shot_targets_share_one_training_that_matches_a_zero_shot_run(
     assert alone.metrics["epochs_run"] == int(rows["calf", "ETTm1"]["epochs"])
 
 
+def test_parallel_cells_of_one_source_train_it_once(synthetic_csv_dir, tmp_path, in_repo):
+    # the few-shot cell and the zero-shot cell both need calf/ETTh1/few_shot/H24/seed1, at the same time
+    grid = _small_grid(
+        tmp_path,
+        models=[GridModel("calf", "configs/tiny/calf.yaml")],
+        settings=[GridSetting("few_shot", 5), GridSetting("zero_shot", 5, targets={"ETTh1": ["ETTm1"]})],
+        seeds=[1],
+    )
+    summary = run_benchmark(grid, data_dir=str(synthetic_csv_dir), jobs=2, progress=False, echo=None)
+    assert (summary.finished, summary.failed) == (2, [])
+    log = (tmp_path / "runs/calf/ETTh1/few_shot/H24/seed1/train.log").read_text()
+    assert log.count("data ETTh1:") == 1 and log.count("test mse") == 1  # trained once, not twice
+
+
 def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path, in_repo, trainings, capsys):
     data = str(synthetic_csv_dir)
     first = _zero_shot_grid(tmp_path, "zeroshot")

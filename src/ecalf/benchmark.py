@@ -367,7 +367,7 @@ def run_cell(
     """
     import torch
 
-    from ecalf.run import run_experiment, source_config, transfer_run
+    from ecalf.run import source_config, transfer_run
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -379,11 +379,10 @@ def run_cell(
     run_dir = Path(runs_dir) / cell.run_id
     if cell.target:  # zero-shot: train on the source once, evaluate on each target
         trained = trained_run(source_config(config), Path(runs_dir), cell.source_run_id, reuse_runs)
-        result = transfer_run(trained, config, run_dir)
-    else:
-        found = finished_run(config, Path(runs_dir), cell.run_id) if reuse_runs else None
-        result = found or run_experiment(config, run_dir, echo=None, resume=True)
-    run_dir, metrics = result.run_dir, result.metrics
+        run_dir, metrics = run_dir, transfer_run(trained, config, run_dir).metrics
+    else:  # under the same lock: a zero-shot cell running beside it may train this very run
+        run_dir = trained_run(config, Path(runs_dir), cell.run_id, reuse_runs)
+        metrics = read_json(run_dir / "metrics.json")
     env = metrics.get("environment", {})
     backbone = getattr(config.model, "backbone", None)
     return {
