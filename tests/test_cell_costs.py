@@ -44,7 +44,9 @@ def test_the_time_left_is_calibrated_by_the_cells_done():
     left.dropped("e")  # failed: no longer pending
     assert left.seconds() == 40
     assert left.describe() == "~40 s left"
-    assert Remaining({"x": None}).describe() == "~0 s left (+1 cells not estimated)"
+    assert Remaining({"x": None, "y": 5.0}).describe() == "~5 s left (+1 cells not estimated)"
+    assert Remaining({"x": None}).describe().startswith("time left unknown")
+    assert Remaining({}).describe() == "~0 s left"
 
 
 @pytest.mark.parametrize(

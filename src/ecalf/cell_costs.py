@@ -94,7 +94,10 @@ class Remaining:
         return scale * sum(v for v in self.estimates.values() if v)
 
     def describe(self) -> str:
-        """E.g. ``~3.2 h left (+4 cells not estimated)``."""
+        """E.g. ``~3.2 h left (+4 cells not estimated)``; ``time left unknown`` when no pending cell has
+        an estimate."""
+        if self.estimates and self.unknown == len(self.estimates):
+            return "time left unknown (no finished cell of the same model, dataset and setting yet)"
         text = f"~{format_duration(self.seconds())} left"
         return text + (f" (+{self.unknown} cells not estimated)" if self.unknown else "")
 
