@@ -54,3 +54,16 @@ def test_the_time_left_is_calibrated_by_the_cells_done():
 )
 def test_durations_read_in_their_natural_unit(seconds, text):
     assert format_duration(seconds) == text
+
+
+def test_a_finished_cell_estimates_the_pending_cells_of_its_kind():
+    calf96, calf192 = CellKey("calf", "ETTm1", "few_shot", 96), CellKey("calf", "ETTm1", "few_shot", 192)
+    left = Remaining(
+        {"a": None, "b": None, "c": None, "d": 30.0},
+        {"a": calf96, "b": calf192, "c": CellKey("calf", "Weather", "few_shot", 96), "d": calf96},
+    )
+    assert left.unknown == 3
+    left.finished("a", 600.0)
+    assert left.estimates["b"] == 600.0  # same model, dataset and setting
+    assert left.estimates["c"] is None  # another dataset says nothing
+    assert left.estimates["d"] == 30.0  # an estimate it had stays

@@ -519,6 +519,8 @@ class PlannedCell:
     an earlier cell of the plan trains; None: the cell trains."""
     seconds: float | None = None
     """Estimated wall time (:mod:`ecalf.cell_costs`; 0 when it reuses a run, None when unknown)."""
+    key: CellKey | None = None
+    """What estimates it (None when it reuses a run)."""
 
 
 def plan_benchmark(
@@ -554,7 +556,7 @@ def plan_benchmark(
             estimate = costs.estimate(key)
             if estimate is None:
                 estimate = other_costs.estimate(key)
-            planned.append(PlannedCell(cell, None, estimate))
+            planned.append(PlannedCell(cell, None, estimate, key))
     return planned, skipped
 
 
@@ -602,7 +604,7 @@ def run_benchmark(
     if limit is not None:
         planned = planned[:limit]
     todo = [p.cell for p in planned]
-    remaining = Remaining({p.cell: p.seconds for p in planned})
+    remaining = Remaining({p.cell: p.seconds for p in planned}, {p.cell: p.key for p in planned if p.key})
     say = echo or (lambda line: None)
     say(
         f"grid {grid.name}: {len(todo) + skipped} cells, {skipped} already in {results_path}, "

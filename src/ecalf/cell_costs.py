@@ -70,14 +70,29 @@ class Remaining:
     """
 
     estimates: dict[object, float | None]
+    keys: dict[object, CellKey] = field(default_factory=dict)
+    """The pending cells that train, by what estimates them: a cell that finishes here estimates the
+    pending cells of its kind that had no estimate."""
     _done_estimated: float = 0.0
     _done_actual: float = 0.0
+    _learned: list[dict[str, str]] = field(default_factory=list)
 
     def finished(self, cell: object, seconds: float) -> None:
         estimate = self.estimates.pop(cell, None)
         if estimate:  # a known, non-zero estimate calibrates the rest
             self._done_estimated += estimate
             self._done_actual += seconds
+        key = self.keys.pop(cell, None)
+        if key is None or estimate is not None:
+            return
+        self._learned.append(
+            {"model": key.model, "dataset": key.dataset, "setting": key.setting,
+             "horizon": str(key.horizon), "wall_seconds": str(seconds)}
+        )  # fmt: skip
+        learned = CellCosts.from_rows(self._learned)
+        for other, value in self.estimates.items():
+            if value is None and other in self.keys:
+                self.estimates[other] = learned.estimate(self.keys[other])
 
     def dropped(self, cell: object) -> None:
         """A cell that failed: no longer pending in this run, and no measure of the machine."""
