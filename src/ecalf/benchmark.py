@@ -249,10 +249,16 @@ class Cell:
         return [*grid_overrides, *self.model_overrides, *cell]
 
     @property
-    def source_run_id(self) -> str:
-        """Where a zero-shot cell's model is trained: the run id of the same cell on its source data."""
-        setting = "full" if self.few_shot_percent >= 100 else "few_shot"
-        return f"{self.model}/{self.dataset}/{setting}/H{self.horizon}/seed{self.seed}"
+    def training_setting(self) -> str:
+        """The setting of the run that trains this cell's model: its own, or a zero-shot cell's source's."""
+        if not self.target:
+            return self.setting
+        return "full" if self.few_shot_percent >= 100 else "few_shot"
+
+    @property
+    def training_run_id(self) -> str:
+        """Where this cell's model is trained: its own run id, or (zero-shot) its source cell's."""
+        return f"{self.model}/{self.dataset}/{self.training_setting}/H{self.horizon}/seed{self.seed}"
 
     def describe(self) -> str:
         data = f"{self.dataset}->{self.target}" if self.target else self.dataset
@@ -376,13 +382,11 @@ def run_cell(
         config = load_run_config(cell.config_file, overrides)
     else:
         config = run_config_from_dict(apply_overrides(config_data, overrides), source=cell.config_file)
-    run_dir = Path(runs_dir) / cell.run_id
-    if cell.target:  # zero-shot: train on the source once, evaluate on each target
-        trained = trained_run(source_config(config), Path(runs_dir), cell.source_run_id, reuse_runs)
-        run_dir, metrics = run_dir, transfer_run(trained, config, run_dir).metrics
-    else:  # under the same lock: a zero-shot cell running beside it may train this very run
-        run_dir = trained_run(config, Path(runs_dir), cell.run_id, reuse_runs)
-        metrics = read_json(run_dir / "metrics.json")
+    # every training under one lock: a zero-shot cell and its source's cell may run side by side
+    trained = trained_run(source_config(config), Path(runs_dir), cell.training_run_id, reuse_runs)
+    if cell.target:  # zero-shot: the source's training, evaluated on the target
+        trained = transfer_run(trained.run_dir, config, Path(runs_dir) / cell.run_id)
+    run_dir, metrics = trained.run_dir, trained.metrics
     env = metrics.get("environment", {})
     backbone = getattr(config.model, "backbone", None)
     return {
@@ -446,20 +450,18 @@ def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool 
     return None
 
 
-def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool = True) -> Path:
-    """The directory of a finished run of ``config``: one found by :func:`finished_run`, or one trained
-    now into ``runs_dir / run_id`` (resuming it; a lock keeps parallel cells from training it twice)."""
+def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool = True) -> RunResult:
+    """A finished run of ``config``: one found by :func:`finished_run`, or one trained now into
+    ``runs_dir / run_id`` (resuming it; a lock keeps parallel cells from training it twice)."""
     from ecalf.run import run_experiment
 
     found = finished_run(config, runs_dir, run_id, siblings)
     if found is not None:
-        return found.run_dir
+        return found
     run_dir = runs_dir / run_id
     with _exclusive(run_dir.parent / f".{run_dir.name}.lock"):
         found = finished_run(config, runs_dir, run_id, siblings)  # a parallel cell may have trained it
-        if found is not None:
-            return found.run_dir
-        return run_experiment(config, run_dir, echo=None, resume=True).run_dir
+        return found or run_experiment(config, run_dir, echo=None, resume=True)
 
 
 @contextlib.contextmanager
@@ -533,17 +535,13 @@ def plan_benchmark(
     check_grid(grid, data_dir)
     results_path = Path(results) if results is not None else grid.results_path
     todo, skipped = pending_cells(grid, results_path)
-    own, *others = _results_files(results_path)
-    costs = CellCosts.from_rows(read_results(own))  # this grid's recipes first, then other grids'
-    other_costs = CellCosts.from_rows(row for path in others for row in read_results(path))
+    costs = CellCosts.from_rows(read_results(results_path))  # this grid's recipes first, then others'
+    other_costs = CellCosts.from_rows(_rows_beside(results_path))
     runs_dir = grid.runs_path
     planned, training = [], set()
     for cell in todo:
-        config = load_run_config(cell.config_file, cell.overrides(grid.set, data_dir))
-        if cell.target:
-            config, run_id = source_config(config), cell.source_run_id
-        else:
-            run_id = cell.run_id
+        config = source_config(load_run_config(cell.config_file, cell.overrides(grid.set, data_dir)))
+        run_id = cell.training_run_id
         found = finished_run(config, runs_dir, run_id, grid.reuse_runs)
         if found is not None:
             planned.append(PlannedCell(cell, found.run_dir, 0.0))
@@ -551,8 +549,7 @@ def plan_benchmark(
             planned.append(PlannedCell(cell, runs_dir / run_id, 0.0))
         else:
             training.add(run_id)
-            setting = cell.source_run_id.split("/")[2] if cell.target else cell.setting
-            key = CellKey(cell.model, cell.dataset, setting, cell.horizon)
+            key = CellKey(cell.model, cell.dataset, cell.training_setting, cell.horizon)
             estimate = costs.estimate(key)
             if estimate is None:
                 estimate = other_costs.estimate(key)
@@ -560,20 +557,16 @@ def plan_benchmark(
     return planned, skipped
 
 
-def _results_files(results: Path) -> list[Path]:
-    """``results`` and the other ecalf results files beside it (their cells inform the estimates)."""
-    files = [results]
+def _rows_beside(results: Path) -> list[dict[str, str]]:
+    """The rows of the other ecalf results files beside ``results`` (their cells inform estimates)."""
+    rows: list[dict[str, str]] = []
     for path in sorted(results.parent.glob("*.csv")) if results.parent.is_dir() else []:
-        if path == results:
-            continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                header = handle.readline()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if all(column in header.split(",") for column in (*KEY_COLUMNS, "wall_seconds")):
-            files.append(path)
-    return files
+        if path != results:
+            try:
+                rows += read_results(path)
+            except (EcalfError, OSError, UnicodeDecodeError, csv.Error):  # not a results file
+                continue
+    return rows
 
 
 def run_benchmark(

@@ -329,17 +329,16 @@ def plot_run_test_windows(
 ) -> Path:
     """Forecast vs actuals on ``num_windows`` evenly spread test windows of a run, in original units
     (``target``: of that dataset's test split, zero-shot, as ``ecalf.run.evaluate_run`` does)."""
-    import dataclasses
 
     import torch
 
     from ecalf.data import prepare_splits
-    from ecalf.run import load_run
+    from ecalf.run import load_run, with_target
     from ecalf.training import resolve_device
 
     config, model = load_run(run_dir)
     if target is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=target))
+        config = with_target(config, target)
     splits = prepare_splits(config.data)
     test = splits.test
     device = resolve_device(config.training.device)

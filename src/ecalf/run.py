@@ -62,13 +62,22 @@ def seed_everything(seed: int) -> None:
 
 def resolve_model_config(config: RunConfig, splits: ForecastSplits) -> RunConfig:
     """Fill the model's shape fields from the data."""
+    return _with_shapes(config, splits.train.num_channels)
+
+
+def _with_shapes(config: RunConfig, num_channels: int) -> RunConfig:
     model = dataclasses.replace(
         config.model,
         context_length=config.data.context_length,
         prediction_length=config.data.prediction_length,
-        num_channels=splits.train.num_channels,
+        num_channels=num_channels,
     )
     return dataclasses.replace(config, model=model)
+
+
+def with_target(config: RunConfig, target: str | None) -> RunConfig:
+    """``config`` tested on ``target``'s test split (zero-shot); None: on its own dataset's."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=target))
 
 
 def build_model(config: RunConfig, *, pretrained: bool = True) -> ForecastModel:
@@ -323,7 +332,7 @@ def evaluate_run(
     statistics; it needs the run's number of variables). Returns the config evaluated and the metrics."""
     config, model = load_run(run_dir)
     if target is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=target))
+        config = with_target(config, target)
     splits = prepare_splits(config.data)
     if splits.test.num_channels != config.model.num_channels:
         raise DataError(
@@ -347,22 +356,13 @@ def evaluate_run(
 def source_config(config: RunConfig) -> RunConfig:
     """The config that trains ``config``'s model: a zero-shot run trains exactly as a run on its source
     dataset does (train/validation windows, scaling, model selection), so only the target is dropped."""
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=None))
+    return with_target(config, None)
 
 
 def same_training(saved: RunConfig, config: RunConfig) -> bool:
     """Whether a run directory's resolved ``saved`` config trains what ``config`` (as loaded from a file,
     shape fields not yet filled from the data) would train."""
-    resolved = dataclasses.replace(
-        config,
-        model=dataclasses.replace(
-            config.model,
-            context_length=config.data.context_length,
-            prediction_length=config.data.prediction_length,
-            num_channels=saved.model.num_channels,
-        ),
-    )
-    return saved == resolved
+    return saved == _with_shapes(config, saved.model.num_channels)
 
 
 def transfer_run(
