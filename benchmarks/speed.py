@@ -58,24 +58,11 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul(repeats: int) -> dict[str, float]:
-    import torch
-
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return {"matmul_gflops": 2 * n**3 / statistics.median(times) / 1e9}
-
-
 class MatmulProbe:
-    """``--paired-matmul``: the machine's fp32 matmul rate measured right before each timed call, in
-    the same process, so each call's speed is scaled by the machine's speed at that moment (a shared
-    VM's speed drifts by tens of percent within minutes). Its three 2048 x 2048 buffers (48 MB) are
+    """One 2048 x 2048 fp32 matmul, timed: the machine's dense matmul rate in GFLOP/s. With
+    ``--paired-matmul`` it runs right before each timed call, in the same process, so each call's speed
+    is scaled by the machine's speed at that moment (a shared VM's speed drifts by tens of percent
+    within minutes); its three 2048 x 2048 buffers (48 MB) are
     allocated before the model and stay: they count in the phase's peak memory."""
 
     N = 2048
@@ -93,6 +80,12 @@ class MatmulProbe:
         start = time.perf_counter()
         torch.mm(self.a, self.b, out=self.out)
         return 2 * self.N**3 / (time.perf_counter() - start) / 1e9
+
+
+def measure_matmul(repeats: int) -> dict[str, float]:
+    """The machine's dense fp32 matmul rate: the median of ``repeats`` probes after one warm-up."""
+    probe = MatmulProbe()
+    return {"matmul_gflops": statistics.median([probe() for _ in range(repeats)])}
 
 
 def paired(name: str, work: float, times: list[float], rates: list[float]) -> dict[str, float]:

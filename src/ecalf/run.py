@@ -333,6 +333,19 @@ def evaluate_run(
     config, model = load_run(run_dir)
     if target is not None:
         config = with_target(config, target)
+    _, metrics = _test_metrics(config, model, run_dir, progress=progress, int8=int8)
+    return config, metrics
+
+
+def _test_metrics(
+    config: RunConfig,
+    model: ForecastModel,
+    run_dir: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    int8: bool = False,
+) -> tuple[ForecastSplits, Metrics]:
+    """``model`` (loaded from ``run_dir``) on the test split of ``config.data``; the splits and metrics."""
     splits = prepare_splits(config.data)
     if splits.test.num_channels != config.model.num_channels:
         raise DataError(
@@ -350,7 +363,7 @@ def evaluate_run(
         progress=progress,
         precision=config.training.precision,
     )
-    return config, metrics
+    return splits, metrics
 
 
 def source_config(config: RunConfig) -> RunConfig:
@@ -394,12 +407,8 @@ def transfer_run(
             "(they differ beyond data.zero_shot_target)"
         )
     config = dataclasses.replace(trained, data=config.data)
-    splits = prepare_splits(config.data)
-    device = resolve_device(config.training.device)
-    model.to(device)
-    batch_size, precision = config.training.eval_batch_size, config.training.precision
-    test = evaluate(model, splits.test, batch_size=batch_size, device=device, precision=precision)
-    naive = naive_metrics(splits, batch_size)
+    splits, test = _test_metrics(config, model, source)
+    naive = naive_metrics(splits, config.training.eval_batch_size)
     metrics = {
         **read_json(source / "metrics.json"),
         "zero_shot_target": config.data.zero_shot_target,
