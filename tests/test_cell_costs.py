@@ -2,7 +2,7 @@
 
 import pytest
 
-from ecalf.cell_costs import CellCosts, CellKey, Remaining, format_duration
+from ecalf.cell_costs import CellCosts, CellKey, Remaining, estimate_from, format_duration
 
 
 def _row(model="calf", dataset="ETTh1", setting="few_shot", horizon=96, seconds=100.0, target=""):
@@ -27,10 +27,31 @@ def test_estimates_come_from_the_same_model_dataset_and_setting():
     # no row of that horizon: the setting's median over horizons
     assert costs.estimate(CellKey("calf", "ETTh1", "few_shot", 336)) == pytest.approx(150)
     assert costs.estimate(CellKey("calf", "ETTh1", "full", 336)) == 4000
-    # never from another setting, dataset or model: few-shot says nothing about full data
+    # never from another setting, model or dataset size: few-shot says nothing about full data
     assert costs.estimate(CellKey("calf", "ETTh1", "zero_shot", 96)) is None
     assert costs.estimate(CellKey("calf", "ETTm1", "few_shot", 96)) is None
+    assert costs.estimate(CellKey("calf", "my_data", "few_shot", 96)) is None
     assert costs.estimate(CellKey("ecalf", "ETTh1", "few_shot", 96)) is None
+    # ETTh2 has ETTh1's rows, channels and split: as costly to train
+    assert costs.estimate(CellKey("calf", "ETTh2", "few_shot", 96)) == 200
+    assert costs.estimate(CellKey("calf", "ETTh2", "full", 192)) == 4000
+
+
+def test_a_dataset_s_own_rows_come_before_those_of_its_size():
+    costs = CellCosts.from_rows([_row(seconds=100), _row(dataset="ETTh2", seconds=900), _row(horizon=192)])
+    assert costs.estimate(CellKey("calf", "ETTh2", "few_shot", 96)) == 900
+    assert costs.estimate(CellKey("calf", "ETTh2", "few_shot", 192)) == 900  # its own, any horizon
+    assert costs.estimate(CellKey("calf", "ETTh1", "few_shot", 336)) == 100
+
+
+def test_every_source_s_own_dataset_comes_before_any_dataset_of_its_size():
+    grid = CellCosts.from_rows([_row(dataset="ETTh1", seconds=100)])
+    others = CellCosts.from_rows([_row(dataset="ETTh2", seconds=900), _row(dataset="ETTm1", seconds=5)])
+    assert estimate_from(CellKey("calf", "ETTh2", "few_shot", 96), grid, others) == 900
+    assert estimate_from(CellKey("calf", "ETTh1", "few_shot", 96), grid, others) == 100
+    assert estimate_from(CellKey("calf", "ETTm2", "few_shot", 96), grid, others) == 5
+    assert estimate_from(CellKey("calf", "Weather", "few_shot", 96), grid, others) is None
+    assert grid.estimate(CellKey("calf", "ETTh2", "few_shot", 96), by_size=False) is None
 
 
 def test_the_time_left_is_calibrated_by_the_cells_done():
@@ -59,11 +80,15 @@ def test_durations_read_in_their_natural_unit(seconds, text):
 def test_a_finished_cell_estimates_the_pending_cells_of_its_kind():
     calf96, calf192 = CellKey("calf", "ETTm1", "few_shot", 96), CellKey("calf", "ETTm1", "few_shot", 192)
     left = Remaining(
-        {"a": None, "b": None, "c": None, "d": 30.0},
-        {"a": calf96, "b": calf192, "c": CellKey("calf", "Weather", "few_shot", 96), "d": calf96},
-    )
-    assert left.unknown == 3
+        {"a": None, "b": None, "c": None, "d": 30.0, "e": None},
+        {
+            "a": calf96, "b": calf192, "c": CellKey("calf", "Weather", "few_shot", 96), "d": calf96,
+            "e": CellKey("calf", "ETTm2", "few_shot", 96),
+        },
+    )  # fmt: skip
+    assert left.unknown == 4
     left.finished("a", 600.0)
     assert left.estimates["b"] == 600.0  # same model, dataset and setting
-    assert left.estimates["c"] is None  # another dataset says nothing
+    assert left.estimates["c"] is None  # a dataset of another size says nothing
+    assert left.estimates["e"] == 600.0  # ETTm2 is ETTm1's size
     assert left.estimates["d"] == 30.0  # an estimate it had stays

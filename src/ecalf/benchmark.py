@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tqdm.auto import tqdm
 
 from ecalf.artifacts import read_json, read_yaml, write_text
-from ecalf.cell_costs import CellCosts, CellKey, Remaining
+from ecalf.cell_costs import CellCosts, CellKey, Remaining, estimate_from
 from ecalf.config import RunConfig, apply_overrides, from_dict, load_run_config, run_config_from_dict
 from ecalf.errors import ConfigError, EcalfError
 
@@ -550,10 +550,7 @@ def plan_benchmark(
         else:
             training.add(run_id)
             key = CellKey(cell.model, cell.dataset, cell.training_setting, cell.horizon)
-            estimate = costs.estimate(key)
-            if estimate is None:
-                estimate = other_costs.estimate(key)
-            planned.append(PlannedCell(cell, None, estimate, key))
+            planned.append(PlannedCell(cell, None, estimate_from(key, costs, other_costs), key))
     return planned, skipped
 
 

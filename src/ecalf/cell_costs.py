@@ -3,8 +3,10 @@
 Cells differ by a factor of a thousand (the naive forecast: a second; an LLM on a full dataset: an
 hour), so a progress bar's "seconds per cell so far" says little. A pending cell is estimated by the
 median wall time of finished rows of the same model, dataset and setting (full data costs ten times
-few-shot), of the same horizon where there are some. A cell that will only evaluate a run another cell trained
-(a zero-shot target, a run reused from a sibling grid) costs about nothing. While a grid runs, the
+few-shot), of the same horizon where there are some; without any, by those of a registered dataset of
+the same size (rows, channels and split: ETTh1 and ETTh2, ETTm1 and ETTm2). A cell that will only
+evaluate a run another cell trained (a zero-shot target, a run reused from a sibling grid) costs about
+nothing. While a grid runs, the
 estimates are scaled by how the cells of this run compare with their own estimates (this machine,
 this load).
 """
@@ -16,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ecalf.data.specs import find_spec
+
 
 @dataclass(frozen=True)
 class CellKey:
@@ -25,13 +29,24 @@ class CellKey:
     horizon: int
 
 
+def dataset_size(dataset: str) -> tuple[str, int, int] | None:
+    """What a registered dataset's cells cost depends on: its split rule, rows and channels (datasets
+    that share them train on as many windows of as many tokens). None for a user's CSV."""
+    spec = find_spec(dataset)
+    if spec is None or spec.num_rows is None or spec.num_channels is None:
+        return None
+    return spec.split, spec.num_rows, spec.num_channels
+
+
 @dataclass
 class CellCosts:
     """Median wall seconds of finished cells, by (model, dataset, setting, horizon) and without the
-    horizon."""
+    horizon, and the same with the dataset's size (:func:`dataset_size`) in place of its name."""
 
     by_horizon: dict[tuple[str, str, str, int], float] = field(default_factory=dict)
     by_setting: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    by_size_horizon: dict[tuple[str, object, str, int], float] = field(default_factory=dict)
+    by_size_setting: dict[tuple[str, object, str], float] = field(default_factory=dict)
 
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, str]]) -> CellCosts:
@@ -39,6 +54,8 @@ class CellCosts:
         zero-shot rows are left out (their wall time is their source's training, counted once)."""
         fine: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
         middle: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        sized: dict[tuple[str, object, str, int], list[float]] = defaultdict(list)
+        sized_middle: dict[tuple[str, object, str], list[float]] = defaultdict(list)
         for row in rows:
             try:
                 seconds = float(row["wall_seconds"])
@@ -50,16 +67,38 @@ class CellCosts:
             model, dataset, setting = row["model"], row["dataset"], row["setting"]
             fine[model, dataset, setting, horizon].append(seconds)
             middle[model, dataset, setting].append(seconds)
+            size = dataset_size(dataset)
+            if size is not None:
+                sized[model, size, setting, horizon].append(seconds)
+                sized_middle[model, size, setting].append(seconds)
         return cls(
-            {k: statistics.median(v) for k, v in fine.items()},
-            {k: statistics.median(v) for k, v in middle.items()},
+            *({k: statistics.median(v) for k, v in d.items()} for d in (fine, middle, sized, sized_middle))
         )
 
-    def estimate(self, key: CellKey) -> float | None:
-        """Seconds a cell that trains will take, or None when no finished cell of its model, dataset and
-        setting says."""
-        exact = self.by_horizon.get((key.model, key.dataset, key.setting, key.horizon))
-        return exact if exact is not None else self.by_setting.get((key.model, key.dataset, key.setting))
+    def estimate(self, key: CellKey, *, by_size: bool = True) -> float | None:
+        """Seconds a cell that trains will take, or None when no finished cell of its model and setting,
+        on its dataset or (``by_size``) one of the same size, says."""
+        size = dataset_size(key.dataset) if by_size else None
+        for estimate in (
+            self.by_horizon.get((key.model, key.dataset, key.setting, key.horizon)),
+            self.by_setting.get((key.model, key.dataset, key.setting)),
+            self.by_size_horizon.get((key.model, size, key.setting, key.horizon)) if size else None,
+            self.by_size_setting.get((key.model, size, key.setting)) if size else None,
+        ):
+            if estimate is not None:
+                return estimate
+        return None
+
+
+def estimate_from(key: CellKey, *sources: CellCosts) -> float | None:
+    """The first source's estimate from the cell's own dataset, else the next's, ...; then the same by
+    dataset size."""
+    for by_size in (False, True):
+        for costs in sources:
+            estimate = costs.estimate(key, by_size=by_size)
+            if estimate is not None:
+                return estimate
+    return None
 
 
 @dataclass
@@ -112,7 +151,7 @@ class Remaining:
         """E.g. ``~3.2 h left (+4 cells not estimated)``; ``time left unknown`` when no pending cell has
         an estimate."""
         if self.estimates and self.unknown == len(self.estimates):
-            return "time left unknown (no finished cell of the same model, dataset and setting yet)"
+            return "time left unknown (no finished cell of the same model, setting and dataset size yet)"
         text = f"~{format_duration(self.seconds())} left"
         return text + (f" (+{self.unknown} cells not estimated)" if self.unknown else "")
 
