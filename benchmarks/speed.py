@@ -59,32 +59,37 @@ def synchronize(device: Any) -> None:
 
 
 class MatmulProbe:
-    """One 2048 x 2048 fp32 matmul, timed: the machine's dense matmul rate in GFLOP/s. With
-    ``--paired-matmul`` it runs right before each timed call, in the same process, so each call's speed
-    is scaled by the machine's speed at that moment (a shared VM's speed drifts by tens of percent
-    within minutes); its three 2048 x 2048 buffers (48 MB) are
-    allocated before the model and stay: they count in the phase's peak memory."""
+    """One 2048 x 2048 fp32 matmul on ``device``, timed: the machine's dense matmul rate in GFLOP/s.
+    With ``--paired-matmul`` it runs right before each timed call, in the same process, so each call's
+    speed is scaled by the machine's speed at that moment (a shared VM's speed drifts by tens of
+    percent within minutes); its three 2048 x 2048 buffers (48 MB) are allocated before the model and
+    stay: they count in the phase's peak memory."""
 
     N = 2048
 
-    def __init__(self) -> None:
+    def __init__(self, device: Any = "cpu") -> None:
         import torch
 
-        self.a, self.b = torch.randn(self.N, self.N), torch.randn(self.N, self.N)
-        self.out = torch.empty(self.N, self.N)
+        self.device = torch.device(device)
+        self.a = torch.randn(self.N, self.N, device=self.device)
+        self.b = torch.randn(self.N, self.N, device=self.device)
+        self.out = torch.empty(self.N, self.N, device=self.device)
         torch.mm(self.a, self.b, out=self.out)
 
     def __call__(self) -> float:
         import torch
 
+        synchronize(self.device)
         start = time.perf_counter()
         torch.mm(self.a, self.b, out=self.out)
+        synchronize(self.device)
         return 2 * self.N**3 / (time.perf_counter() - start) / 1e9
 
 
-def measure_matmul(repeats: int) -> dict[str, float]:
-    """The machine's dense fp32 matmul rate: the median of ``repeats`` probes after one warm-up."""
-    probe = MatmulProbe()
+def measure_matmul(repeats: int, device: Any = "cpu") -> dict[str, float]:
+    """The machine's dense fp32 matmul rate on ``device``: the median of ``repeats`` probes after one
+    warm-up."""
+    probe = MatmulProbe(device)
     return {"matmul_gflops": statistics.median([probe() for _ in range(repeats)])}
 
 
@@ -137,7 +142,7 @@ def measure_train(args: argparse.Namespace) -> dict[str, float]:
     from ecalf.memory import release_freed_memory
     from ecalf.training import build_optimizer
 
-    probe = MatmulProbe() if args.paired_matmul else None
+    probe = MatmulProbe(probe_device(args)) if args.paired_matmul else None
     config, model, device = build(args)
     low_memory = config.training.low_memory and device.type == "cpu" and release_freed_memory()
     m = config.model
@@ -179,7 +184,7 @@ def measure_predict(
     from ecalf.evaluation import autocast
     from ecalf.inference import merged_lora, quantized_int8
 
-    probe = MatmulProbe() if args.paired_matmul else None
+    probe = MatmulProbe(probe_device(args)) if args.paired_matmul else None
     config, model, device = build(args)
     m = config.model
     past = torch.randn(batch, m.context_length, m.num_channels, device=device)
@@ -208,7 +213,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     if args.phase == "matmul":
-        result: dict[str, Any] = measure_matmul(max(args.repeats, 5))
+        result: dict[str, Any] = measure_matmul(max(args.repeats, 5), probe_device(args))
     elif args.phase == "train":
         result = measure_train(args)
     elif args.phase == "predict":
@@ -226,9 +231,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         result = {"latency_ms": statistics.median(times) * 1000}
         if rates:  # calls per second per GFLOP/s; the ratio below inverts it back to a latency
             result.update(paired("latency_calls_per_second", 1, times, rates))
-    key = {"matmul": "matmul_peak_rss_mb"}.get(args.phase, f"{args.phase}_peak_rss_mb")
-    result[key] = peak_rss_mb()
+    result[f"{args.phase}_peak_rss_mb"] = peak_rss_mb()
+    device = torch.device(probe_device(args))
+    if device.type == "cuda":  # the accelerator's own peak (the host's RSS says little there)
+        result[f"{args.phase}_peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
+
+
+def probe_device(args: argparse.Namespace) -> Any:
+    """Where the measured model runs (``--device``, ``auto`` resolved), so the matmul rate the phases
+    are scaled by is that device's."""
+    from ecalf.training import resolve_device
+
+    return resolve_device(args.device)
 
 
 def official_shapes(args: argparse.Namespace) -> bool:
@@ -248,6 +263,7 @@ def official_shapes(args: argparse.Namespace) -> bool:
         and args.predict_batch_size == 256
         and args.precision == "fp32"
         and not args.compile
+        and probe_device(args).type == "cpu"  # the official figures are a CPU's
     )
 
 
@@ -372,6 +388,10 @@ def table(paths: list[str]) -> str:
         precision += f" {r['allocator']}" if r.get("allocator", "glibc") != "glibc" else ""
         precision += " low-memory" if r.get("train_low_memory") else ""
         memory = f"{cell(r.get('train_peak_rss_mb'), 0)} / {cell(r.get('predict_peak_rss_mb'), 0)}"
+        if "train_peak_gpu_mb" in r or "predict_peak_gpu_mb" in r:
+            memory += (
+                f" (GPU {cell(r.get('train_peak_gpu_mb'), 0)} / {cell(r.get('predict_peak_gpu_mb'), 0)})"
+            )
         rows.append(
             f"| {Path(path).name} | {precision} | {r.get('channels') or 7} | {horizon} "
             f"| {r['batch_size']} | {cell(r.get('matmul_gflops'), 0)} "
