@@ -27,7 +27,7 @@ from ecalf.benchmark import (
 )
 from ecalf.cli import main
 from ecalf.errors import ConfigError, EcalfError
-from ecalf.report import per_dataset, write_report
+from ecalf.report import mse_by_model_bars, per_dataset, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "benchmarks" / "smoke.yaml"
@@ -389,6 +389,23 @@ def test_dataset_means_skip_models_with_missing_horizons():
     assert list(table["model"]) == ["a"]  # b lacks H 192: no dataset mean for it
     assert table.iloc[0]["mse"] == pytest.approx(((0.96 + 1.92) / 2 + 1 + (0.96 + 1.92) / 2 + 2) / 2)
     assert table.iloc[0]["seeds"] == 2
+
+
+def test_bar_plots_show_the_table_s_means_in_one_model_order():
+    rows = []
+    for dataset, models in (("ETTh1", ("a", "b", "c")), ("ETTh2", ("c", "b", "a"))):
+        for model in models:
+            for seed in (1, 2) if model == "a" else (1,):
+                for h in (96, 192) if (model, dataset) != ("b", "ETTh2") else (96,):
+                    rows.append(dict(setting="few_shot", dataset=dataset, target="", model=model, seed=seed,
+                                     horizon=h, mse=h / 100 + seed, mae=1.0))  # fmt: skip
+    panels = dict(mse_by_model_bars(pd.DataFrame(rows)))
+    etth1, etth2 = panels["few_shot", "ETTh1", ""], panels["few_shot", "ETTh2", ""]
+    assert list(etth1["model"]) == ["a", "b", "c"]
+    assert list(etth2["model"]) == ["a", "c"]  # the file's order; b lacks H 192 there, as in the table
+    assert etth1["mse"].tolist() == pytest.approx([2.94, 2.44, 2.44])  # a: seeds 1 and 2
+    assert etth1["err"].iloc[0] == pytest.approx(per_dataset(pd.DataFrame(rows))["mse_std"].iloc[0])
+    assert etth1["err"].iloc[1:].isna().all()  # one seed: no error bar
 
 
 def test_cli_benchmark_and_report(synthetic_csv_dir, tmp_path, in_repo, capsys):

@@ -131,26 +131,31 @@ def markdown_tables(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def mse_by_model_bars(df: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
+    """The bars of :func:`plot_mse_by_model`: per (setting, dataset, target), the models' horizon-mean
+    MSE as in the markdown table (only models with every horizon of the panel), in one model order
+    for every panel (the file's), with ``err`` the std over seeds (NaN, no error bar, for one seed)."""
+    means = per_dataset(df)
+    order = {model: i for i, model in enumerate(dict.fromkeys(df["model"]))}
+    means = means.assign(err=means["mse_std"].where(means["seeds"] > 1))
+    panels = []
+    for key, sub in means.groupby(["setting", "dataset", "target"], sort=False):
+        sub = sub.sort_values("model", key=lambda column: column.map(order), kind="stable")
+        panels.append(((str(key[0]), str(key[1]), str(key[2])), sub.reset_index(drop=True)))
+    return panels
+
+
 def plot_mse_by_model(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """One panel per (setting, dataset): bars of the horizon-mean MSE by model, std over seeds."""
     from ecalf.plots import grid_shape, hide_unused, new_figure, save_figure
 
-    horizon = per_horizon(df)
-    # bars use every horizon present for the model (mean of per-horizon means)
-    means = horizon.groupby(GROUP, sort=False).agg(mse=("mse", "mean"), std=("mse_std", "mean")).reset_index()
-    panels = list(dict.fromkeys(zip(means["setting"], means["dataset"], means["target"], strict=True)))
+    panels = mse_by_model_bars(df)
     rows, cols = grid_shape(len(panels))
     fig, axes = new_figure(rows, cols, panel_size=(5.0, 3.2))
-    models = list(dict.fromkeys(df["model"]))
-    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
-    for ax, (setting, dataset, target) in zip(axes.flat, panels, strict=False):
-        sub = means[
-            (means["setting"] == setting) & (means["dataset"] == dataset) & (means["target"] == target)
-        ]
+    colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(df["model"]))}
+    for ax, ((setting, dataset, target), sub) in zip(axes.flat, panels, strict=False):
         x = np.arange(len(sub))
-        ax.bar(
-            x, sub["mse"], yerr=sub["std"].fillna(0.0), color=[colours[m] for m in sub["model"]], capsize=3
-        )
+        ax.bar(x, sub["mse"], yerr=sub["err"], color=[colours[m] for m in sub["model"]], capsize=3)
         ax.set_xticks(x, list(sub["model"]), rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{_data_label(dataset, target)} ({setting})", fontsize=10)
         ax.set_ylabel("test MSE (mean over horizons)", fontsize=8)
