@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -164,6 +165,17 @@ def test_parallel_jobs_give_the_same_rows_as_one_process(synthetic_csv_dir, tmp_
         return {tuple(r[c] for c in KEY_COLUMNS): (r["mse"], r["mae"]) for r in read_results(path)}
 
     assert metrics(tmp_path / "one.csv") == metrics(tmp_path / "two.csv")
+
+
+def test_a_cell_in_a_worker_is_timed_by_its_own_run_not_its_wait(monkeypatch):
+    def slow_cell(*args, **kwargs):
+        time.sleep(0.05)
+        return {"args": args, "kwargs": kwargs}
+
+    monkeypatch.setattr(benchmark, "run_cell", slow_cell)
+    row, seconds = benchmark.timed_cell("cell", reuse_runs=False)
+    assert row == {"args": ("cell",), "kwargs": {"reuse_runs": False}}
+    assert 0.05 <= seconds < 5
 
 
 def _zero_shot_grid(tmp_path: Path, name: str, **changes) -> Grid:

@@ -70,6 +70,13 @@ def test_the_time_left_is_calibrated_by_the_cells_done():
     assert Remaining({}).describe() == "~0 s left"
 
 
+def test_cells_running_side_by_side_share_the_time_left():
+    assert Remaining({"a": 10.0, "b": 20.0, "c": 30.0, "d": None}, parallel=2).seconds() == 30
+    assert Remaining({"a": 10.0, "b": 50.0}, parallel=2).seconds() == 50  # the longest cell bounds it
+    assert Remaining({"a": 10.0, "b": 50.0}, parallel=4).describe() == "~50 s left"
+    assert Remaining({}, parallel=2).seconds() == 0
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"), [(5, "5 s"), (89, "89 s"), (600, "10 min"), (5399, "90 min"), (9000, "2.5 h")]
 )

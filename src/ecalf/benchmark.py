@@ -594,7 +594,11 @@ def run_benchmark(
     if limit is not None:
         planned = planned[:limit]
     todo = [p.cell for p in planned]
-    remaining = Remaining({p.cell: p.seconds for p in planned}, {p.cell: p.key for p in planned if p.key})
+    remaining = Remaining(
+        {p.cell: p.seconds for p in planned},
+        {p.cell: p.key for p in planned if p.key},
+        parallel=jobs if scheduler is None else 1,  # on Ray, the cluster's size is not known here
+    )
     say = echo or (lambda line: None)
     say(
         f"grid {grid.name}: {len(todo) + skipped} cells, {skipped} already in {results_path}, "
@@ -632,6 +636,13 @@ def run_benchmark(
     return BenchmarkSummary(results_path, len(todo) + skipped, skipped, finished, failed)
 
 
+def timed_cell(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], float]:
+    """:func:`run_cell` in a worker process, with the seconds it ran: all cells are submitted at once,
+    so the time since submission would count a cell's wait in the pool's queue too."""
+    start = time.perf_counter()
+    return run_cell(*args, **kwargs), time.perf_counter() - start
+
+
 def _execute(
     grid: Grid, cells: list[Cell], data_dir: str | None, jobs: int
 ) -> Generator[CellOutcome, None, None]:
@@ -655,16 +666,16 @@ def _execute(
         started = {}
         for cell in cells:
             future = pool.submit(
-                run_cell, cell, grid.set, runs_dir, data_dir, threads, reuse_runs=grid.reuse_runs
+                timed_cell, cell, grid.set, runs_dir, data_dir, threads, reuse_runs=grid.reuse_runs
             )
             started[future] = (cell, time.perf_counter())
         try:
             for future in futures.as_completed(started):
                 cell, start = started[future]
                 try:
-                    outcome = future.result()
+                    outcome, seconds = future.result()
                 except Exception as exc:  # a worker's error is reported, the other cells go on
-                    outcome = exc
-                yield cell, outcome, time.perf_counter() - start
+                    outcome, seconds = exc, time.perf_counter() - start
+                yield cell, outcome, seconds
         finally:  # interrupted: queued cells never start (those running end with their processes)
             pool.shutdown(wait=False, cancel_futures=True)

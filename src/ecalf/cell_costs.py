@@ -17,6 +17,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ecalf.data.specs import find_spec
 
@@ -27,6 +28,13 @@ class CellKey:
     dataset: str
     setting: str
     horizon: int
+
+
+K = TypeVar("K")
+
+
+def _medians(values: Mapping[K, list[float]]) -> dict[K, float]:
+    return {key: statistics.median(seconds) for key, seconds in values.items()}
 
 
 def dataset_size(dataset: str) -> tuple[str, int, int] | None:
@@ -71,9 +79,7 @@ class CellCosts:
             if size is not None:
                 sized[model, size, setting, horizon].append(seconds)
                 sized_middle[model, size, setting].append(seconds)
-        return cls(
-            *({k: statistics.median(v) for k, v in d.items()} for d in (fine, middle, sized, sized_middle))
-        )
+        return cls(_medians(fine), _medians(middle), _medians(sized), _medians(sized_middle))
 
     def estimate(self, key: CellKey, *, by_size: bool = True) -> float | None:
         """Seconds a cell that trains will take, or None when no finished cell of its model and setting,
@@ -112,6 +118,9 @@ class Remaining:
     keys: dict[object, CellKey] = field(default_factory=dict)
     """The pending cells that train, by what estimates them: a cell that finishes here estimates the
     pending cells of its kind that had no estimate."""
+    parallel: int = 1
+    """Cells running at once (``--jobs``): the time left is their work shared out, but never less than
+    the longest cell."""
     _done_estimated: float = 0.0
     _done_actual: float = 0.0
     _learned: list[dict[str, str]] = field(default_factory=list)
@@ -142,10 +151,11 @@ class Remaining:
         return sum(v is None for v in self.estimates.values())
 
     def seconds(self) -> float:
-        """Estimated seconds for the pending cells that have an estimate, scaled by how this run's
-        finished cells compared with theirs."""
+        """Estimated wall seconds for the pending cells that have an estimate, scaled by how this run's
+        finished cells compared with theirs, shared out over the ``parallel`` cells at a time."""
         scale = self._done_actual / self._done_estimated if self._done_estimated > 0 else 1.0
-        return scale * sum(v for v in self.estimates.values() if v)
+        known = [v for v in self.estimates.values() if v]
+        return scale * max(sum(known) / max(self.parallel, 1), max(known, default=0.0))
 
     def describe(self) -> str:
         """E.g. ``~3.2 h left (+4 cells not estimated)``; ``time left unknown`` when no pending cell has
