@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -593,3 +594,23 @@ def test_a_ray_request_no_local_machine_can_meet_is_refused(fake_ray, tmp_path, 
     assert fake_ray.shutdowns == 1 and not fake_ray.submitted
     with pytest.raises(ConfigError, match="cpus per cell"):
         RayScheduler(cpus_per_cell=0)
+
+
+def test_run_all_runs_every_published_grid_and_goes_on_after_a_failure(tmp_path):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "ecalf"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncase "$2" in *full.yaml) exit 1;; esac\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "ECALF": str(fake), "JOBS": "3"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "run_all.sh"), "--seeds", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1  # the failed grid is reported in the status, the others still ran
+    runs = [line.split() for line in calls.read_text().splitlines() if line.startswith("benchmark")]
+    published = {p.stem for p in (ROOT / "benchmarks").glob("*.yaml")} - {"smoke"}  # smoke: the tests'
+    assert {Path(args[1]).stem for args in runs} == published
+    assert runs[0][1] == "benchmarks/fewshot.yaml"  # the headline table first
+    assert all(args[2:] == ["--jobs", "3", "--quiet", "--seeds", "1"] for args in runs)
