@@ -16,6 +16,7 @@ import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+from ecalf.config import RunConfig, load_run_config  # noqa: E402
 from ecalf.data import DATASETS, write_synthetic_csv  # noqa: E402
 
 
@@ -55,3 +56,30 @@ def real_data_dir() -> Path:
 def no_data_dir_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unset ``$ECALF_DATA_DIR`` so that data-directory resolution starts from a known state."""
     monkeypatch.delenv("ECALF_DATA_DIR", raising=False)
+
+
+@pytest.fixture()
+def synthetic_csv(tmp_path: Path) -> Path:
+    """A small synthetic CSV (1200 hourly rows, 3 channels) for end-to-end runs of tiny models."""
+    return write_synthetic_csv(tmp_path / "toy.csv", num_rows=1200, num_channels=3, seed=3)
+
+
+@pytest.fixture()
+def tiny_run_config(synthetic_csv: Path):
+    """``make(config_file, *overrides)``: that config on ``synthetic_csv``, L 48, H 12, every training
+    window, no progress bars."""
+
+    def make(path: str, *extra: str) -> RunConfig:
+        return load_run_config(
+            path,
+            [
+                f"data.dataset={synthetic_csv}",
+                "data.context_length=48",
+                "data.prediction_length=12",
+                "data.few_shot_percent=100",
+                "training.progress=false",
+                *extra,
+            ],
+        )
+
+    return make

@@ -18,8 +18,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ecalf.config import load_run_config
-from ecalf.data import write_synthetic_csv
 from ecalf.errors import EcalfError
 from ecalf.forecast import Forecaster
 from ecalf.inference import merged_lora, quantized_int8
@@ -29,32 +27,13 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/tiny/calf.yaml", "configs/tiny/ecalf.yaml", "configs/baselines/dlinear.yaml"]
-
-
-@pytest.fixture()
-def synthetic_csv(tmp_path):
-    return write_synthetic_csv(tmp_path / "toy.csv", num_rows=1200, num_channels=3, seed=3)
-
-
-def _config(path, csv, *extra):
-    return load_run_config(
-        path,
-        [
-            f"data.dataset={csv}",
-            "data.context_length=48",
-            "data.prediction_length=12",
-            "data.few_shot_percent=100",
-            "training.progress=false",
-            "training.device=cuda",
-            *extra,
-        ],
-    )
+CUDA = "training.device=cuda"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("config_file", CONFIGS)
-def test_trains_and_evaluates_on_the_gpu(tmp_path, synthetic_csv, config_file, precision):
-    config = _config(config_file, synthetic_csv, "training.epochs=2", f"training.precision={precision}")
+def test_trains_and_evaluates_on_the_gpu(tmp_path, tiny_run_config, config_file, precision):
+    config = tiny_run_config(config_file, CUDA, "training.epochs=2", f"training.precision={precision}")
     result = run_experiment(config, tmp_path / "run", echo=None)
     metrics = result.metrics
     assert metrics["environment"]["cuda"]  # the device's name, in the provenance
@@ -64,9 +43,9 @@ def test_trains_and_evaluates_on_the_gpu(tmp_path, synthetic_csv, config_file, p
     assert again.mse == pytest.approx(metrics["test"]["mse"], rel=1e-3)
 
 
-def test_tiny_calf_learns_on_the_gpu_in_bf16(tmp_path, synthetic_csv):
-    config = _config(
-        "configs/tiny/calf.yaml", synthetic_csv, "training.epochs=6", "training.learning_rate=2e-3",
+def test_tiny_calf_learns_on_the_gpu_in_bf16(tmp_path, tiny_run_config):
+    config = tiny_run_config(
+        "configs/tiny/calf.yaml", CUDA, "training.epochs=6", "training.learning_rate=2e-3",
         "training.precision=bf16",
     )  # fmt: skip
     metrics = run_experiment(config, tmp_path / "run", echo=None).metrics
@@ -74,8 +53,8 @@ def test_tiny_calf_learns_on_the_gpu_in_bf16(tmp_path, synthetic_csv):
     assert metrics["test"]["mse"] < metrics["naive_test"]["mse"]
 
 
-def test_merged_lora_predicts_like_the_unmerged_model_on_the_gpu(tmp_path, synthetic_csv):
-    config = _config("configs/tiny/ecalf.yaml", synthetic_csv, "training.epochs=1")
+def test_merged_lora_predicts_like_the_unmerged_model_on_the_gpu(tmp_path, tiny_run_config):
+    config = tiny_run_config("configs/tiny/ecalf.yaml", CUDA, "training.epochs=1")
     run_dir = run_experiment(config, tmp_path / "run", echo=None).run_dir
     from ecalf.run import load_run
 

@@ -3,37 +3,14 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from ecalf.cli import main
-from ecalf.config import load_run_config
-from ecalf.data import write_synthetic_csv
 from ecalf.run import evaluate_run, run_experiment
 
 TINY_CALF = "configs/tiny/calf.yaml"
 
 
-@pytest.fixture()
-def synthetic_csv(tmp_path):
-    return write_synthetic_csv(tmp_path / "toy.csv", num_rows=1200, num_channels=3, seed=3)
-
-
-def _config(path, csv, *extra):
-    return load_run_config(
-        path,
-        [
-            f"data.dataset={csv}",
-            "data.context_length=48",
-            "data.prediction_length=12",
-            "data.few_shot_percent=100",
-            "training.progress=false",
-            *extra,
-        ],
-    )
-
-
-def test_tiny_calf_learns_and_beats_the_naive_forecast(tmp_path, synthetic_csv):
-    config = _config(TINY_CALF, synthetic_csv, "training.epochs=6", "training.learning_rate=2e-3")
+def test_tiny_calf_learns_and_beats_the_naive_forecast(tmp_path, tiny_run_config):
+    config = tiny_run_config(TINY_CALF, "training.epochs=6", "training.learning_rate=2e-3")
     result = run_experiment(config, tmp_path / "run", echo=None)
     metrics = result.metrics
     history = metrics["history"]
@@ -45,8 +22,8 @@ def test_tiny_calf_learns_and_beats_the_naive_forecast(tmp_path, synthetic_csv):
     assert set(history[0]["loss_parts"]) == {"task", "output", "feature"}
 
 
-def test_evaluate_reproduces_logged_test_metrics_exactly(tmp_path, synthetic_csv, capsys):
-    config = _config(TINY_CALF, synthetic_csv, "training.epochs=2")
+def test_evaluate_reproduces_logged_test_metrics_exactly(tmp_path, tiny_run_config, capsys):
+    config = tiny_run_config(TINY_CALF, "training.epochs=2")
     result = run_experiment(config, tmp_path / "run", echo=None)
     _, metrics = evaluate_run(result.run_dir)
     logged = json.loads((result.run_dir / "metrics.json").read_text())["test"]
