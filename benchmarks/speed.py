@@ -232,7 +232,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         if rates:  # calls per second per GFLOP/s; the ratio below inverts it back to a latency
             result.update(paired("latency_calls_per_second", 1, times, rates))
     result[f"{args.phase}_peak_rss_mb"] = peak_rss_mb()
-    device = torch.device(probe_device(args))
+    device = probe_device(args)
     if device.type == "cuda":  # the accelerator's own peak (the host's RSS says little there)
         result[f"{args.phase}_peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return result

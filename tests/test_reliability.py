@@ -223,6 +223,13 @@ def test_evaluate_refuses_data_with_other_channels(tmp_path, capsys):
         ["evaluate", str(tmp_path / "run"), "--quiet"],
         r"changing\.csv: the run in .* was trained on 3 channels but the data now has 4 \(x0, x1, x2, OT\)",
     )
+    # the test-window plot loads the run the same way: the same error, and no PNG
+    from ecalf.errors import DataError
+    from ecalf.plots import plot_run_test_windows
+
+    with pytest.raises(DataError, match="was trained on 3 channels but the data now has 4"):
+        plot_run_test_windows(tmp_path / "run", tmp_path / "windows.png")
+    assert not (tmp_path / "windows.png").exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -329,20 +329,13 @@ def plot_run_test_windows(
 ) -> Path:
     """Forecast vs actuals on ``num_windows`` evenly spread test windows of a run, in original units
     (``target``: of that dataset's test split, zero-shot, as ``ecalf.run.evaluate_run`` does)."""
-
     import torch
 
-    from ecalf.data import prepare_splits
-    from ecalf.run import load_run, with_target
-    from ecalf.training import resolve_device
+    from ecalf.run import load_for_test
 
-    config, model = load_run(run_dir)
-    if target is not None:
-        config = with_target(config, target)
-    splits = prepare_splits(config.data)
+    config, model, splits, device = load_for_test(run_dir, target=target)
     test = splits.test
-    device = resolve_device(config.training.device)
-    model.to(device).eval()
+    model.eval()
     count = max(1, min(num_windows, len(test)))
     chosen = sorted({round(x) for x in np.linspace(0, len(test) - 1, count)})
     past, future = test.get_batch(chosen)  # (N, L, C), (N, H, C)

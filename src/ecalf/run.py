@@ -330,22 +330,27 @@ def evaluate_run(
     ``int8``: its int8 copy for CPU inference, ``ecalf.inference.quantized_int8``, on the CPU;
     ``target``: zero-shot, on that dataset's test split instead, scaled with its own training
     statistics; it needs the run's number of variables). Returns the config evaluated and the metrics."""
+    config, model, splits, device = load_for_test(run_dir, target=target, int8=int8)
+    return config, _test_metrics(config, model, splits, device, progress=progress, int8=int8)
+
+
+def load_for_test(
+    run_dir: str | os.PathLike[str], *, target: str | None = None, int8: bool = False
+) -> tuple[RunConfig, ForecastModel, ForecastSplits, torch.device]:
+    """A finished run's model on the device it is tested on, with the splits of its test data
+    (``target``: another dataset's, zero-shot; ``int8``: the CPU, where the int8 copy runs)."""
     config, model = load_run(run_dir)
     if target is not None:
         config = with_target(config, target)
-    _, metrics = _test_metrics(config, model, run_dir, progress=progress, int8=int8)
-    return config, metrics
+    splits, device = _placed_for_test(config, model, run_dir, int8=int8)
+    return config, model, splits, device
 
 
-def _test_metrics(
-    config: RunConfig,
-    model: ForecastModel,
-    run_dir: str | os.PathLike[str],
-    *,
-    progress: bool = False,
-    int8: bool = False,
-) -> tuple[ForecastSplits, Metrics]:
-    """``model`` (loaded from ``run_dir``) on the test split of ``config.data``; the splits and metrics."""
+def _placed_for_test(
+    config: RunConfig, model: ForecastModel, run_dir: str | os.PathLike[str], *, int8: bool = False
+) -> tuple[ForecastSplits, torch.device]:
+    """The splits of ``config.data``, checked against the channels ``model`` (from ``run_dir``) was
+    trained on, and ``model`` moved to its test device."""
     splits = prepare_splits(config.data)
     if splits.test.num_channels != config.model.num_channels:
         raise DataError(
@@ -355,7 +360,20 @@ def _test_metrics(
         )
     device = torch.device("cpu") if int8 else resolve_device(config.training.device)
     model.to(device)
-    metrics = evaluate(
+    return splits, device
+
+
+def _test_metrics(
+    config: RunConfig,
+    model: ForecastModel,
+    splits: ForecastSplits,
+    device: torch.device,
+    *,
+    progress: bool = False,
+    int8: bool = False,
+) -> Metrics:
+    """One pass of ``model`` over the test split, as configured (batch size, precision)."""
+    return evaluate(
         quantized_int8(model) if int8 else model,
         splits.test,
         batch_size=config.training.eval_batch_size,
@@ -363,7 +381,6 @@ def _test_metrics(
         progress=progress,
         precision=config.training.precision,
     )
-    return splits, metrics
 
 
 def source_config(config: RunConfig) -> RunConfig:
@@ -407,7 +424,8 @@ def transfer_run(
             "(they differ beyond data.zero_shot_target)"
         )
     config = dataclasses.replace(trained, data=config.data)
-    splits, test = _test_metrics(config, model, source)
+    splits, device = _placed_for_test(config, model, source)
+    test = _test_metrics(config, model, splits, device)
     naive = naive_metrics(splits, config.training.eval_batch_size)
     metrics = {
         **read_json(source / "metrics.json"),
