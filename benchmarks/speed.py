@@ -103,6 +103,16 @@ def paired(name: str, work: float, times: list[float], rates: list[float]) -> di
     }
 
 
+def count_gflop(call: Any) -> float:
+    """The GFLOP of the matrix products (mm, addmm, bmm, attention, convolutions) of one ``call()``,
+    forward and any backward it runs, by ``torch.utils.flop_counter``; elementwise work is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops() / 1e9
+
+
 def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """The model of ``args.config`` at the requested shape, and the device."""
     import dataclasses
@@ -138,6 +148,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 def measure_train(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
+    from ecalf.dropout import dropout_masks
     from ecalf.evaluation import autocast
     from ecalf.memory import release_freed_memory
     from ecalf.training import build_optimizer
@@ -150,35 +161,45 @@ def measure_train(args: argparse.Namespace) -> dict[str, float]:
     past = torch.randn(args.batch_size, m.context_length, m.num_channels, device=device)
     future = torch.randn(args.batch_size, m.prediction_length, m.num_channels, device=device)
     model.train()
-    times = []
-    rates = []
-    for i in range(args.warmup + args.repeats):
-        if probe is not None and i >= args.warmup:
-            rates.append(probe())
-        synchronize(device)
-        start = time.perf_counter()
+
+    def step() -> None:
         with autocast(args.precision, device):
             output = model(past, future)
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
-        synchronize(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    step = statistics.median(times)
+
+    masks = config.training.dropout_masks  # as ecalf.training draws them
+    times = []
+    rates = []
+    with dropout_masks(model, masks):
+        gflop = count_gflop(step)  # one untimed step, counted
+        for i in range(args.warmup + args.repeats):
+            if probe is not None and i >= args.warmup:
+                rates.append(probe())
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
     return {
-        "train_step_seconds": step,
-        "train_windows_per_second": args.batch_size / step,
+        "train_step_seconds": seconds,
+        "train_windows_per_second": args.batch_size / seconds,
+        "train_dropout_masks": masks,
         "train_low_memory": bool(low_memory),
+        "train_gflop_per_window": gflop / args.batch_size,
         **(paired("train_windows_per_second", args.batch_size, times, rates) if probe is not None else {}),
     }
 
 
 def measure_predict(
     args: argparse.Namespace, batch: int, repeats: int, warmup: int
-) -> tuple[list[float], float, list[float]]:
-    """Seconds per call after ``warmup`` calls, the first call's (with --compile: compiling), and the
-    probe's GFLOP/s before each timed call (``--paired-matmul``; else empty)."""
+) -> tuple[list[float], float, list[float], float]:
+    """Seconds per call after ``warmup`` calls, the first call's (with --compile: compiling), the
+    probe's GFLOP/s before each timed call (``--paired-matmul``; else empty), and the GFLOP of one
+    call's matrix products (counted on an extra call after the timed ones)."""
     import torch
 
     from ecalf.evaluation import autocast
@@ -205,7 +226,8 @@ def measure_predict(
                 first = time.perf_counter() - start
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    return times, first, rates
+        gflop = 0.0 if args.int8 else count_gflop(lambda: model(past))  # int8 products: not counted
+    return times, first, rates, gflop
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,16 +240,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         result = measure_train(args)
     elif args.phase == "predict":
         batch = args.predict_batch_size
-        times, first, rates = measure_predict(args, batch, args.repeats, max(args.warmup, 1))
+        times, first, rates, gflop = measure_predict(args, batch, args.repeats, max(args.warmup, 1))
         step = statistics.median(times)
         result = {
             "predict_windows_per_second": args.predict_batch_size / step,
             "predict_first_call_seconds": first,
         }
+        if gflop:
+            result["predict_gflop_per_window"] = gflop / batch
         if rates:
             result.update(paired("predict_windows_per_second", args.predict_batch_size, times, rates))
     else:
-        times, _, rates = measure_predict(args, 1, args.latency_repeats, 3)
+        times, _, rates, _ = measure_predict(args, 1, args.latency_repeats, 3)
         result = {"latency_ms": statistics.median(times) * 1000}
         if rates:  # calls per second per GFLOP/s; the ratio below inverts it back to a latency
             result.update(paired("latency_calls_per_second", 1, times, rates))
@@ -338,6 +362,12 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
         if done.returncode != 0:
             raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
         results.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    for phase in ("train", "predict"):  # the share of the matmul rate the model's products reach
+        key, flop = f"{phase}_windows_per_second", results.get(f"{phase}_gflop_per_window")
+        if flop and f"{key}_per_matmul_gflops" in results:
+            results[f"{phase}_matmul_share"] = results[f"{key}_per_matmul_gflops"] * flop
+        elif flop and key in results and "matmul_gflops" in results:
+            results[f"{phase}_matmul_share"] = results[key] * flop / results["matmul_gflops"]
     if "matmul_gflops" in results and official_shapes(args):
         rate = results["matmul_gflops"]
         official_rate = OFFICIAL["matmul_gflops"]
@@ -356,6 +386,16 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
             if key in results:
                 ratios[key] = results[key] / OFFICIAL[key]
         results["vs_official"] = ratios
+        # the ratio this model would reach if its matrix products ran at the matmul rate and nothing
+        # else took time: the ceiling of ``vs_official`` for its FLOPs per window
+        results["vs_official_ceiling"] = {
+            key: (1 / results[f"{phase}_gflop_per_window"]) / (OFFICIAL[key] / official_rate)
+            for phase, key in (
+                ("train", "train_windows_per_second"),
+                ("predict", "predict_windows_per_second"),
+            )
+            if f"{phase}_gflop_per_window" in results
+        }
         results["official"] = OFFICIAL
     return results
 
@@ -387,6 +427,7 @@ def table(paths: list[str]) -> str:
         precision += " compiled" if r.get("compile") else ""
         precision += f" {r['allocator']}" if r.get("allocator", "glibc") != "glibc" else ""
         precision += " low-memory" if r.get("train_low_memory") else ""
+        precision += " fast-dropout" if r.get("train_dropout_masks") == "fast" else ""
         memory = f"{cell(r.get('train_peak_rss_mb'), 0)} / {cell(r.get('predict_peak_rss_mb'), 0)}"
         if "train_peak_gpu_mb" in r or "predict_peak_gpu_mb" in r:
             memory += (

@@ -32,6 +32,7 @@ from ecalf.backbones import (
 from ecalf.backbones import loading as loading_module
 from ecalf.backbones import pca as pca_module
 from ecalf.backbones.presets import SMOLLM2_GGUF, SMOLLM2_PACKAGE, find_package_file
+from ecalf.dropout import dropout_masks
 from ecalf.errors import BackboneError, ConfigError
 
 TINY = ("tiny-gpt2", "tiny-llama")
@@ -499,10 +500,12 @@ def test_smollm2_principal_embeddings_are_cached(smollm2, monkeypatch):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("masks", ["torch", "fast"])
 @pytest.mark.parametrize("role", ["time", "text"])
 @pytest.mark.parametrize("preset", TINY)
-def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(preset, role):
-    """In training mode, dropout included: the recomputation replays the same masks."""
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(preset, role, masks):
+    """In training mode, dropout included (either kind of mask, ecalf.dropout): the recomputation
+    replays the same masks."""
     trunks = []
     for enabled in (False, True):
         config = tiny_config(preset, gradient_checkpointing=enabled)
@@ -515,8 +518,9 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(preset, rol
     for trunk in trunks:
         x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1), requires_grad=True)
         torch.manual_seed(2)
-        states = trunk(x)
-        sum(h.square().mean() for h in states).backward()
+        with dropout_masks(trunk, masks):
+            states = trunk(x)
+            sum(h.square().mean() for h in states).backward()
         assert x.grad is not None
         grads.append(
             (

@@ -302,6 +302,25 @@ def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path
     ]
 
 
+def test_a_run_written_before_a_setting_existed_is_not_reused(synthetic_csv_dir, tmp_path, in_repo):
+    import yaml
+
+    from ecalf.config import load_run_config
+    from ecalf.run import same_training, source_config
+
+    grid = _small_grid(tmp_path, models=[GridModel("dlinear", "configs/baselines/dlinear.yaml")], seeds=[1])
+    run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    run_dir = Path(read_results(grid.results_path)[0]["run_dir"])
+    config = source_config(load_run_config(run_dir / "config.yaml"))
+    assert benchmark.finished_run(config, run_dir.parent, run_dir.name) is not None
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["training"].pop("dropout_masks") == "fast"  # as code before the setting wrote it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    # loaded, it is the same config again (the default fills the gap): only the file tells
+    assert same_training(load_run_config(run_dir / "config.yaml"), config)
+    assert benchmark.finished_run(config, run_dir.parent, run_dir.name) is None
+
+
 def _write_grid(tmp_path: Path, grid: Grid, name: str) -> Path:
     import yaml
 

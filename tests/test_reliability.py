@@ -455,6 +455,15 @@ def test_same_seed_same_cpu_same_metrics(model, calf_run, dlinear_run, tmp_path,
     assert weights[0] == weights[1]
 
 
+def test_torch_dropout_masks_are_another_draw(calf_run, tmp_path, toy_csv):
+    """``training.dropout_masks`` decides the masks (the default ``fast`` is what the test above
+    reproduces); ``torch`` trains with torch's own and so ends elsewhere from the same seed."""
+    run_dir = tmp_path / "torch_masks"
+    assert main(_train_args(TINY_CALF, toy_csv, run_dir, "training.dropout_masks=torch")) == 0
+    assert (run_dir / "model.safetensors").read_bytes() != (calf_run / "model.safetensors").read_bytes()
+    assert "dropout_masks: torch" in (run_dir / "config.yaml").read_text()
+
+
 # --------------------------------------------------------------------------------------------------
 # The table itself
 # --------------------------------------------------------------------------------------------------

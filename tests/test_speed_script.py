@@ -30,6 +30,17 @@ def test_paired_scales_each_call_by_its_own_probe():
     assert result["w_matmul_gflops"] == 50.0
 
 
+def test_count_gflop_counts_the_matrix_products_forward_and_backward():
+    import torch
+
+    speed = _speed_module()
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16, requires_grad=True)
+    assert speed.count_gflop(lambda: layer(x)) == pytest.approx(2 * 4 * 16 * 8 / 1e9)
+    # backward: the input's and the weight's gradients, one product each
+    assert speed.count_gflop(lambda: layer(x).sum().backward()) == pytest.approx(3 * 2 * 4 * 16 * 8 / 1e9)
+
+
 def test_speed_script_writes_every_phase_with_paired_matmul(tmp_path):
     out = tmp_path / "speed.json"
     command = [
@@ -47,4 +58,7 @@ def test_speed_script_writes_every_phase_with_paired_matmul(tmp_path):
         "latency_ms", "latency_calls_per_second_per_matmul_gflops", "train_peak_rss_mb",
     ):  # fmt: skip
         assert result[key] > 0, key
+    # training runs both trunks forward and backward; prediction the time branch's forward only
+    assert result["train_gflop_per_window"] > 3 * result["predict_gflop_per_window"] > 0
+    assert result["train_matmul_share"] > 0 and result["predict_matmul_share"] > 0
     assert "vs_official" not in result  # a tiny model is not the official figures' shape

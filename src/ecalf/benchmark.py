@@ -45,7 +45,14 @@ from tqdm.auto import tqdm
 
 from ecalf.artifacts import read_json, read_yaml, write_text
 from ecalf.cell_costs import CellCosts, CellKey, Remaining, estimate_from
-from ecalf.config import RunConfig, apply_overrides, from_dict, load_run_config, run_config_from_dict
+from ecalf.config import (
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    load_run_config,
+    run_config_from_dict,
+    to_dict,
+)
 from ecalf.errors import ConfigError, EcalfError
 
 if TYPE_CHECKING:
@@ -431,7 +438,9 @@ def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool 
 
     Grids share their trainings this way: the zero-shot grid evaluates the full grid's ETTh1 models on
     ETTm1/ETTm2 rather than training them again, and the other way round. A run whose config differs in
-    anything (a grid's own overrides, the data directory, the code's defaults) is never taken.
+    anything (a grid's own overrides, the data directory, the code's defaults) is never taken, nor one
+    whose config.yaml lacks a setting this code has (older code wrote it; which value it trained with
+    is unknown, e.g. ``training.dropout_masks``, whose default is not what earlier code did).
     """
     from ecalf.run import RunResult, same_training
 
@@ -443,11 +452,24 @@ def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool 
             continue
         try:
             saved = load_run_config(path / "config.yaml")
-            if same_training(saved, config):
+            if same_training(saved, config) and not _lacks_settings(read_yaml(path / "config.yaml"), config):
                 return RunResult(path, read_json(path / "metrics.json"))
         except (EcalfError, OSError, ValueError):  # another version's or a damaged run: not ours
             continue
     return None
+
+
+def _lacks_settings(saved: Any, config: RunConfig) -> bool:
+    """Whether the mapping ``saved`` (a run's config.yaml) misses a key of ``config``'s full dump."""
+
+    def missing(written: Any, current: Any) -> bool:
+        if not isinstance(current, dict):
+            return False
+        if not isinstance(written, dict):
+            return True
+        return any(key not in written or missing(written[key], value) for key, value in current.items())
+
+    return missing(saved, to_dict(config))
 
 
 def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool = True) -> RunResult:

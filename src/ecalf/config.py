@@ -93,6 +93,10 @@ class TrainingConfig:
     """CPU training: freed activation memory goes back to the operating system at once instead of
     staying in malloc's heap (``ecalf.memory``, glibc only; process-wide). About 30 % less peak memory
     for about 20 % less speed on a 2-core CPU (docs/speed.md); no effect on CUDA memory."""
+    dropout_masks: Literal["fast", "torch"] = "fast"
+    """How training draws dropout masks on the CPU: ``fast`` (ecalf.dropout: a fifth of the random
+    draws, the same dropout distribution) or ``torch`` (``bernoulli_``, bit for bit as rows produced
+    before this option). CUDA always uses torch's fused dropout."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "batch_size", "eval_batch_size", "cosine_t_max", "patience")
@@ -102,6 +106,8 @@ class TrainingConfig:
             raise ConfigError(f"training.max_steps must be > 0 or null, got {self.max_steps}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"training.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.dropout_masks not in ("fast", "torch"):
+            raise ConfigError(f"training.dropout_masks must be 'fast' or 'torch', got {self.dropout_masks!r}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json
 from ecalf.config import TrainingConfig
 from ecalf.data import WindowDataset
 from ecalf.distributed import SINGLE, World, all_reduce_sum, data_parallel, shard
+from ecalf.dropout import dropout_masks
 from ecalf.errors import EcalfError
 from ecalf.evaluation import Metrics, autocast, batches, evaluate
 from ecalf.memory import release_freed_memory
@@ -314,86 +315,89 @@ def train(
     show = config.progress and world.is_main
     # The whole run's bar: its ETA assumes every epoch runs (early stopping can only end it sooner).
     run_bar = tqdm(total=config.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not show)
-    while state.stopped is None:
-        epoch = state.epoch + 1
-        set_epoch_learning_rates(optimizer, config, epoch - 1)
-        learning_rate = optimizer.param_groups[0]["lr"]
-        model.train()
-        if world.is_distributed:  # each rank its own dropout masks, repeated exactly on resume
-            torch.manual_seed((seed * 1000 + epoch) * 1024 + world.rank)
-        # The same permutation on every rank; a step takes one global batch, each rank its shard.
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        global_batches = list(batches(len(train_set), config.batch_size * world.size, order))
-        if config.max_steps is not None:
-            global_batches = global_batches[: config.max_steps - state.steps]
-        losses = EpochLosses(device)
-        epoch_start = shown = time.perf_counter()
-        bar = tqdm(global_batches, desc=f"epoch {epoch}", disable=not show, leave=False, position=1)
-        for step, global_idx in enumerate(bar, start=1):
-            idx = shard(global_idx, world)
-            # A rank whose shard of the last, partial batch is empty still takes part in the
-            # gradient reduction, with a real window and zero weight.
-            past, future = train_set.get_batch(idx if len(idx) else global_idx[:1])
-            with autocast(config.precision, device):
-                output = network(past.to(device), future.to(device))
-            if output.loss is None:
-                raise RuntimeError(f"{type(model).__name__} returned no loss for a batch with targets")
-            loss = output.loss.float()
-            losses.add(loss, output.loss_parts, len(idx))
-            # DDP averages the ranks' gradients; this weight makes it the mean over the global batch
-            # when the last batch's shards differ in size (1.0 otherwise, and in one process).
-            weight = len(idx) * world.size / len(global_idx)
-            optimizer.zero_grad(set_to_none=True)
-            (loss if weight == 1.0 else loss * weight).backward()
-            if config.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-            optimizer.step()
-            state.steps += 1
-            if step % FINITE_CHECK_STEPS == 0 or step == len(global_batches):
-                _stop_if_diverged(losses, world, model, best_state, state, epoch)
-            if show and time.perf_counter() - shown >= POSTFIX_SECONDS:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-                shown = time.perf_counter()
-        train_loss, loss_parts, seen = losses.means(world)
-        train_seconds = time.perf_counter() - epoch_start
-        metrics = _validate(model, val_set, config, device, world)
-        record = EpochLog(
-            epoch=epoch,
-            train_loss=train_loss,
-            loss_parts=loss_parts,
-            val_mse=metrics.mse,
-            val_mae=metrics.mae,
-            learning_rate=learning_rate,
-            windows_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
-            seconds=time.perf_counter() - epoch_start,
-            steps=state.steps,
-            values=model.training_values(),
-        )
-        state.history.append(record)
-        state.epoch = epoch
-        state.train_seconds += record.seconds
-        improved = metrics.mse < state.best_mse
-        log(record.line() + (" *" if improved else ""))
-        if improved:
-            state.best_mse, state.best_epoch, state.bad_epochs = metrics.mse, epoch, 0
-            best_state = snapshot(model)
-            if on_improvement is not None:
-                on_improvement(model, record)
-        else:
-            state.bad_epochs += 1
-        if config.max_steps is not None and state.steps >= config.max_steps:
-            state.stopped = "max_steps"
-        elif state.bad_epochs >= config.patience:
-            state.stopped = "early_stopping"
-            log(f"early stopping: no better validation MSE for {config.patience} epochs")
-        elif epoch >= config.epochs:
-            state.stopped = "epochs"
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        if checkpoint is not None and world.is_main:
-            checkpoint.save(model, optimizer, state, best_state)
-        run_bar.update(1)
-        run_bar.set_postfix(val_mse=f"{metrics.mse:.4f}", best_epoch=state.best_epoch)
+    with dropout_masks(model, config.dropout_masks):  # fast CPU masks (ecalf.dropout)
+        while state.stopped is None:
+            epoch = state.epoch + 1
+            set_epoch_learning_rates(optimizer, config, epoch - 1)
+            learning_rate = optimizer.param_groups[0]["lr"]
+            model.train()
+            if world.is_distributed:  # each rank its own dropout masks, repeated exactly on resume
+                torch.manual_seed((seed * 1000 + epoch) * 1024 + world.rank)
+            # The same permutation on every rank; a step takes one global batch, each rank its shard.
+            order = torch.randperm(
+                len(train_set), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
+            )
+            global_batches = list(batches(len(train_set), config.batch_size * world.size, order))
+            if config.max_steps is not None:
+                global_batches = global_batches[: config.max_steps - state.steps]
+            losses = EpochLosses(device)
+            epoch_start = shown = time.perf_counter()
+            bar = tqdm(global_batches, desc=f"epoch {epoch}", disable=not show, leave=False, position=1)
+            for step, global_idx in enumerate(bar, start=1):
+                idx = shard(global_idx, world)
+                # A rank whose shard of the last, partial batch is empty still takes part in the
+                # gradient reduction, with a real window and zero weight.
+                past, future = train_set.get_batch(idx if len(idx) else global_idx[:1])
+                with autocast(config.precision, device):
+                    output = network(past.to(device), future.to(device))
+                if output.loss is None:
+                    raise RuntimeError(f"{type(model).__name__} returned no loss for a batch with targets")
+                loss = output.loss.float()
+                losses.add(loss, output.loss_parts, len(idx))
+                # DDP averages the ranks' gradients; this weight makes it the mean over the global batch
+                # when the last batch's shards differ in size (1.0 otherwise, and in one process).
+                weight = len(idx) * world.size / len(global_idx)
+                optimizer.zero_grad(set_to_none=True)
+                (loss if weight == 1.0 else loss * weight).backward()
+                if config.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+                optimizer.step()
+                state.steps += 1
+                if step % FINITE_CHECK_STEPS == 0 or step == len(global_batches):
+                    _stop_if_diverged(losses, world, model, best_state, state, epoch)
+                if show and time.perf_counter() - shown >= POSTFIX_SECONDS:
+                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    shown = time.perf_counter()
+            train_loss, loss_parts, seen = losses.means(world)
+            train_seconds = time.perf_counter() - epoch_start
+            metrics = _validate(model, val_set, config, device, world)
+            record = EpochLog(
+                epoch=epoch,
+                train_loss=train_loss,
+                loss_parts=loss_parts,
+                val_mse=metrics.mse,
+                val_mae=metrics.mae,
+                learning_rate=learning_rate,
+                windows_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
+                seconds=time.perf_counter() - epoch_start,
+                steps=state.steps,
+                values=model.training_values(),
+            )
+            state.history.append(record)
+            state.epoch = epoch
+            state.train_seconds += record.seconds
+            improved = metrics.mse < state.best_mse
+            log(record.line() + (" *" if improved else ""))
+            if improved:
+                state.best_mse, state.best_epoch, state.bad_epochs = metrics.mse, epoch, 0
+                best_state = snapshot(model)
+                if on_improvement is not None:
+                    on_improvement(model, record)
+            else:
+                state.bad_epochs += 1
+            if config.max_steps is not None and state.steps >= config.max_steps:
+                state.stopped = "max_steps"
+            elif state.bad_epochs >= config.patience:
+                state.stopped = "early_stopping"
+                log(f"early stopping: no better validation MSE for {config.patience} epochs")
+            elif epoch >= config.epochs:
+                state.stopped = "epochs"
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if checkpoint is not None and world.is_main:
+                checkpoint.save(model, optimizer, state, best_state)
+            run_bar.update(1)
+            run_bar.set_postfix(val_mse=f"{metrics.mse:.4f}", best_epoch=state.best_epoch)
     run_bar.close()
     model.load_state_dict(best_state, strict=False)
     return TrainingResult(
