@@ -321,6 +321,21 @@ def test_a_run_written_before_a_setting_existed_is_not_reused(synthetic_csv_dir,
     assert benchmark.finished_run(config, run_dir.parent, run_dir.name) is None
 
 
+def test_the_time_left_shares_the_work_over_the_parallel_cells(tmp_path, in_repo, monkeypatch):
+    seen = []
+
+    class Recorded(benchmark.Remaining):
+        def describe(self) -> str:
+            seen.append(self.parallel)
+            return super().describe()
+
+    monkeypatch.setattr(benchmark, "Remaining", Recorded)
+    grid = _small_grid(tmp_path, models=[GridModel("naive", "configs/baselines/naive.yaml")], seeds=[1])
+    for jobs in (1, 2):
+        run_benchmark(grid, jobs=jobs, limit=0, progress=False, echo=lambda line: None)
+    assert seen == [1, 2]
+
+
 def _write_grid(tmp_path: Path, grid: Grid, name: str) -> Path:
     import yaml
 

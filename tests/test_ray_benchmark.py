@@ -94,6 +94,7 @@ def test_ray_gives_the_local_rows_and_a_finished_grid_resumes_to_nothing(
         grid, results=ray_csv, data_dir=data_dir, progress=False, echo=None, scheduler=scheduler
     )
     assert (first.finished, first.skipped, first.failed) == (6, 0, [])
+    assert scheduler.parallel == 2  # the instance's 2 CPUs, 1 per cell: the time left is shared by 2
 
     expected, got = _rows(local_csv), _rows(ray_csv)
     assert set(got) == {c.key for c in grid_cells(grid)}

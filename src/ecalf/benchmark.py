@@ -604,6 +604,7 @@ def run_benchmark(
     ``scheduler`` says where the cells run (default: :func:`local_scheduler` with ``jobs``); rows are
     appended here, by the driver, as cells finish.
     """
+    parallel = jobs  # cells at once, for the time left; a scheduler may know better (Ray: once connected)
     if scheduler is None:
         scheduler = local_scheduler(jobs)
     elif jobs != 1:
@@ -619,7 +620,7 @@ def run_benchmark(
     remaining = Remaining(
         {p.cell: p.seconds for p in planned},
         {p.cell: p.key for p in planned if p.key},
-        parallel=jobs if scheduler is None else 1,  # on Ray, the cluster's size is not known here
+        parallel=getattr(scheduler, "parallel", None) or parallel,
     )
     say = echo or (lambda line: None)
     say(
@@ -632,6 +633,7 @@ def run_benchmark(
 
     def record(cell: Cell, outcome: dict[str, Any] | BaseException, seconds: float) -> None:
         nonlocal finished
+        remaining.parallel = getattr(scheduler, "parallel", None) or remaining.parallel
         if isinstance(outcome, BaseException):
             failed.append((cell.describe(), f"{type(outcome).__name__}: {outcome}"))
             remaining.dropped(cell)

@@ -24,7 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ecalf.artifacts import read_yaml
@@ -43,7 +43,7 @@ def import_ray() -> Any:
         raise EcalfError(RAY_MISSING) from None
 
 
-@dataclass(frozen=True)
+@dataclass
 class RayScheduler:
     """Runs cells as Ray tasks; use as ``run_benchmark(grid, scheduler=RayScheduler(...))``.
 
@@ -62,6 +62,9 @@ class RayScheduler:
     on the CPU; otherwise on the GPU Ray assigned (``training.device: auto``, the default)."""
     log_to_driver: bool = True
     """Show the workers' output in this process."""
+    parallel: int | None = field(default=None, init=False)
+    """How many cells the cluster runs at once (its CPUs, and GPUs, over each cell's share), known once
+    connected; the grid's time left divides its work by it."""
 
     def __post_init__(self) -> None:
         if not self.cpus_per_cell > 0:
@@ -142,6 +145,12 @@ class RayScheduler:
         """A request no node can ever meet would leave every task pending forever: refuse it on a
         local instance, warn on a cluster (an autoscaler may still add such nodes)."""
         total = ray.cluster_resources()
+        shares = [
+            total.get(name, 0) // need
+            for name, need in (("CPU", self.cpus_per_cell), ("GPU", self.gpus_per_cell))
+            if need > 0
+        ]
+        self.parallel = max(1, int(min(shares)))
         short = [
             f"{need:g} {name} per cell but the cluster has {total.get(name, 0):g}"
             for name, need in (("CPU", self.cpus_per_cell), ("GPU", self.gpus_per_cell))
