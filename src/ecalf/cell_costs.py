@@ -60,10 +60,7 @@ class CellCosts:
     def from_rows(cls, rows: Iterable[Mapping[str, str]]) -> CellCosts:
         """From results rows (``model``, ``dataset``, ``setting``, ``horizon``, ``wall_seconds``);
         zero-shot rows are left out (their wall time is their source's training, counted once)."""
-        fine: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
-        middle: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-        sized: dict[tuple[str, object, str, int], list[float]] = defaultdict(list)
-        sized_middle: dict[tuple[str, object, str], list[float]] = defaultdict(list)
+        cells = []
         for row in rows:
             try:
                 seconds = float(row["wall_seconds"])
@@ -72,13 +69,23 @@ class CellCosts:
                 continue
             if row.get("target") or seconds != seconds or seconds < 0:  # zero-shot, NaN
                 continue
-            model, dataset, setting = row["model"], row["dataset"], row["setting"]
-            fine[model, dataset, setting, horizon].append(seconds)
-            middle[model, dataset, setting].append(seconds)
-            size = dataset_size(dataset)
+            cells.append((CellKey(row["model"], row["dataset"], row["setting"], horizon), seconds))
+        return cls.from_cells(cells)
+
+    @classmethod
+    def from_cells(cls, cells: Iterable[tuple[CellKey, float]]) -> CellCosts:
+        """From finished cells that trained and the wall seconds each took."""
+        fine: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
+        middle: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        sized: dict[tuple[str, object, str, int], list[float]] = defaultdict(list)
+        sized_middle: dict[tuple[str, object, str], list[float]] = defaultdict(list)
+        for key, seconds in cells:
+            fine[key.model, key.dataset, key.setting, key.horizon].append(seconds)
+            middle[key.model, key.dataset, key.setting].append(seconds)
+            size = dataset_size(key.dataset)
             if size is not None:
-                sized[model, size, setting, horizon].append(seconds)
-                sized_middle[model, size, setting].append(seconds)
+                sized[key.model, size, key.setting, key.horizon].append(seconds)
+                sized_middle[key.model, size, key.setting].append(seconds)
         return cls(_medians(fine), _medians(middle), _medians(sized), _medians(sized_middle))
 
     def estimate(self, key: CellKey, *, by_size: bool = True) -> float | None:
@@ -123,7 +130,7 @@ class Remaining:
     the longest cell."""
     _done_estimated: float = 0.0
     _done_actual: float = 0.0
-    _learned: list[dict[str, str]] = field(default_factory=list)
+    _learned: list[tuple[CellKey, float]] = field(default_factory=list)
 
     def finished(self, cell: object, seconds: float) -> None:
         estimate = self.estimates.pop(cell, None)
@@ -133,11 +140,8 @@ class Remaining:
         key = self.keys.pop(cell, None)
         if key is None or estimate is not None:
             return
-        self._learned.append(
-            {"model": key.model, "dataset": key.dataset, "setting": key.setting,
-             "horizon": str(key.horizon), "wall_seconds": str(seconds)}
-        )  # fmt: skip
-        learned = CellCosts.from_rows(self._learned)
+        self._learned.append((key, seconds))
+        learned = CellCosts.from_cells(self._learned)
         for other, value in self.estimates.items():
             if value is None and other in self.keys:
                 self.estimates[other] = learned.estimate(self.keys[other])
