@@ -451,8 +451,11 @@ def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool 
         if not (path / "metrics.json").is_file() or not (path / "config.yaml").is_file():
             continue
         try:
-            saved = load_run_config(path / "config.yaml")
-            if same_training(saved, config) and not _lacks_settings(read_yaml(path / "config.yaml"), config):
+            written = read_yaml(path / "config.yaml")
+            if not isinstance(written, dict):  # damaged: not ours
+                continue
+            saved = run_config_from_dict(written, str(path / "config.yaml"))
+            if same_training(saved, config) and not _lacks_settings(written, config):
                 return RunResult(path, read_json(path / "metrics.json"))
         except (EcalfError, OSError, ValueError):  # another version's or a damaged run: not ours
             continue

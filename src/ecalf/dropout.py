@@ -21,6 +21,7 @@ this option existed), with the same distribution.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,9 +34,7 @@ _LEVELS = 65536  # 16-bit shares of the random words
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
     """A boolean mask of ``shape``, each element False (dropped) with probability ``round(p * 65536)
     / 65536``, drawn from torch's default generator."""
-    count = 1
-    for size in shape:
-        count *= int(size)
+    count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     shares = words.view(torch.int16)[:count].view(shape)  # uniform on [-32768, 32767]
     return shares >= drop_levels(p) - _LEVELS // 2

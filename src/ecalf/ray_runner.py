@@ -143,18 +143,19 @@ class RayScheduler:
 
     def _check_resources(self, ray: Any, can_grow: bool) -> None:
         """A request no node can ever meet would leave every task pending forever: refuse it on a
-        local instance, warn on a cluster (an autoscaler may still add such nodes)."""
+        local instance, warn on a cluster (an autoscaler may still add such nodes). Sets
+        :attr:`parallel` from the same resources."""
         total = ray.cluster_resources()
-        shares = [
-            total.get(name, 0) // need
+        needs = [
+            (name, need, total.get(name, 0))
             for name, need in (("CPU", self.cpus_per_cell), ("GPU", self.gpus_per_cell))
             if need > 0
         ]
-        self.parallel = max(1, int(min(shares)))
+        self.parallel = max(1, int(min(have // need for _, need, have in needs)))
         short = [
-            f"{need:g} {name} per cell but the cluster has {total.get(name, 0):g}"
-            for name, need in (("CPU", self.cpus_per_cell), ("GPU", self.gpus_per_cell))
-            if need > total.get(name, 0)
+            f"{need:g} {name} per cell but the cluster has {have:g}"
+            for name, need, have in needs
+            if need > have
         ]
         if not short:
             return
