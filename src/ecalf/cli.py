@@ -187,7 +187,7 @@ def _print_plan(grid: Any, args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from ecalf.report import write_report
 
-    for path in write_report(args.results, args.output_dir, compare=args.compare):
+    for path in write_report(args.results, args.output_dir, compare=args.compare, published=args.published):
         print(path)
     return 0
 
@@ -384,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare", nargs="+", default=["calf", "ecalf"], metavar="MODEL",
         help="models drawn per horizon (default: calf ecalf)",
+    )  # fmt: skip
+    p.add_argument(
+        "--published", metavar="CSV",
+        help="published numbers shown in italics beside the measured ones (e.g. benchmarks/published.csv)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_report)
 

@@ -5,6 +5,9 @@
   dataset mean is only shown when the model has every horizon of that dataset that any model has,
   so a partly finished grid never averages different horizon sets.
 - Plots: per-dataset bars of MSE by model, and MSE per horizon of chosen models (CALF vs Enhanced CALF).
+- Published numbers (``--published benchmarks/published.csv``, :mod:`ecalf.published`): italic rows
+  and columns beside the measured ones where their setting and dataset match, with their sources under
+  the tables, and dashed lines in the per-horizon plot; they are never marked best.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 from ecalf.artifacts import write_text
 from ecalf.benchmark import read_results
 from ecalf.errors import EcalfError
+from ecalf.published import MEAN_HORIZONS, load_published
 
 GROUP = ["setting", "dataset", "target", "model"]
 
@@ -76,14 +80,31 @@ def _data_label(dataset: str, target: str) -> str:
     return f"{dataset}→{target}" if target else dataset
 
 
-def markdown_tables(df: pd.DataFrame) -> str:
-    """The report: per setting, a dataset-mean table and a per-horizon table (best MSE in bold)."""
+def _published_cell(rows: pd.DataFrame) -> str:
+    return "—" if rows.empty else f"*{rows.iloc[0].mse:.3f} / {rows.iloc[0].mae:.3f}*"
+
+
+def _note_sources(shown: dict[str, list[str]], name: str, found: list[pd.DataFrame]) -> None:
+    sources = shown.setdefault(name, [])
+    for rows in found:
+        sources.extend(s for s in rows["source"] if s not in sources)
+
+
+def _matching(frame: pd.DataFrame, dataset: str, target: str, horizon: int) -> pd.DataFrame:
+    return frame[(frame["dataset"] == dataset) & (frame["target"] == target) & (frame["horizon"] == horizon)]
+
+
+def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> str:
+    """The report: per setting, a dataset-mean table and a per-horizon table (best MSE in bold), with
+    the ``published`` rows (:func:`ecalf.published.load_published`) of the same setting in italics."""
     horizon = per_horizon(df)
     dataset = per_dataset(df)
     models = list(dict.fromkeys(df["model"]))
     lines: list[str] = []
     for setting in dict.fromkeys(df["setting"]):
         lines.append(f"## {setting}\n")
+        quoted = published[published["setting"] == setting] if published is not None else None
+        shown: dict[str, list[str]] = {}  # published model -> its sources, for the rows that appear
         sub = dataset[dataset["setting"] == setting]
         columns = list(dict.fromkeys(zip(sub["dataset"], sub["target"], strict=True)))
         if columns:
@@ -106,12 +127,27 @@ def markdown_tables(df: pd.DataFrame) -> str:
                     mse = _cell(row.mse, row.mse_std, row.seeds, row.mse == best[c])
                     cells.append(f"{mse} / {_cell(row.mae, row.mae_std, row.seeds, False)} ({row.seeds})")
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
+            if quoted is not None and tuple(hs) == MEAN_HORIZONS:
+                means = quoted[quoted["horizon"] < 0]
+                for name, quoted_rows in means.groupby("model", sort=False):
+                    found = [_matching(quoted_rows, d, t, -1) for d, t in columns]
+                    if any(not f.empty for f in found):
+                        _note_sources(shown, str(name), found)
+                        lines.append(f"| *{name}* | " + " | ".join(map(_published_cell, found)) + " |")
             lines.append("")
         sub_h = horizon[horizon["setting"] == setting]
         lines.append("Per horizon (MSE / MAE; ± std over seeds).\n")
         keys = list(dict.fromkeys(zip(sub_h["dataset"], sub_h["target"], sub_h["horizon"], strict=True)))
-        lines.append("| dataset | H | " + " | ".join(models) + " |")
-        lines.append("|---|---" + "|---" * len(models) + "|")
+        quoted_h: dict[str, pd.DataFrame] = {}
+        if quoted is not None:
+            for name, quoted_rows in quoted[quoted["horizon"] > 0].groupby("model", sort=False):
+                found = [_matching(quoted_rows, d, t, h) for d, t, h in keys]
+                if any(not f.empty for f in found):
+                    quoted_h[str(name)] = quoted_rows
+                    _note_sources(shown, str(name), found)
+        headers = [*models, *(f"*{name}*" for name in quoted_h)]
+        lines.append("| dataset | H | " + " | ".join(headers) + " |")
+        lines.append("|---|---" + "|---" * len(headers) + "|")
         for d, t, h in keys:
             rows = sub_h[(sub_h["dataset"] == d) & (sub_h["target"] == t) & (sub_h["horizon"] == h)]
             best_mse = rows["mse"].min()
@@ -126,8 +162,13 @@ def markdown_tables(df: pd.DataFrame) -> str:
                     f"{_cell(row.mse, row.mse_std, row.seeds, row.mse == best_mse)} / "
                     f"{_cell(row.mae, row.mae_std, row.seeds, False)}"
                 )
+            cells += [_published_cell(_matching(quoted_rows, d, t, h)) for quoted_rows in quoted_h.values()]
             lines.append(f"| {_data_label(d, t)} | {h} | " + " | ".join(cells) + " |")
         lines.append("")
+        if shown:
+            lines.append("In italics: published numbers, not run here.\n")
+            lines.extend(f"- *{name}*: {'; '.join(sources)}" for name, sources in shown.items())
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -165,9 +206,13 @@ def plot_mse_by_model(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 
 def plot_models_per_horizon(
-    df: pd.DataFrame, path: str | os.PathLike[str], models: Sequence[str] = ("calf", "ecalf")
+    df: pd.DataFrame,
+    path: str | os.PathLike[str],
+    models: Sequence[str] = ("calf", "ecalf"),
+    published: pd.DataFrame | None = None,
 ) -> Path | None:
-    """MSE against horizon for ``models`` (mean ± std over seeds), one panel per (setting, dataset)."""
+    """MSE against horizon for ``models`` (mean ± std over seeds), one panel per (setting, dataset),
+    with the ``published`` per-horizon numbers of the same setting and dataset as dashed grey lines."""
     from ecalf.plots import grid_shape, hide_unused, new_figure, save_figure
 
     horizon = per_horizon(df)
@@ -189,6 +234,15 @@ def plot_models_per_horizon(
                 m["horizon"], m["mse"], yerr=m["mse_std"].fillna(0.0), marker="o", capsize=3,
                 label=model, color=f"C{i}",
             )  # fmt: skip
+        if published is not None:
+            quoted = published[
+                (published["setting"] == setting) & (published["dataset"] == dataset)
+                & (published["target"] == target) & (published["horizon"] > 0)
+            ]  # fmt: skip
+            for i, (name, rows) in enumerate(quoted.groupby("model", sort=False)):
+                rows = rows.sort_values("horizon")
+                grey = f"{0.25 + 0.2 * (i % 3):.2f}"  # matplotlib's grey levels
+                ax.plot(rows["horizon"], rows["mse"], ls="--", marker="x", color=grey, label=str(name))
         ax.set_title(f"{_data_label(dataset, target)} ({setting})", fontsize=10)
         ax.set_xlabel("horizon", fontsize=8)
         ax.set_ylabel("test MSE", fontsize=8)
@@ -202,18 +256,24 @@ def write_report(
     results: str | os.PathLike[str],
     output_dir: str | os.PathLike[str] | None = None,
     compare: Sequence[str] = ("calf", "ecalf"),
+    published: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
     """``<stem>.md``, ``<stem>_mse_by_model.png`` and ``<stem>_per_horizon.png`` beside the CSV
-    (or in ``output_dir``). Returns the files written."""
+    (or in ``output_dir``), with the ``published`` numbers (a CSV as ``benchmarks/published.csv``)
+    beside the measured ones. Returns the files written."""
     source = Path(results)
     df = load_results(source)
+    quoted = load_published(published) if published is not None else None
     out = Path(output_dir) if output_dir is not None else source.parent
     stem = source.stem
+    command = f"ecalf report {source.as_posix()}"
+    if published is not None:
+        command += f" --published {Path(published).as_posix()}"
     title = f"# Results: {stem}\n\nFrom `{source.as_posix()}` ({len(df)} runs). Regenerate with "
-    title += f"`ecalf report {source.as_posix()}`.\n\n"
-    written = [write_text(out / f"{stem}.md", title + markdown_tables(df))]
+    title += f"`{command}`.\n\n"
+    written = [write_text(out / f"{stem}.md", title + markdown_tables(df, quoted))]
     written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png"))
-    per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare)
+    per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare, quoted)
     if per_h is not None:
         written.append(per_h)
     return written

@@ -1,0 +1,125 @@
+"""Published reference numbers beside measured ones in ``ecalf report`` (no training: rows are made up)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+
+from ecalf.benchmark import RESULT_COLUMNS
+from ecalf.cli import main
+from ecalf.errors import EcalfError
+from ecalf.published import COLUMNS, MEAN_HORIZONS, load_published
+from ecalf.report import markdown_tables, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ",".join(COLUMNS)
+
+
+def _results(horizons=MEAN_HORIZONS, datasets=("ETTh1", "ETTh2"), setting="few_shot") -> pd.DataFrame:
+    rows = [
+        {"setting": setting, "dataset": d, "target": "", "model": m, "horizon": h, "seed": 2021,
+         "mse": base + h / 1000, "mae": base / 2 + h / 2000}
+        for d in datasets for m, base in (("calf", 0.5), ("dlinear", 0.4)) for h in horizons
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _write_results(path: Path) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(_results().to_dict("records"))
+    return path
+
+
+def _published(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "published.csv"
+    path.write_text("\n".join([HEADER, *lines]) + "\n", encoding="utf-8")
+    return path
+
+
+def _table_rows(text: str, first_cell: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+def test_the_committed_published_numbers_load_and_cover_the_protocol():
+    frame = load_published(ROOT / "benchmarks" / "published.csv")
+    calf = frame[frame["model"] == "CALF (paper)"]
+    etth1 = calf[(calf["setting"] == "full") & (calf["dataset"] == "ETTh1")]
+    assert sorted(etth1["horizon"]) == [-1, *MEAN_HORIZONS]  # the paper's mean and its four horizons
+    assert set(calf[calf["setting"] == "few_shot"]["dataset"]) == {"ETTh1", "ETTh2", "ETTm1", "ETTm2"}
+    assert (frame["source"].str.len() > 0).all()
+
+
+def test_published_rows_appear_in_italics_and_are_never_best(tmp_path):
+    path = _published(
+        tmp_path,
+        "Paper,few_shot,ETTh1,,mean,0.100,0.200,Someone 2025",  # better than every measured row
+        "Paper,few_shot,ETTh1,,96,0.050,0.150,Someone 2025",
+        "Paper,full,ETTh2,,mean,0.300,0.300,Other setting",  # another setting: not shown
+        "Paper,few_shot,Weather,,mean,0.300,0.300,Not in these results",
+    )
+    text = markdown_tables(_results(), load_published(path))
+    assert _table_rows(text, "*Paper*") == ["| *Paper* | *0.100 / 0.200* | — |"]
+    assert _table_rows(text, "dlinear")[0].startswith("| dlinear | **0.")  # the measured best stays bold
+    header = next(line for line in text.splitlines() if line.startswith("| dataset | H |"))
+    assert header == "| dataset | H | calf | dlinear | *Paper* |"
+    assert _table_rows(text, "ETTh1")[0].endswith("| *0.050 / 0.150* |")
+    assert _table_rows(text, "ETTh2")[0].endswith("| — |")
+    assert "- *Paper*: Someone 2025" in text
+    assert "Other setting" not in text and "Not in these results" not in text
+
+
+def test_a_published_mean_is_shown_only_beside_means_over_the_same_horizons(tmp_path):
+    path = _published(tmp_path, "Paper,few_shot,ETTh1,,mean,0.100,0.200,Someone 2025")
+    text = markdown_tables(_results(horizons=(96, 192)), load_published(path))
+    assert _table_rows(text, "*Paper*") == []
+    assert "Someone 2025" not in text
+    assert markdown_tables(_results()) == markdown_tables(_results(), None)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("Paper,few_shot,ETTh1,,longest,0.1,0.2,S", "horizon 'longest' is neither"),
+        ("Paper,few_shot,ETTh1,,-96,0.1,0.2,S", "horizon '-96' is neither"),
+        ("Paper,few_shot,ETTh1,,96,n/a,0.2,S", "mse 'n/a' is not a non-negative number"),
+        ("Paper,few_shot,ETTh1,,96,0.1,-0.2,S", "mae '-0.2' is not a non-negative number"),
+        ("Paper,few_shot,ETTh1,,96,0.1,0.2,", "line 2: source is empty"),
+    ],
+)
+def test_bad_published_rows_are_named_with_their_line(tmp_path, line, message):
+    with pytest.raises(EcalfError, match=message):
+        load_published(_published(tmp_path, line))
+
+
+def test_bad_published_files_say_what_is_wrong(tmp_path):
+    with pytest.raises(EcalfError, match="do not exist"):
+        load_published(tmp_path / "missing.csv")
+    (tmp_path / "p.csv").write_text("model,setting,dataset,horizon,mse\nA,full,ETTh1,96,0.1\n")
+    with pytest.raises(EcalfError, match="no column 'mae'"):
+        load_published(tmp_path / "p.csv")
+    twice = _published(tmp_path, "A,full,ETTh1,,96,0.1,0.2,S", "A,full,ETTh1,,96,0.3,0.4,T")
+    with pytest.raises(EcalfError, match="two rows for full ETTh1 horizon 96"):
+        load_published(twice)
+
+
+def test_cli_report_with_published_numbers(tmp_path, capsys):
+    results = _write_results(tmp_path / "r.csv")
+    path = _published(tmp_path, "calf (paper),few_shot,ETTh1,,96,0.4,0.3,Someone 2025")
+    assert main(["report", str(results), "--published", str(path)]) == 0
+    text = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert f"--published {path.as_posix()}" in text and "*calf (paper)*" in text
+    assert mpimg.imread(tmp_path / "r_per_horizon.png").shape[-1] in (3, 4)
+    assert main(["report", str(results), "--published", str(tmp_path / "none.csv")]) == 2
+    assert "do not exist" in capsys.readouterr().err
+
+
+def test_write_report_without_published_numbers_is_unchanged(tmp_path):
+    write_report(_write_results(tmp_path / "r.csv"))
+    text = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "--published" not in text and "In italics" not in text and "*" not in text.replace("**", "")
