@@ -13,7 +13,7 @@ from ecalf.benchmark import RESULT_COLUMNS
 from ecalf.cli import main
 from ecalf.errors import EcalfError
 from ecalf.published import COLUMNS, MEAN_HORIZONS, load_published
-from ecalf.report import markdown_tables, write_report
+from ecalf.report import markdown_tables, provenance_lines, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = ",".join(COLUMNS)
@@ -123,3 +123,18 @@ def test_write_report_without_published_numbers_is_unchanged(tmp_path):
     write_report(_write_results(tmp_path / "r.csv"))
     text = (tmp_path / "r.md").read_text(encoding="utf-8")
     assert "--published" not in text and "In italics" not in text and "*" not in text.replace("**", "")
+
+
+def test_provenance_counts_runs_per_commit_and_flags_uncommitted_code():
+    df = _results().assign(
+        git_commit=["a" * 40] * 10 + ["b" * 40 + "-dirty"] * 6, wall_seconds=900.0, device="cpu",
+        ecalf="0.1.0", torch="2.13.0+cpu", transformers="5.23.0", peft="0.21.2",
+    )  # fmt: skip
+    text = "\n".join(provenance_lines(df))
+    assert "16 runs, 4.0 h of wall time in all" in text
+    assert "- code (git commit): aaaaaaa (10), bbbbbbb-dirty (6)" in text
+    assert "- packages: ecalf 0.1.0, torch 2.13.0+cpu, transformers 5.23.0, peft 0.21.2 (16)" in text
+    assert "**6 runs ran uncommitted code**" in text
+    clean = "\n".join(provenance_lines(df.assign(git_commit="c" * 40)))
+    assert "uncommitted" not in clean and "ccccccc (16)" in clean
+    assert "unknown (16)" in "\n".join(provenance_lines(_results()))  # rows without provenance columns

@@ -102,11 +102,16 @@ def test_resume_in_process_after_interrupted_epoch(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "run", echo=None)
     monkeypatch.setattr(training, "evaluate", original)
-    state = json.loads((tmp_path / "run" / "state" / "latest.json").read_text())
+    latest = tmp_path / "run" / "state" / "latest.json"
+    state = json.loads(latest.read_text())
     assert state["loop"]["epoch"] == 2
+    state["loop"]["train_seconds"] += 3600.0  # as if the first process had taken an hour longer
+    latest.write_text(json.dumps(state))
     with pytest.raises(Exception, match="already holds a run"):
         run_experiment(config, tmp_path / "run", echo=None)
     assert main(["train", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # wall time covers the whole run, the epochs of the process before the resume included
+    assert resumed["train_seconds"] > 3600.0 and resumed["wall_seconds"] > resumed["train_seconds"]
     assert resumed["test"] == reference["test"]
     assert [r["val_mse"] for r in resumed["history"]] == [r["val_mse"] for r in reference["history"]]

@@ -1,10 +1,11 @@
 """End to end: train -> run directory -> evaluate, on synthetic data and tiny models."""
 
 import json
+import subprocess
 from pathlib import Path
 
 from ecalf.cli import main
-from ecalf.run import evaluate_run, run_experiment
+from ecalf.run import evaluate_run, git_commit, run_experiment
 
 TINY_CALF = "configs/tiny/calf.yaml"
 
@@ -102,3 +103,25 @@ def test_quiet_silences_the_libraries_bars_for_the_command_only(tmp_path, monkey
     assert "TQDM_DISABLE" not in os.environ  # restored after the command
     assert main(["evaluate", str(tmp_path)]) == 0
     assert seen["progress"] is True and seen["TQDM_DISABLE"] is None
+
+
+def test_git_commit_names_the_checkout_and_says_when_its_code_is_uncommitted(tmp_path):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(tmp_path)]
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "code.py").write_text("x = 1\n")
+    (tmp_path / "results.csv").write_text("a\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert git_commit(package) == head
+    (package / "new.py").write_text("")  # untracked: not the code that ran
+    (tmp_path / "results.csv").write_text("a\nb\n")  # outside the package (a benchmark appending rows)
+    assert git_commit(package) == head
+    (package / "code.py").write_text("x = 2\n")
+    assert git_commit(package) == f"{head}-dirty"
+    assert git_commit(tmp_path / "pkg" / "..") == f"{head}-dirty"
+    assert git_commit(tmp_path.parent / "not-a-checkout-at-all") is None

@@ -172,6 +172,42 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
     return "\n".join(lines)
 
 
+def _counted(values: pd.Series, shown: int = 6) -> str:
+    counts = values.value_counts(sort=True)
+    parts = [f"{value} ({n})" for value, n in counts.head(shown).items()]
+    if len(counts) > shown:
+        parts.append(f"{len(counts) - shown} more ({int(counts.iloc[shown:].sum())})")
+    return ", ".join(parts)
+
+
+def provenance_lines(df: pd.DataFrame) -> list[str]:
+    """Where the rows come from, with run counts: the code's commits (and runs of uncommitted code,
+    whose commit ends in ``-dirty``), package versions, devices and the wall time of all runs."""
+
+    def column(name: str) -> pd.Series:
+        values = df[name] if name in df else pd.Series([""] * len(df), index=df.index)
+        return values.astype("string").fillna("").astype(str)
+
+    commits = column("git_commit").replace("", "unknown")
+    dirty = int(commits.str.endswith("-dirty").sum())
+    short = commits.str.slice(0, 7) + commits.str.endswith("-dirty").map({True: "-dirty", False: ""})
+    packages = "ecalf " + column("ecalf") + ", torch " + column("torch")
+    packages += ", transformers " + column("transformers") + ", peft " + column("peft")
+    hours = pd.to_numeric(df["wall_seconds"], errors="coerce").sum() / 3600 if "wall_seconds" in df else 0.0
+    lines = [
+        "## Provenance\n",
+        f"{len(df)} runs, {hours:.1f} h of wall time in all (run counts in brackets).\n",
+        f"- code (git commit): {_counted(short)}",
+        f"- packages: {_counted(packages)}",
+        f"- devices: {_counted(column('device').replace('', 'unknown'))}",
+    ]
+    if dirty:
+        lines.append(
+            f"- **{dirty} runs ran uncommitted code** (commit ending in `-dirty`): rerun them from a commit"
+        )
+    return [*lines, ""]
+
+
 def mse_by_model_bars(df: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
     """The bars of :func:`plot_mse_by_model`: per (setting, dataset, target), the models' horizon-mean
     MSE as in the markdown table (only models with every horizon of the panel), in one model order
@@ -271,7 +307,8 @@ def write_report(
         command += f" --published {Path(published).as_posix()}"
     title = f"# Results: {stem}\n\nFrom `{source.as_posix()}` ({len(df)} runs). Regenerate with "
     title += f"`{command}`.\n\n"
-    written = [write_text(out / f"{stem}.md", title + markdown_tables(df, quoted))]
+    text = title + markdown_tables(df, quoted) + "\n" + "\n".join(provenance_lines(df))
+    written = [write_text(out / f"{stem}.md", text)]
     written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png"))
     per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare, quoted)
     if per_h is not None:

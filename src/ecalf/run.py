@@ -235,7 +235,8 @@ def _run(
             "steps": result.steps,
             "stopped": result.stopped,
             "train_seconds": result.train_seconds,
-            "wall_seconds": time.perf_counter() - wall_start,
+            # this process, and the epochs of the processes before it when the run was resumed
+            "wall_seconds": time.perf_counter() - wall_start + result.resumed_seconds,
             "train_windows_per_second": _mean([r.windows_per_second for r in result.history]),
             "peak_memory_mb": peak_memory_mb(),
             "parameters": params,
@@ -479,18 +480,25 @@ def environment(world_size: int = 1) -> dict[str, Any]:
     }
 
 
-def git_commit() -> str | None:
+def git_commit(directory: str | os.PathLike[str] | None = None) -> str | None:
+    """The commit checked out where ecalf's code lies (or ``directory``), with ``-dirty`` appended when
+    tracked files below that directory differ from it, so that a number produced by uncommitted code
+    says so; None outside a git checkout (an installed wheel)."""
+    where = Path(directory) if directory is not None else Path(__file__).resolve().parent
+    head = _git(where, "rev-parse", "HEAD")
+    if not head:
+        return None
+    changed = _git(where, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    return f"{head}-dirty" if changed else head
+
+
+def _git(where: Path, *args: str) -> str | None:
+    """``git ARGS`` run in ``where``: its stripped output, or None when git fails or is missing."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=where)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _mean(values: list[float]) -> float:

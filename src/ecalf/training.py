@@ -80,6 +80,9 @@ class TrainingResult:
     stopped: str
     """``early_stopping``, ``epochs``, ``max_steps`` or ``untrainable`` (no trainable parameters)."""
     train_seconds: float
+    """Seconds in epochs (training and validation), over every process of a resumed run."""
+    resumed_seconds: float = 0.0
+    """The part of ``train_seconds`` spent by earlier processes (a resumed run); 0 for a fresh run."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,6 +314,7 @@ def train(
                 f"{state.world_size} x batch_size); resume it with as many (torchrun --nproc-per-node ...)"
             )
         log(f"resumed after epoch {state.epoch} ({state.steps} steps, best epoch {state.best_epoch})")
+    resumed_seconds = state.train_seconds
     network = data_parallel(model, world, device)  # the model itself in one process
     show = config.progress and world.is_main
     # The whole run's bar: its ETA assumes every epoch runs (early stopping can only end it sooner).
@@ -402,7 +406,7 @@ def train(
     model.load_state_dict(best_state, strict=False)
     return TrainingResult(
         state.history, state.best_epoch, state.best_mse, state.epoch, state.steps, state.stopped,
-        state.train_seconds,
+        state.train_seconds, resumed_seconds,
     )  # fmt: skip
 
 
