@@ -13,7 +13,13 @@ from ecalf.benchmark import RESULT_COLUMNS
 from ecalf.cli import main
 from ecalf.errors import EcalfError
 from ecalf.published import COLUMNS, MEAN_HORIZONS, load_published
-from ecalf.report import markdown_tables, provenance_lines, write_report
+from ecalf.report import (
+    markdown_tables,
+    paired_comparison,
+    paired_comparison_lines,
+    provenance_lines,
+    write_report,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = ",".join(COLUMNS)
@@ -138,3 +144,19 @@ def test_provenance_counts_runs_per_commit_and_flags_uncommitted_code():
     clean = "\n".join(provenance_lines(df.assign(git_commit="c" * 40)))
     assert "uncommitted" not in clean and "ccccccc (16)" in clean
     assert "unknown (16)" in "\n".join(provenance_lines(_results()))  # rows without provenance columns
+
+
+def test_paired_comparison_counts_only_the_cells_both_models_ran():
+    df = _results()
+    extra = df[df["model"] == "dlinear"].assign(seed=2022)  # a seed calf did not run: no pair
+    table = paired_comparison(pd.concat([df, extra]), "calf", "dlinear")
+    assert list(table["dataset"]) == ["ETTh1", "ETTh2"] and list(table["cells"]) == [4, 4]
+    assert list(table["better"]) == [4, 4]
+    changes = [(0.4 - 0.5) / (0.5 + h / 1000) for h in MEAN_HORIZONS]
+    assert table["mean_change"].iloc[0] == pytest.approx(sum(changes) / 4)
+    assert table["median_change"].iloc[0] == pytest.approx(sorted(changes)[1] / 2 + sorted(changes)[2] / 2)
+    worse = paired_comparison(df, "dlinear", "calf")
+    assert list(worse["better"]) == [0, 0] and (worse["mean_change"] > 0).all()
+    text = "\n".join(paired_comparison_lines(df, "calf", "dlinear"))
+    assert "dlinear has the lower test MSE in 8 of 8" in text
+    assert paired_comparison_lines(df, "calf", "patchtst") == []  # no shared cell: no section

@@ -172,6 +172,46 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
     return "\n".join(lines)
 
 
+def paired_comparison(df: pd.DataFrame, base: str, other: str) -> pd.DataFrame:
+    """``other`` against ``base`` on the cells both ran (same setting, dataset, target, horizon and
+    seed): per (setting, dataset, target) the number of paired cells, how many ``other`` has the
+    lower MSE in, and the mean and median relative MSE change ``(other - base) / base``."""
+    keys = ["setting", "dataset", "target", "horizon", "seed"]
+    pairs = df[df["model"] == base][[*keys, "mse"]].merge(
+        df[df["model"] == other][[*keys, "mse"]], on=keys, suffixes=("_base", "_other")
+    )
+    pairs = pairs.assign(
+        better=pairs["mse_other"] < pairs["mse_base"],
+        change=(pairs["mse_other"] - pairs["mse_base"]) / pairs["mse_base"],
+    )
+    out = pairs.groupby(["setting", "dataset", "target"], sort=False).agg(
+        cells=("change", "size"), better=("better", "sum"), mean_change=("change", "mean"),
+        median_change=("change", "median"),
+    )  # fmt: skip
+    return out.reset_index()
+
+
+def paired_comparison_lines(df: pd.DataFrame, base: str, other: str) -> list[str]:
+    """The markdown of :func:`paired_comparison` (nothing when the two models share no cell)."""
+    table = paired_comparison(df, base, other)
+    if table.empty:
+        return []
+    cells, better = int(table["cells"].sum()), int(table["better"].sum())
+    lines = [
+        f"## {other} against {base}\n",
+        f"Paired cells (same setting, dataset, horizon and seed): {other} has the lower test MSE in "
+        f"{better} of {cells}. Change of MSE is ({other} − {base}) / {base}; negative favours {other}.\n",
+        f"| setting | dataset | cells | {other} lower | mean change | median change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        lines.append(
+            f"| {row.setting} | {_data_label(row.dataset, row.target)} | {row.cells} | {row.better} | "
+            f"{row.mean_change:+.1%} | {row.median_change:+.1%} |"
+        )
+    return [*lines, ""]
+
+
 def _counted(values: pd.Series, shown: int = 6) -> str:
     counts = values.value_counts(sort=True)
     parts = [f"{value} ({n})" for value, n in counts.head(shown).items()]
@@ -307,7 +347,8 @@ def write_report(
         command += f" --published {Path(published).as_posix()}"
     title = f"# Results: {stem}\n\nFrom `{source.as_posix()}` ({len(df)} runs). Regenerate with "
     title += f"`{command}`.\n\n"
-    text = title + markdown_tables(df, quoted) + "\n" + "\n".join(provenance_lines(df))
+    paired = paired_comparison_lines(df, *compare) if len(compare) == 2 else []
+    text = title + markdown_tables(df, quoted) + "\n" + "\n".join([*paired, *provenance_lines(df)])
     written = [write_text(out / f"{stem}.md", text)]
     written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png"))
     per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare, quoted)
