@@ -18,6 +18,7 @@ from ecalf.report import (
     paired_comparison,
     paired_comparison_lines,
     provenance_lines,
+    sign_test_p,
     write_report,
 )
 
@@ -160,3 +161,13 @@ def test_paired_comparison_counts_only_the_cells_both_models_ran():
     text = "\n".join(paired_comparison_lines(df, "calf", "dlinear"))
     assert "dlinear has the lower test MSE in 8 of 8" in text
     assert paired_comparison_lines(df, "calf", "patchtst") == []  # no shared cell: no section
+
+
+def test_sign_test_p_is_the_exact_two_sided_binomial_tail():
+    assert sign_test_p(4, 4) == pytest.approx(2 / 16)  # 4 of 4 or 0 of 4
+    assert sign_test_p(0, 4) == sign_test_p(4, 4)
+    assert sign_test_p(2, 4) == 1.0
+    assert sign_test_p(21, 33) == pytest.approx(
+        0.163, abs=5e-4
+    )  # normal approximation with continuity correction: 0.164
+    assert sign_test_p(0, 0) == 1.0

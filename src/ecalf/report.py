@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,6 +173,13 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
     return "\n".join(lines)
 
 
+def sign_test_p(wins: int, cells: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least as uneven as ``wins`` of ``cells``
+    if either model were as likely to win each cell."""
+    tail = min(wins, cells - wins)
+    return min(1.0, 2 * sum(math.comb(cells, i) for i in range(tail + 1)) / 2**cells)
+
+
 def paired_comparison(df: pd.DataFrame, base: str, other: str) -> pd.DataFrame:
     """``other`` against ``base`` on the cells both ran (same setting, dataset, target, horizon and
     seed): per (setting, dataset, target) the number of paired cells, how many ``other`` has the
@@ -188,6 +196,9 @@ def paired_comparison(df: pd.DataFrame, base: str, other: str) -> pd.DataFrame:
         cells=("change", "size"), better=("better", "sum"), mean_change=("change", "mean"),
         median_change=("change", "median"),
     )  # fmt: skip
+    out["sign_test_p"] = [
+        sign_test_p(int(b), int(n)) for b, n in zip(out["better"], out["cells"], strict=True)
+    ]
     return out.reset_index()
 
 
@@ -200,14 +211,15 @@ def paired_comparison_lines(df: pd.DataFrame, base: str, other: str) -> list[str
     lines = [
         f"## {other} against {base}\n",
         f"Paired cells (same setting, dataset, horizon and seed): {other} has the lower test MSE in "
-        f"{better} of {cells}. Change of MSE is ({other} − {base}) / {base}; negative favours {other}.\n",
-        f"| setting | dataset | cells | {other} lower | mean change | median change |",
-        "|---|---|---|---|---|---|",
+        f"{better} of {cells} (two-sided sign test p = {sign_test_p(better, cells):.2g}). Change of MSE "
+        f"is ({other} − {base}) / {base}; negative favours {other}.\n",
+        f"| setting | dataset | cells | {other} lower | sign test p | mean change | median change |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
         lines.append(
             f"| {row.setting} | {_data_label(row.dataset, row.target)} | {row.cells} | {row.better} | "
-            f"{row.mean_change:+.1%} | {row.median_change:+.1%} |"
+            f"{row.sign_test_p:.2g} | {row.mean_change:+.1%} | {row.median_change:+.1%} |"
         )
     return [*lines, ""]
 
