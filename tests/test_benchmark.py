@@ -374,24 +374,28 @@ def test_pending_cells_are_estimated_from_the_finished_ones(synthetic_csv_dir, t
     data = str(synthetic_csv_dir)
     run_benchmark(_small_grid(tmp_path, seeds=[1]), data_dir=data, progress=False, echo=None)
     done = {r["model"]: float(r["wall_seconds"]) for r in read_results(tmp_path / "small.csv")}
-    # another results file beside it informs too, after this grid's own rows
-    other = {c: "" for c in RESULT_COLUMNS}
-    other.update(
-        model="patchtst", dataset="ETTh1", setting="few_shot", horizon="24", seed="1", wall_seconds="321"
-    )
-    other.update(mse="1", mae="1")
-    benchmark.append_result(tmp_path / "other.csv", other)
     models = [
         *_small_grid(tmp_path).models,
         GridModel("patchtst", "configs/baselines/mean.yaml"),
     ]  # cheap stand-in
     wider = _small_grid(tmp_path, seeds=[1, 2], datasets=["ETTh1", "ETTh2"], models=models)
+    # another results file beside it informs too, after this grid's own rows, if its recipe is the same
+    patchtst = next(c for c in grid_cells(wider) if c.model == "patchtst")
+    recipe = {"config_file": patchtst.config_file, "overrides": " ".join(patchtst.overrides(wider.set, data))}
+    other = {c: "" for c in RESULT_COLUMNS}
+    other.update(recipe, model="patchtst", dataset="ETTh1", setting="few_shot", horizon="24", seed="1")
+    other.update(mse="1", mae="1", wall_seconds="321")
+    benchmark.append_result(tmp_path / "other.csv", other)
+    # a cell of another recipe (more epochs) on ETTh2 says nothing of this grid's ETTh2 cells
+    other.update(dataset="ETTh2", wall_seconds="9999", overrides=recipe["overrides"] + " training.epochs=99")
+    benchmark.append_result(tmp_path / "other.csv", other)
     planned, skipped = benchmark.plan_benchmark(wider, data_dir=data)
     assert skipped == 2
     estimates = {(p.cell.model, p.cell.dataset, p.cell.seed): p.seconds for p in planned}
     assert estimates["dlinear", "ETTh1", 2] == done["dlinear"]
     assert estimates["naive", "ETTh1", 2] == done["naive"]
     assert estimates["patchtst", "ETTh1", 1] == 321.0
+    assert estimates["patchtst", "ETTh2", 1] == 321.0  # by size from ETTh1's, not the 9999 s recipe
     assert estimates["dlinear", "ETTh2", 1] == done["dlinear"]  # none on ETTh2: ETTh1 is its size
     lines: list[str] = []
     run_benchmark(wider, data_dir=data, progress=False, echo=lines.append, limit=1)

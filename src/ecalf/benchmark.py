@@ -561,7 +561,8 @@ def plan_benchmark(
     results_path = Path(results) if results is not None else grid.results_path
     todo, skipped = pending_cells(grid, results_path)
     costs = CellCosts.from_rows(read_results(results_path))  # this grid's recipes first, then others'
-    other_costs = CellCosts.from_rows(_rows_beside(results_path))
+    beside = _rows_beside(results_path)
+    other_costs: dict[Recipe, CellCosts] = {}  # other grids' cells of the same recipe only
     runs_dir = grid.runs_path
     planned, training = [], set()
     for cell in todo:
@@ -575,8 +576,33 @@ def plan_benchmark(
         else:
             training.add(run_id)
             key = CellKey(cell.model, cell.dataset, cell.training_setting, cell.horizon)
-            planned.append(PlannedCell(cell, None, estimate_from(key, costs, other_costs), key))
+            recipe = cell_recipe(cell.dataset, cell.config_file, cell.overrides(grid.set, data_dir))
+            if recipe not in other_costs:
+                alike = (row for row in beside if _row_recipe(row) == recipe)
+                other_costs[recipe] = CellCosts.from_rows(alike)
+            planned.append(PlannedCell(cell, None, estimate_from(key, costs, other_costs[recipe]), key))
     return planned, skipped
+
+
+Recipe = tuple[str, tuple[str, ...]]
+CELL_KEYS = (
+    "data.dataset", "data.prediction_length", "data.few_shot_percent", "data.zero_shot_target", "seed",
+    "data.data_dir", "training.progress",
+)  # fmt: skip
+"""Overrides a cell's place in its grid sets (and the progress bar), not how it trains."""
+
+
+def cell_recipe(dataset: str, config_file: str, overrides: Sequence[str]) -> Recipe:
+    """How a cell trains, apart from its dataset, horizon, setting and seed: its config file (with
+    the dataset's name as a placeholder, so ``configs/calf/ETTh1.yaml`` and ``.../ETTh2.yaml`` are one
+    recipe) and its other overrides. Another grid's finished cell estimates a pending one only when
+    their recipes are equal: a 10-epoch budget run says little about the official 100-epoch one."""
+    kept = sorted(item for item in overrides if item.split("=", 1)[0] not in CELL_KEYS)
+    return (config_file.replace(dataset, "{dataset}") if dataset else config_file), tuple(kept)
+
+
+def _row_recipe(row: Mapping[str, str]) -> Recipe:
+    return cell_recipe(row.get("dataset", ""), row.get("config_file", ""), row.get("overrides", "").split())
 
 
 def _rows_beside(results: Path) -> list[dict[str, str]]:
