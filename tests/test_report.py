@@ -22,7 +22,6 @@ from ecalf.report import (
     write_report,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADER = ",".join(COLUMNS)
 
 
@@ -54,7 +53,7 @@ def _table_rows(text: str, first_cell: str) -> list[str]:
 
 
 def test_the_committed_published_numbers_load_and_cover_the_protocol():
-    frame = load_published(ROOT / "benchmarks" / "published.csv")
+    frame = load_published()  # ecalf's own list, installed with the package
     calf = frame[frame["model"] == "CALF (paper)"]
     etth1 = calf[(calf["setting"] == "full") & (calf["dataset"] == "ETTh1")]
     assert sorted(etth1["horizon"]) == [-1, *MEAN_HORIZONS]  # the paper's mean and its four horizons
@@ -120,7 +119,10 @@ def test_cli_report_with_published_numbers(tmp_path, capsys):
     path = _published(tmp_path, "calf (paper),few_shot,ETTh1,,96,0.4,0.3,Someone 2025")
     assert main(["report", str(results), "--published", str(path)]) == 0
     text = (tmp_path / "r.md").read_text(encoding="utf-8")
-    assert f"--published {path.as_posix()}" in text and "*calf (paper)*" in text
+    assert f"--published {path.as_posix()}`" in text and "*calf (paper)*" in text
+    assert main(["report", str(results), "--published"]) == 0  # alone: ecalf's list
+    text = (tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "--published`" in text and "*CALF (paper)*" in text and "Liu et al." in text
     assert mpimg.imread(tmp_path / "r_per_horizon.png").shape[-1] in (3, 4)
     assert main(["report", str(results), "--published", str(tmp_path / "none.csv")]) == 2
     assert "do not exist" in capsys.readouterr().err

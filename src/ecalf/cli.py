@@ -185,9 +185,11 @@ def _print_plan(grid: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from ecalf.published import BUILTIN
     from ecalf.report import write_report
 
-    for path in write_report(args.results, args.output_dir, compare=args.compare, published=args.published):
+    published = BUILTIN if args.published == "" else args.published  # `--published` alone: ecalf's list
+    for path in write_report(args.results, args.output_dir, compare=args.compare, published=published):
         print(path)
     return 0
 
@@ -386,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="models drawn per horizon (default: calf ecalf)",
     )  # fmt: skip
     p.add_argument(
-        "--published", metavar="CSV",
-        help="published numbers shown in italics beside the measured ones (e.g. benchmarks/published.csv)",
+        "--published", metavar="CSV", nargs="?", const="",
+        help="published numbers in italics beside the measured ones: the CALF paper's and the baselines' "
+        "(ecalf's own list) or, with CSV, those of that file (same columns)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_report)
 

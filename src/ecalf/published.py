@@ -1,4 +1,5 @@
-"""Published reference numbers (``benchmarks/published.csv``) for ``ecalf report --published``.
+"""Published reference numbers for ``ecalf report --published``: ``published.csv`` beside this module
+(:data:`BUILTIN`), or a CSV of the same form (``--published FILE``).
 
 A published row is a number someone else reported, never one this package ran: the report prints it
 in italics beside the measured rows and never marks it best. One row per (model, setting, dataset,
@@ -22,17 +23,17 @@ from ecalf.errors import EcalfError
 COLUMNS = ("model", "setting", "dataset", "target", "horizon", "mse", "mae", "source")
 REQUIRED = tuple(c for c in COLUMNS if c != "target")
 MEAN = "mean"
+BUILTIN = Path(__file__).with_name("published.csv")
+"""The CALF paper's tables and the long-term means of the usual baselines, each row with its source."""
 MEAN_HORIZONS = (96, 192, 336, 720)
 """The horizons a published ``mean`` row averages (the protocol's)."""
 
 
-def load_published(path: str | os.PathLike[str]) -> pd.DataFrame:
+def load_published(path: str | os.PathLike[str] = BUILTIN) -> pd.DataFrame:
     """The rows of a published-numbers CSV, checked: ``horizon`` is ``-1`` for a ``mean`` row."""
     source = Path(path)
     if not source.is_file():
-        raise EcalfError(
-            f"published numbers {source} do not exist (see benchmarks/published.csv for the format)"
-        )
+        raise EcalfError(f"published numbers {source} do not exist (see {BUILTIN} for the format)")
     with open(source, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]

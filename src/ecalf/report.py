@@ -5,7 +5,7 @@
   dataset mean is only shown when the model has every horizon of that dataset that any model has,
   so a partly finished grid never averages different horizon sets.
 - Plots: per-dataset bars of MSE by model, and MSE per horizon of chosen models (CALF vs Enhanced CALF).
-- Published numbers (``--published benchmarks/published.csv``, :mod:`ecalf.published`): italic rows
+- Published numbers (``--published [FILE]``, :mod:`ecalf.published`): italic rows
   and columns beside the measured ones where their setting and dataset match, with their sources under
   the tables, and dashed lines in the per-horizon plot; they are never marked best.
 """
@@ -23,7 +23,7 @@ import pandas as pd
 from ecalf.artifacts import write_text
 from ecalf.benchmark import read_results
 from ecalf.errors import EcalfError
-from ecalf.published import MEAN_HORIZONS, load_published
+from ecalf.published import BUILTIN, MEAN_HORIZONS, load_published
 
 GROUP = ["setting", "dataset", "target", "model"]
 
@@ -347,8 +347,8 @@ def write_report(
     published: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
     """``<stem>.md``, ``<stem>_mse_by_model.png`` and ``<stem>_per_horizon.png`` beside the CSV
-    (or in ``output_dir``), with the ``published`` numbers (a CSV as ``benchmarks/published.csv``)
-    beside the measured ones. Returns the files written."""
+    (or in ``output_dir``), with the ``published`` numbers (a CSV as :data:`ecalf.published.BUILTIN`,
+    that file itself by default) beside the measured ones. Returns the files written."""
     source = Path(results)
     df = load_results(source)
     quoted = load_published(published) if published is not None else None
@@ -356,7 +356,8 @@ def write_report(
     stem = source.stem
     command = f"ecalf report {source.as_posix()}"
     if published is not None:
-        command += f" --published {Path(published).as_posix()}"
+        own = Path(published).resolve() != BUILTIN.resolve()
+        command += f" --published {Path(published).as_posix()}" if own else " --published"
     title = f"# Results: {stem}\n\nFrom `{source.as_posix()}` ({len(df)} runs). Regenerate with "
     title += f"`{command}`.\n\n"
     paired = paired_comparison_lines(df, *compare) if len(compare) == 2 else []
