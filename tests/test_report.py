@@ -163,6 +163,12 @@ def test_paired_comparison_counts_only_the_cells_both_models_ran():
     text = "\n".join(paired_comparison_lines(df, "calf", "dlinear"))
     assert "dlinear has the lower test MSE in 8 of 8" in text
     assert paired_comparison_lines(df, "calf", "patchtst") == []  # no shared cell: no section
+    same = pd.concat([df, df[df["model"] == "calf"].assign(model="copy")])
+    tied = paired_comparison(same, "calf", "copy")
+    assert list(tied["tied"]) == [4, 4] and list(tied["sign_test_p"]) == [1.0, 1.0]
+    assert "copy has the lower test MSE in 0 of 8 (8 tied)" in "\n".join(
+        paired_comparison_lines(same, "calf", "copy")
+    )
 
 
 def test_sign_test_p_is_the_exact_two_sided_binomial_tail():

@@ -190,14 +190,16 @@ def paired_comparison(df: pd.DataFrame, base: str, other: str) -> pd.DataFrame:
     )
     pairs = pairs.assign(
         better=pairs["mse_other"] < pairs["mse_base"],
+        tied=pairs["mse_other"] == pairs["mse_base"],
         change=(pairs["mse_other"] - pairs["mse_base"]) / pairs["mse_base"],
     )
     out = pairs.groupby(["setting", "dataset", "target"], sort=False).agg(
-        cells=("change", "size"), better=("better", "sum"), mean_change=("change", "mean"),
-        median_change=("change", "median"),
+        cells=("change", "size"), better=("better", "sum"), tied=("tied", "sum"),
+        mean_change=("change", "mean"), median_change=("change", "median"),
     )  # fmt: skip
-    out["sign_test_p"] = [
-        sign_test_p(int(b), int(n)) for b, n in zip(out["better"], out["cells"], strict=True)
+    out["sign_test_p"] = [  # ties say nothing either way: the test counts the others
+        sign_test_p(int(b), int(n - t))
+        for b, n, t in zip(out["better"], out["cells"], out["tied"], strict=True)
     ]
     return out.reset_index()
 
@@ -207,11 +209,12 @@ def paired_comparison_lines(df: pd.DataFrame, base: str, other: str) -> list[str
     table = paired_comparison(df, base, other)
     if table.empty:
         return []
-    cells, better = int(table["cells"].sum()), int(table["better"].sum())
+    cells, better, tied = (int(table[column].sum()) for column in ("cells", "better", "tied"))
     lines = [
         f"## {other} against {base}\n",
         f"Paired cells (same setting, dataset, horizon and seed): {other} has the lower test MSE in "
-        f"{better} of {cells} (two-sided sign test p = {sign_test_p(better, cells):.2g}). Change of MSE "
+        f"{better} of {cells}{f' ({tied} tied)' if tied else ''} (two-sided sign test p = "
+        f"{sign_test_p(better, cells - tied):.2g}). Change of MSE "
         f"is ({other} − {base}) / {base}; negative favours {other}.\n",
         f"| setting | dataset | cells | {other} lower | sign test p | mean change | median change |",
         "|---|---|---|---|---|---|---|",
