@@ -18,6 +18,7 @@ from ecalf.report import (
     paired_comparison,
     paired_comparison_lines,
     provenance_lines,
+    published_means,
     sign_test_p,
     write_report,
 )
@@ -179,3 +180,11 @@ def test_sign_test_p_is_the_exact_two_sided_binomial_tail():
         0.163, abs=5e-4
     )  # normal approximation with continuity correction: 0.164
     assert sign_test_p(0, 0) == 1.0
+
+
+def test_published_means_are_drawn_only_over_the_same_horizons():
+    builtin = load_published()
+    means = published_means(_results(), builtin, "few_shot", "ETTh1", "")
+    assert list(means["model"]) == ["CALF (paper)"] and means["mse"].iloc[0] == pytest.approx(0.644)
+    assert published_means(_results(horizons=(96,)), builtin, "few_shot", "ETTh1", "").empty
+    assert published_means(_results(), None, "few_shot", "ETTh1", "").empty

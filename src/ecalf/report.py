@@ -7,7 +7,7 @@
 - Plots: per-dataset bars of MSE by model, and MSE per horizon of chosen models (CALF vs Enhanced CALF).
 - Published numbers (``--published [FILE]``, :mod:`ecalf.published`): italic rows
   and columns beside the measured ones where their setting and dataset match, with their sources under
-  the tables, and dashed lines in the per-horizon plot; they are never marked best.
+  the tables, and dashed lines in both plots; they are never marked best.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
             if quoted is not None and tuple(hs) == MEAN_HORIZONS:
                 means = quoted[quoted["horizon"] < 0]
-                for name, quoted_rows in means.groupby("model", sort=False):
+                for name, quoted_rows in means.groupby("model", sort=False):  # one row per model
                     found = [_matching(quoted_rows, d, t, -1) for d, t in columns]
                     if any(not f.empty for f in found):
                         _note_sources(shown, str(name), found)
@@ -277,8 +277,24 @@ def mse_by_model_bars(df: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.D
     return panels
 
 
-def plot_mse_by_model(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """One panel per (setting, dataset): bars of the horizon-mean MSE by model, std over seeds."""
+def published_means(
+    df: pd.DataFrame, published: pd.DataFrame | None, setting: str, dataset: str, target: str
+) -> pd.DataFrame:
+    """The ``published`` means of a (setting, dataset, target) whose results cover the horizons those
+    means are over (the protocol's four), else none."""
+    if published is None:
+        return pd.DataFrame(columns=["model", "mse"])
+    here = df[(df["setting"] == setting) & (df["dataset"] == dataset) & (df["target"] == target)]
+    if tuple(sorted(set(here["horizon"]))) != MEAN_HORIZONS:
+        return pd.DataFrame(columns=["model", "mse"])
+    return _matching(published[published["setting"] == setting], dataset, target, -1)
+
+
+def plot_mse_by_model(
+    df: pd.DataFrame, path: str | os.PathLike[str], published: pd.DataFrame | None = None
+) -> Path:
+    """One panel per (setting, dataset): bars of the horizon-mean MSE by model, std over seeds, and
+    the ``published`` means there are for it as dashed grey lines."""
     from ecalf.plots import grid_shape, hide_unused, new_figure, save_figure
 
     panels = mse_by_model_bars(df)
@@ -292,6 +308,18 @@ def plot_mse_by_model(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         ax.set_title(f"{_data_label(dataset, target)} ({setting})", fontsize=10)
         ax.set_ylabel("test MSE (mean over horizons)", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
+        quoted = published_means(df, published, setting, dataset, target)
+        for i, row in enumerate(quoted.itertuples()):
+            style = ("--", ":", "-.")[i % 3]
+            ax.axhline(
+                row.mse,
+                ls=style,
+                lw=1.2,
+                color=f"{0.15 + 0.15 * (i % 4):.2f}",
+                label=f"{row.model}: {row.mse:.3f}",
+            )
+        if not quoted.empty:
+            ax.legend(fontsize=7, framealpha=0.9, title="published (lines)", title_fontsize=7)
     hide_unused(axes, len(panels))
     return save_figure(fig, path)
 
@@ -366,7 +394,7 @@ def write_report(
     paired = paired_comparison_lines(df, *compare) if len(compare) == 2 else []
     text = title + markdown_tables(df, quoted) + "\n" + "\n".join([*paired, *provenance_lines(df)])
     written = [write_text(out / f"{stem}.md", text)]
-    written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png"))
+    written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png", quoted))
     per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare, quoted)
     if per_h is not None:
         written.append(per_h)
