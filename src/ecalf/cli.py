@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where to write (default: beside the CSV)")
     p.add_argument(
         "--compare", nargs="+", default=["calf", "ecalf"], metavar="MODEL",
-        help="models drawn per horizon (default: calf ecalf)",
+        help="models drawn per horizon; of two, the second is compared with the first cell by cell "
+        "(default: calf ecalf)",
     )  # fmt: skip
     p.add_argument(
         "--published", metavar="CSV", nargs="?", const="",
