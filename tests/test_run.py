@@ -125,3 +125,6 @@ def test_git_commit_names_the_checkout_and_says_when_its_code_is_uncommitted(tmp
     assert git_commit(package) == f"{head}-dirty"
     assert git_commit(tmp_path / "pkg" / "..") == f"{head}-dirty"
     assert git_commit(tmp_path.parent / "not-a-checkout-at-all") is None
+    (tmp_path / "venv" / "ecalf").mkdir(parents=True)  # installed inside a checkout, not tracked
+    (tmp_path / "venv" / "ecalf" / "run.py").write_text("")
+    assert git_commit(tmp_path / "venv" / "ecalf") is None

@@ -483,10 +483,11 @@ def environment(world_size: int = 1) -> dict[str, Any]:
 def git_commit(directory: str | os.PathLike[str] | None = None) -> str | None:
     """The commit checked out where ecalf's code lies (or ``directory``), with ``-dirty`` appended when
     tracked files below that directory differ from it, so that a number produced by uncommitted code
-    says so; None outside a git checkout (an installed wheel)."""
+    says so; None when git does not track that code (an installed wheel, even one in a virtual
+    environment inside some checkout)."""
     where = Path(directory) if directory is not None else Path(__file__).resolve().parent
     head = _git(where, "rev-parse", "HEAD")
-    if not head:
+    if not head or not _git(where, "ls-files", "--", "."):
         return None
     changed = _git(where, "status", "--porcelain", "--untracked-files=no", "--", ".")
     return f"{head}-dirty" if changed else head
