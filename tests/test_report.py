@@ -188,3 +188,14 @@ def test_published_means_are_drawn_only_over_the_same_horizons():
     assert list(means["model"]) == ["CALF (paper)"] and means["mse"].iloc[0] == pytest.approx(0.644)
     assert published_means(_results(horizons=(96,)), builtin, "few_shot", "ETTh1", "").empty
     assert published_means(_results(), None, "few_shot", "ETTh1", "").empty
+
+
+def test_a_published_mean_stands_only_beside_a_column_over_its_horizons(tmp_path):
+    """A setting where one dataset has the four horizons and another only H 96 (a grid half done)."""
+    df = pd.concat([_results(datasets=("ETTh1",)), _results(horizons=(96,), datasets=("ETTh2",))])
+    path = _published(
+        tmp_path, "Paper,few_shot,ETTh1,,mean,0.100,0.200,S", "Paper,few_shot,ETTh2,,mean,0.300,0.400,S"
+    )
+    text = markdown_tables(df, load_published(path))
+    assert _table_rows(text, "*Paper*") == ["| *Paper* | *0.100 / 0.200* | — |"]
+    assert list(published_means(df, load_published(path), "few_shot", "ETTh2", "")["model"]) == []

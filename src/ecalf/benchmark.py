@@ -576,7 +576,8 @@ def plan_benchmark(
         else:
             training.add(run_id)
             key = CellKey(cell.model, cell.dataset, cell.training_setting, cell.horizon)
-            recipe = cell_recipe(cell.dataset, cell.config_file, cell.overrides(grid.set, data_dir))
+            overrides = " ".join(cell.overrides(grid.set, data_dir))  # as its row will hold them
+            recipe = cell_recipe(cell.dataset, cell.config_file, overrides)
             if recipe not in other_costs:
                 alike = (row for row in beside if _row_recipe(row) == recipe)
                 other_costs[recipe] = CellCosts.from_rows(alike)
@@ -592,17 +593,19 @@ CELL_KEYS = (
 """Overrides a cell's place in its grid sets (and the progress bar), not how it trains."""
 
 
-def cell_recipe(dataset: str, config_file: str, overrides: Sequence[str]) -> Recipe:
+def cell_recipe(dataset: str, config_file: str, overrides: str) -> Recipe:
     """How a cell trains, apart from its dataset, horizon, setting and seed: its config file (with
     the dataset's name as a placeholder, so ``configs/calf/ETTh1.yaml`` and ``.../ETTh2.yaml`` are one
-    recipe) and its other overrides. Another grid's finished cell estimates a pending one only when
-    their recipes are equal: a 10-epoch budget run says little about the official 100-epoch one."""
-    kept = sorted(item for item in overrides if item.split("=", 1)[0] not in CELL_KEYS)
+    recipe) and its other overrides (``overrides`` joined by spaces, as a results row holds them, so
+    that a pending cell and a row split them alike). Another grid's finished cell estimates a pending
+    one only when their recipes are equal: a 10-epoch budget run says little about the official
+    100-epoch one."""
+    kept = sorted(item for item in overrides.split() if item.split("=", 1)[0] not in CELL_KEYS)
     return (config_file.replace(dataset, "{dataset}") if dataset else config_file), tuple(kept)
 
 
 def _row_recipe(row: Mapping[str, str]) -> Recipe:
-    return cell_recipe(row.get("dataset", ""), row.get("config_file", ""), row.get("overrides", "").split())
+    return cell_recipe(row.get("dataset", ""), row.get("config_file", ""), row.get("overrides", ""))
 
 
 def _rows_beside(results: Path) -> list[dict[str, str]]:

@@ -63,15 +63,9 @@ def _checked_row(source: Path, line: int, row: dict[str, str | None]) -> dict[st
         if not text(column):
             raise EcalfError(f"{where}: {column} is empty")
     horizon_text = text("horizon")
-    if horizon_text == MEAN:
-        horizon = -1
-    else:
-        try:
-            horizon = int(horizon_text)
-        except ValueError:
-            horizon = 0
-        if horizon <= 0:
-            raise EcalfError(f"{where}: horizon {horizon_text!r} is neither a positive integer nor {MEAN!r}")
+    horizon = -1 if horizon_text == MEAN else int(horizon_text) if horizon_text.isdigit() else 0
+    if horizon == 0:
+        raise EcalfError(f"{where}: horizon {horizon_text!r} is neither a positive integer nor {MEAN!r}")
     values: dict[str, float] = {}
     for column in ("mse", "mae"):
         try:

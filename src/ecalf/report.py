@@ -95,6 +95,24 @@ def _matching(frame: pd.DataFrame, dataset: str, target: str, horizon: int) -> p
     return frame[(frame["dataset"] == dataset) & (frame["target"] == target) & (frame["horizon"] == horizon)]
 
 
+def _quoted_by_model(quoted: pd.DataFrame, keys: list[tuple[str, str, int]]) -> dict[str, list[pd.DataFrame]]:
+    """Per published model with a number for any of ``keys`` (dataset, target, horizon; -1 for a
+    mean), its rows key by key (empty where it has none)."""
+    out: dict[str, list[pd.DataFrame]] = {}
+    for name, rows in quoted.groupby("model", sort=False):
+        found = [_matching(rows, d, t, h) for d, t, h in keys]
+        if any(not f.empty for f in found):
+            out[str(name)] = found
+    return out
+
+
+def _covers_published_means(df: pd.DataFrame, setting: str, dataset: str, target: str) -> bool:
+    """Whether the results' mean for this (setting, dataset, target) is over the horizons a published
+    mean is over (the protocol's four), so that the two can stand side by side."""
+    here = df[(df["setting"] == setting) & (df["dataset"] == dataset) & (df["target"] == target)]
+    return tuple(sorted(set(here["horizon"]))) == MEAN_HORIZONS
+
+
 def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> str:
     """The report: per setting, a dataset-mean table and a per-horizon table (best MSE in bold), with
     the ``published`` rows (:func:`ecalf.published.load_published`) of the same setting in italics."""
@@ -128,28 +146,24 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
                     mse = _cell(row.mse, row.mse_std, row.seeds, row.mse == best[c])
                     cells.append(f"{mse} / {_cell(row.mae, row.mae_std, row.seeds, False)} ({row.seeds})")
                 lines.append(f"| {model} | " + " | ".join(cells) + " |")
-            if quoted is not None and tuple(hs) == MEAN_HORIZONS:
-                means = quoted[quoted["horizon"] < 0]
-                for name, quoted_rows in means.groupby("model", sort=False):  # one row per model
-                    found = [_matching(quoted_rows, d, t, -1) for d, t in columns]
-                    if any(not f.empty for f in found):
-                        _note_sources(shown, str(name), found)
-                        lines.append(f"| *{name}* | " + " | ".join(map(_published_cell, found)) + " |")
+            if quoted is not None:  # horizon 0 matches nothing: a column not over the four horizons
+                mean_keys = [
+                    (d, t, -1 if _covers_published_means(df, setting, d, t) else 0) for d, t in columns
+                ]
+                for name, found in _quoted_by_model(quoted[quoted["horizon"] < 0], mean_keys).items():
+                    _note_sources(shown, name, found)
+                    lines.append(f"| *{name}* | " + " | ".join(map(_published_cell, found)) + " |")
             lines.append("")
         sub_h = horizon[horizon["setting"] == setting]
         lines.append("Per horizon (MSE / MAE; ± std over seeds).\n")
         keys = list(dict.fromkeys(zip(sub_h["dataset"], sub_h["target"], sub_h["horizon"], strict=True)))
-        quoted_h: dict[str, pd.DataFrame] = {}
-        if quoted is not None:
-            for name, quoted_rows in quoted[quoted["horizon"] > 0].groupby("model", sort=False):
-                found = [_matching(quoted_rows, d, t, h) for d, t, h in keys]
-                if any(not f.empty for f in found):
-                    quoted_h[str(name)] = quoted_rows
-                    _note_sources(shown, str(name), found)
+        quoted_h = _quoted_by_model(quoted[quoted["horizon"] > 0], keys) if quoted is not None else {}
+        for name, found in quoted_h.items():
+            _note_sources(shown, name, found)
         headers = [*models, *(f"*{name}*" for name in quoted_h)]
         lines.append("| dataset | H | " + " | ".join(headers) + " |")
         lines.append("|---|---" + "|---" * len(headers) + "|")
-        for d, t, h in keys:
+        for i, (d, t, h) in enumerate(keys):
             rows = sub_h[(sub_h["dataset"] == d) & (sub_h["target"] == t) & (sub_h["horizon"] == h)]
             best_mse = rows["mse"].min()
             cells = []
@@ -163,7 +177,7 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
                     f"{_cell(row.mse, row.mse_std, row.seeds, row.mse == best_mse)} / "
                     f"{_cell(row.mae, row.mae_std, row.seeds, False)}"
                 )
-            cells += [_published_cell(_matching(quoted_rows, d, t, h)) for quoted_rows in quoted_h.values()]
+            cells += [_published_cell(found[i]) for found in quoted_h.values()]
             lines.append(f"| {_data_label(d, t)} | {h} | " + " | ".join(cells) + " |")
         lines.append("")
         if shown:
@@ -282,10 +296,7 @@ def published_means(
 ) -> pd.DataFrame:
     """The ``published`` means of a (setting, dataset, target) whose results cover the horizons those
     means are over (the protocol's four), else none."""
-    if published is None:
-        return pd.DataFrame(columns=["model", "mse"])
-    here = df[(df["setting"] == setting) & (df["dataset"] == dataset) & (df["target"] == target)]
-    if tuple(sorted(set(here["horizon"]))) != MEAN_HORIZONS:
+    if published is None or not _covers_published_means(df, setting, dataset, target):
         return pd.DataFrame(columns=["model", "mse"])
     return _matching(published[published["setting"] == setting], dataset, target, -1)
 
