@@ -29,6 +29,7 @@ from ecalf.benchmark import (
 )
 from ecalf.cli import main
 from ecalf.errors import ConfigError, EcalfError
+from ecalf.histories import write_histories
 from ecalf.report import mse_by_model_bars, per_dataset, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +115,14 @@ def test_the_smoke_grid_runs_resumes_and_reports(in_repo, synthetic_csv_dir, tmp
         image = mpimg.imread(png)[..., :3]
         assert (image < 0.9).any(axis=-1).mean() > 0.02  # not a blank canvas
         assert len(np.unique(image.reshape(-1, 3), axis=0)) > 20
+
+    histories_csv, left_out = write_histories(results)  # every trained epoch of every row, from run dirs
+    assert histories_csv == tmp_path / "smoke_histories.csv" and left_out == []
+    histories = pd.read_csv(histories_csv)
+    assert len(histories) == sum(int(r["epochs"]) for r in rows) > 0
+    assert "naive" not in set(histories["model"])  # nothing trained, nothing to list
+    ecalf_epochs = histories[histories["model"] == "ecalf"]
+    assert len(ecalf_epochs) and ecalf_epochs["values/alignment_score"].notna().all()
 
 
 def test_a_failing_cell_loses_only_itself_and_runs_again_next_time(
@@ -319,6 +328,42 @@ def test_a_run_written_before_a_setting_existed_is_not_reused(synthetic_csv_dir,
     # loaded, it is the same config again (the default fills the gap): only the file tells
     assert same_training(load_run_config(run_dir / "config.yaml"), config)
     assert benchmark.finished_run(config, run_dir.parent, run_dir.name) is None
+
+
+def test_a_cell_started_by_older_code_trains_again_from_the_start(
+    synthetic_csv_dir, tmp_path, in_repo, monkeypatch
+):
+    import yaml
+
+    import ecalf.training as training
+
+    sets = ["training.progress=false", "training.epochs=2", "training.patience=2"]
+    dlinear = GridModel("dlinear", "configs/baselines/dlinear.yaml")
+    grid = _small_grid(tmp_path, models=[dlinear], seeds=[1], set=sets)
+    original, calls = training.evaluate, {"n": 0}
+
+    def failing_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch fails, after the first one's checkpoint
+            raise RuntimeError("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", failing_evaluate)
+    first = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert first.finished == 0 and len(first.failed) == 1
+    monkeypatch.setattr(training, "evaluate", original)
+    run_dir = tmp_path / "runs/dlinear/ETTh1/few_shot/H24/seed1"
+    assert (run_dir / "state").is_dir() and not (run_dir / "metrics.json").exists()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["training"].pop("dropout_masks")  # as code before that setting wrote it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+
+    second = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert second.finished == 1 and not second.failed
+    assert "resumed" not in (run_dir / "train.log").read_text()  # both epochs trained by this code
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 2
+    (older,) = run_dir.parent.glob("seed1.older-code-*")  # the older code's epochs are kept aside
+    assert (older / "state").is_dir()
 
 
 def test_the_time_left_shares_the_work_over_the_parallel_cells(tmp_path, in_repo, monkeypatch):

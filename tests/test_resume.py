@@ -115,3 +115,35 @@ def test_resume_in_process_after_interrupted_epoch(tmp_path, monkeypatch):
     assert resumed["train_seconds"] > 3600.0 and resumed["wall_seconds"] > resumed["train_seconds"]
     assert resumed["test"] == reference["test"]
     assert [r["val_mse"] for r in resumed["history"]] == [r["val_mse"] for r in reference["history"]]
+
+
+def test_a_run_started_by_older_code_is_not_continued(tmp_path, monkeypatch):
+    """A checkpoint whose config.yaml lacks a setting this code has (older code wrote it) trained without
+    that setting: continuing it would mix two versions' epochs in one result, so resume refuses."""
+    import yaml
+
+    import ecalf.training as training
+
+    csv = write_synthetic_csv(tmp_path / "toy.csv", num_rows=800, num_channels=2, seed=5)
+    config = load_run_config(ROOT / "configs/tiny/calf.yaml", _overrides(csv, 3))
+    original = training.evaluate
+    calls = {"n": 0}
+
+    def failing_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # killed in the second epoch, after the first one's checkpoint
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", failing_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "run", echo=None)
+    monkeypatch.setattr(training, "evaluate", original)
+    saved_path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    saved["model"].pop("degree_min")  # as the code before the bound on the alignment degree wrote it
+    saved_path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(Exception, match=r"older ecalf that had no setting model\.degree_min"):
+        run_experiment(config, tmp_path / "run", echo=None, resume=True)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert "code: ecalf" in (tmp_path / "run" / "train.log").read_text()  # each process names its commit

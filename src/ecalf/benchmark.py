@@ -50,8 +50,8 @@ from ecalf.config import (
     apply_overrides,
     from_dict,
     load_run_config,
+    missing_settings,
     run_config_from_dict,
-    to_dict,
 )
 from ecalf.errors import ConfigError, EcalfError
 
@@ -455,30 +455,17 @@ def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool 
             if not isinstance(written, dict):  # damaged: not ours
                 continue
             saved = run_config_from_dict(written, str(path / "config.yaml"))
-            if same_training(saved, config) and not _lacks_settings(written, config):
+            if same_training(saved, config) and not missing_settings(written, config):
                 return RunResult(path, read_json(path / "metrics.json"))
         except (EcalfError, OSError, ValueError):  # another version's or a damaged run: not ours
             continue
     return None
 
 
-def _lacks_settings(saved: Any, config: RunConfig) -> bool:
-    """Whether the mapping ``saved`` (a run's config.yaml) misses a key of ``config``'s full dump."""
-
-    def missing(written: Any, current: Any) -> bool:
-        if not isinstance(current, dict):
-            return False
-        if not isinstance(written, dict):
-            return True
-        return any(key not in written or missing(written[key], value) for key, value in current.items())
-
-    return missing(saved, to_dict(config))
-
-
 def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool = True) -> RunResult:
     """A finished run of ``config``: one found by :func:`finished_run`, or one trained now into
     ``runs_dir / run_id`` (resuming it; a lock keeps parallel cells from training it twice)."""
-    from ecalf.run import run_experiment
+    from ecalf.run import older_code_settings, run_experiment
 
     found = finished_run(config, runs_dir, run_id, siblings)
     if found is not None:
@@ -486,7 +473,11 @@ def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool =
     run_dir = runs_dir / run_id
     with _exclusive(run_dir.parent / f".{run_dir.name}.lock"):
         found = finished_run(config, runs_dir, run_id, siblings)  # a parallel cell may have trained it
-        return found or run_experiment(config, run_dir, echo=None, resume=True)
+        if found is not None:
+            return found
+        if older_code_settings(run_dir, config):  # its epochs trained without a setting this code has
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.older-code-{time.strftime('%Y%m%d-%H%M%S')}"))
+        return run_experiment(config, run_dir, echo=None, resume=True)
 
 
 @contextlib.contextmanager

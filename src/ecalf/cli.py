@@ -191,6 +191,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     published = BUILTIN if args.published == "" else args.published  # `--published` alone: ecalf's list
     for path in write_report(args.results, args.output_dir, compare=args.compare, published=published):
         print(path)
+    if args.histories:
+        from pathlib import Path
+
+        from ecalf.histories import write_histories
+
+        name = f"{Path(args.results).stem}_histories.csv"
+        output = Path(args.output_dir) / name if args.output_dir else None
+        path, left_out = write_histories(args.results, output)
+        print(path)
+        for item in left_out:
+            print(f"  left out: {item}", file=sys.stderr)
     return 0
 
 
@@ -392,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--published", metavar="CSV", nargs="?", const="",
         help="published numbers in italics beside the measured ones: the CALF paper's and the baselines' "
         "(ecalf's own list) or, with CSV, those of that file (same columns)",
+    )  # fmt: skip
+    p.add_argument(
+        "--histories", action="store_true",
+        help="also write <stem>_histories.csv: every run's per-epoch history (losses, validation, learning "
+        "rate, adapted values), one row per run and epoch, read from the rows' run directories",
     )  # fmt: skip
     p.set_defaults(func=_cmd_report)
 

@@ -187,6 +187,29 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def missing_settings(saved: Any, config: RunConfig) -> list[str]:
+    """Dotted keys of ``config``'s full dump that the mapping ``saved`` (a run's config.yaml) lacks.
+
+    A run's config.yaml holds every setting of the code that wrote it; a key it lacks is a setting
+    added since, whose default may not be what the older code did. Such a run cannot be taken for,
+    or resumed as, a run of ``config``."""
+
+    def missing(written: Any, current: Any, prefix: str) -> list[str]:
+        if not isinstance(current, dict):
+            return []
+        if not isinstance(written, dict):
+            return [prefix.rstrip(".")]
+        found: list[str] = []
+        for key, value in current.items():
+            if key not in written:
+                found.append(prefix + key)
+            else:
+                found.extend(missing(written[key], value, f"{prefix}{key}."))
+        return found
+
+    return missing(saved, to_dict(config), "")
+
+
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
     """Build dataclass ``cls`` from ``data`` strictly: unknown keys and wrong types are errors."""
     where = path or "the config"

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ecalf import __version__
-from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json, write_yaml
-from ecalf.config import RunConfig, load_run_config, to_dict
+from ecalf.artifacts import load_tensors, read_json, read_yaml, save_tensors, write_json, write_yaml
+from ecalf.config import RunConfig, load_run_config, missing_settings, to_dict
 from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError
@@ -152,6 +152,13 @@ def _run(
         saved = run_dir / "config.yaml"
         if saved.is_file() and load_run_config(saved) != config:
             raise EcalfError(f"{saved} differs from the config given; resume with the run's own config")
+        stale = older_code_settings(run_dir, config)
+        if stale and checkpoint.exists():
+            raise EcalfError(
+                f"{run_dir} was started by an older ecalf that had no setting {', '.join(stale)}: its "
+                "finished epochs trained without it, so this version cannot continue them. Train it "
+                "again from the start (remove the directory or choose another --output-dir)"
+            )
     elif (run_dir / "metrics.json").is_file() or checkpoint.exists():
         raise EcalfError(
             f"{run_dir} already holds a run; continue it with `ecalf train --resume {run_dir}` "
@@ -185,6 +192,7 @@ def _run(
     try:
         counts = splits.window_counts()
         log(f"data {splits.spec.name}: {splits.train.num_channels} channels, windows {counts}")
+        log(f"code: ecalf {__version__}, commit {git_commit() or 'unknown (not a git checkout)'}")
         build_start = time.perf_counter()
         model = build_model(config)
         params = count_parameters(model)
@@ -478,6 +486,17 @@ def environment(world_size: int = 1) -> dict[str, Any]:
         "world_size": world_size,
         "ld_preload": os.environ.get("LD_PRELOAD") or None,  # e.g. tcmalloc (docs/speed.md)
     }
+
+
+def older_code_settings(run_dir: str | os.PathLike[str], config: RunConfig) -> list[str]:
+    """The settings of ``config`` that ``run_dir``'s config.yaml lacks (older code wrote it); none
+    when the directory holds no config.yaml or an unreadable one (then nothing was trained by it)."""
+    saved = Path(run_dir) / "config.yaml"
+    try:
+        written = read_yaml(saved) if saved.is_file() else None
+    except (EcalfError, OSError):
+        return []
+    return missing_settings(written, config) if isinstance(written, dict) else []
 
 
 def git_commit(directory: str | os.PathLike[str] | None = None) -> str | None:
