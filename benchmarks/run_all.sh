@@ -18,7 +18,7 @@ for grid in fewshot full zeroshot ablations enhancements calf reproduce dropout_
     echo "== $grid"
     "$ECALF" benchmark "benchmarks/$grid.yaml" --jobs "$JOBS" --quiet "$@" || status=1  # failed cells: reported, rerun next time
     if [ -s "results/$grid.csv" ]; then
-        "$ECALF" report "results/$grid.csv" --published || status=1
+        "$ECALF" report "results/$grid.csv" --published --histories || status=1
     fi
 done
 exit $status
