@@ -34,6 +34,25 @@ def _command(run_dir: Path, csv: Path, epochs: int, resume: bool) -> list[str]:
     return [*base, "--config", "configs/tiny/ecalf.yaml", "--output-dir", str(run_dir), *sets]
 
 
+def _killed_in_epoch(monkeypatch, config, run_dir: Path, epoch: int) -> None:
+    """Train ``config`` into ``run_dir`` and interrupt it in ``epoch``'s validation, as a kill would."""
+    import ecalf.training as training
+
+    original = training.evaluate
+    calls = {"n": 0}
+
+    def failing_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", failing_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, run_dir, echo=None)
+    monkeypatch.setattr(training, "evaluate", original)
+
+
 def _test_metrics(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"test": metrics["test"], "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs_run"],
@@ -87,21 +106,7 @@ def test_resume_in_process_after_interrupted_epoch(tmp_path, monkeypatch):
     config = load_run_config(ROOT / "configs/tiny/calf.yaml", _overrides(csv, 4))
     reference = run_experiment(config, tmp_path / "reference", echo=None).metrics
 
-    import ecalf.training as training
-
-    original = training.evaluate
-    calls = {"n": 0}
-
-    def failing_evaluate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # during the third epoch's validation
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate", failing_evaluate)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(config, tmp_path / "run", echo=None)
-    monkeypatch.setattr(training, "evaluate", original)
+    _killed_in_epoch(monkeypatch, config, tmp_path / "run", 3)
     latest = tmp_path / "run" / "state" / "latest.json"
     state = json.loads(latest.read_text())
     assert state["loop"]["epoch"] == 2
@@ -122,23 +127,9 @@ def test_a_run_started_by_older_code_is_not_continued(tmp_path, monkeypatch):
     that setting: continuing it would mix two versions' epochs in one result, so resume refuses."""
     import yaml
 
-    import ecalf.training as training
-
     csv = write_synthetic_csv(tmp_path / "toy.csv", num_rows=800, num_channels=2, seed=5)
     config = load_run_config(ROOT / "configs/tiny/calf.yaml", _overrides(csv, 3))
-    original = training.evaluate
-    calls = {"n": 0}
-
-    def failing_evaluate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # killed in the second epoch, after the first one's checkpoint
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate", failing_evaluate)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(config, tmp_path / "run", echo=None)
-    monkeypatch.setattr(training, "evaluate", original)
+    _killed_in_epoch(monkeypatch, config, tmp_path / "run", 2)  # after the first epoch's checkpoint
     saved_path = tmp_path / "run" / "config.yaml"
     saved = yaml.safe_load(saved_path.read_text())
     saved["model"].pop("degree_min")  # as the code before the bound on the alignment degree wrote it
