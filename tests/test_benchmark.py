@@ -354,6 +354,8 @@ def test_a_cell_started_by_older_code_trains_again_from_the_start(
     monkeypatch.setattr(training, "evaluate", original)
     run_dir = tmp_path / "runs/dlinear/ETTh1/few_shot/H24/seed1"
     assert (run_dir / "state").is_dir() and not (run_dir / "metrics.json").exists()
+    (planned,), _ = benchmark.plan_benchmark(grid, data_dir=str(synthetic_csv_dir))  # the dry run says so
+    assert str(planned.progress).startswith("started: 1 epochs done, best 1 (val MSE")
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     saved["training"].pop("dropout_masks")  # as code before that setting wrote it
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))

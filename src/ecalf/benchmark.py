@@ -539,6 +539,27 @@ class PlannedCell:
     """Estimated wall time (:mod:`ecalf.cell_costs`; 0 when it reuses a run, None when unknown)."""
     key: CellKey | None = None
     """What estimates it (None when it reuses a run)."""
+    progress: str | None = None
+    """How far a killed or running training of the cell got (:func:`training_progress`), if it started."""
+
+
+def training_progress(run_dir: Path) -> str | None:
+    """``run_dir``'s last epoch checkpoint in words (epochs done, best epoch and its validation MSE,
+    mean seconds per epoch), or None when it has none (not started, finished, or unreadable)."""
+    from ecalf.training import TrainingCheckpoint
+
+    pointer = TrainingCheckpoint(run_dir / "state").pointer
+    try:
+        loop = read_json(pointer)["loop"] if pointer.is_file() else None
+        if not isinstance(loop, dict):
+            return None
+        epochs, history = int(loop["epoch"]), loop.get("history") or []
+        seconds = sum(float(e["seconds"]) for e in history) / len(history) if history else None
+        best = f"best {int(loop['best_epoch'])} (val MSE {float(loop['best_mse']):.4f})"
+        line = f"started: {epochs} epochs done, {best}"
+        return line + (f", {seconds:.0f} s per epoch" if seconds is not None else "")
+    except (EcalfError, OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def plan_benchmark(
@@ -572,7 +593,9 @@ def plan_benchmark(
             if recipe not in other_costs:
                 alike = (row for row in beside if _row_recipe(row) == recipe)
                 other_costs[recipe] = CellCosts.from_rows(alike)
-            planned.append(PlannedCell(cell, None, estimate_from(key, costs, other_costs[recipe]), key))
+            estimate = estimate_from(key, costs, other_costs[recipe])
+            progress = training_progress(runs_dir / run_id)
+            planned.append(PlannedCell(cell, None, estimate, key, progress))
     return planned, skipped
 
 

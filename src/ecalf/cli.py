@@ -180,6 +180,7 @@ def _print_plan(grid: Any, args: argparse.Namespace) -> int:
             note = f"reuses {item.reuses}"
         else:
             note = "~" + format_duration(item.seconds) if item.seconds is not None else "no estimate yet"
+            note += f"; {item.progress}" if item.progress else ""
         print(f"  {item.cell.describe()}  ({note})")
     return 0
 
