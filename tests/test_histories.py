@@ -59,7 +59,9 @@ def test_histories_list_every_epoch_of_every_matching_row(tmp_path):
     rows = [
         _row("ecalf", ecalf, 2), _row("calf", calf, 3), _row("calf", stale, 4, seed=2022),
         _row("calf", "runs/gone", 2, seed=2023), _row("naive", _run(tmp_path, "naive", []), 0),
+        _row("calf", _run(tmp_path, "broken", []), 1, seed=2024),
     ]  # fmt: skip
+    (tmp_path / "runs" / "broken" / "metrics.json").write_text("{not json")  # damaged: named, not fatal
     found = collect_histories([{k: str(v) for k, v in r.items()} for r in rows], root=tmp_path)
     table = found.table
     assert len(table) == 5 and list(table.columns[:8]) == [
@@ -68,10 +70,11 @@ def test_histories_list_every_epoch_of_every_matching_row(tmp_path):
     assert list(table[table["model"] == "calf"]["val_mse"]) == [0.9, 0.85, 0.8]
     assert list(table[table["model"] == "ecalf"]["values/alignment_score"]) == [0.7, 0.9]
     assert table[table["model"] == "calf"]["values/alignment_score"].isna().all()
-    assert found.left_out == [
+    assert found.left_out[:2] == [
         "runs/stale (1 epochs in metrics.json, 4 in the results row)",
         "runs/gone (no metrics.json)",
     ]
+    assert len(found.left_out) == 3 and found.left_out[2].startswith("runs/broken (unreadable: ")
 
 
 def test_write_histories_beside_the_csv_and_from_the_cli(tmp_path, monkeypatch, capsys):

@@ -55,9 +55,12 @@ def _history_of(row: Mapping[str, str], root: Path) -> tuple[list[dict[str, Any]
     path = (run_dir if run_dir.is_absolute() else root / run_dir) / "metrics.json"
     if not row.get("run_dir") or not path.is_file():
         return [], "no metrics.json"
-    metrics = read_json(path)
+    try:
+        metrics = read_json(path)
+        epochs = int(row.get("epochs") or 0)
+    except (EcalfError, OSError, ValueError) as exc:
+        return [], f"unreadable: {exc}"
     history = metrics.get("history", []) if isinstance(metrics, dict) else []
-    epochs = int(row.get("epochs") or 0)
     if len(history) != epochs:
         return [], f"{len(history)} epochs in metrics.json, {epochs} in the results row"
     return list(history), None

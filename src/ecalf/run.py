@@ -34,7 +34,7 @@ import torch
 
 from ecalf import __version__
 from ecalf.artifacts import load_tensors, read_json, read_yaml, save_tensors, write_json, write_yaml
-from ecalf.config import RunConfig, load_run_config, missing_settings, to_dict
+from ecalf.config import RunConfig, load_run_config, missing_settings, run_config_from_dict, to_dict
 from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError
@@ -489,14 +489,19 @@ def environment(world_size: int = 1) -> dict[str, Any]:
 
 
 def older_code_settings(run_dir: str | os.PathLike[str], config: RunConfig) -> list[str]:
-    """The settings of ``config`` that ``run_dir``'s config.yaml lacks (older code wrote it); none
-    when the directory holds no config.yaml or an unreadable one (then nothing was trained by it)."""
+    """The settings of ``config`` that ``run_dir``'s config.yaml lacks when that file is otherwise a
+    run of ``config`` (older code, which had no such setting, started it); none when the directory
+    holds no config.yaml, an unreadable one, or one of another config."""
     saved = Path(run_dir) / "config.yaml"
     try:
         written = read_yaml(saved) if saved.is_file() else None
-    except (EcalfError, OSError):
+        if not isinstance(written, dict):
+            return []
+        if not same_training(run_config_from_dict(written, str(saved)), config):
+            return []
+    except (EcalfError, OSError, ValueError):
         return []
-    return missing_settings(written, config) if isinstance(written, dict) else []
+    return missing_settings(written, config)
 
 
 def git_commit(directory: str | os.PathLike[str] | None = None) -> str | None:
