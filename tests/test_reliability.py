@@ -497,3 +497,17 @@ def test_a_backbone_directory_with_only_a_pickled_checkpoint_is_refused(tmp_path
         load_pretrained_weights(
             BackboneConfig(preset=str(tmp_path), num_layers=1, num_principal_embeddings=8)
         )
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`ecalf ... | head`: when the reader has gone, the command stops with 141 and no traceback."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ecalf", "list-models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # long before the child's imports are done and it writes
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr

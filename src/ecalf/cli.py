@@ -480,6 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ecalf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`ecalf ... | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
+        return 141
     finally:
         os.environ.clear()
         os.environ.update(saved)
