@@ -213,6 +213,17 @@ def test_bad_data_gets_clear_errors(fitted):
         _forecaster().fit(gappy, verbose=False)
     with pytest.raises(DataError, match="must be evenly spaced"):
         forecaster.predict(gappy.iloc[:60])  # the gap lies in the last L rows
+    near_end = data.drop(index=[len(data) - 5]).reset_index(drop=True)  # the gap is named, not the oldest row
+    gap = r"rows 5 -> 4 from the end \(2021-01-05 18:00:00 -> 2021-01-05 20:00:00\)"
+    with pytest.raises(DataError, match=gap):
+        forecaster.predict(near_end)
+    daily = _series(frequency="D").drop(index=[30]).reset_index(drop=True)
+    with pytest.raises(DataError, match=r"pd.to_datetime\(df\['date'\]\).*asfreq\('D'\)"):  # its own step
+        _forecaster().fit(daily, verbose=False)
+    repeated = pd.concat([data.iloc[:40], data.iloc[39:]]).reset_index(drop=True)  # row 40 twice
+    same = r"rows 40 and 41 have the same timestamp.*drop_duplicates\('date'\)"
+    with pytest.warns(UserWarning, match="repeat the previous row"), pytest.raises(DataError, match=same):
+        _forecaster().fit(repeated, verbose=False)
     with pytest.raises(DataError, match=f"reads the last {L}"):
         forecaster.predict(data.iloc[-10:])
     long = _to_long(data)
@@ -220,6 +231,45 @@ def test_bad_data_gets_clear_errors(fitted):
         forecaster.predict(long[~((long["unique_id"] == "OT") & (long["ds"] == "2021-01-01 05:00:00"))])
     with pytest.raises(EcalfError, match="not fitted"):
         _forecaster().predict(data)
+
+
+def test_what_users_export_is_read_or_refused_with_a_fix(fitted, tmp_path):
+    forecaster, data = fitted
+    indexed = tmp_path / "indexed.csv"
+    data.to_csv(indexed)  # pandas' default writes the row index as an unnamed first column
+    with pytest.raises(DataError, match=r"'Unnamed: 0' has no name.*index=False"):
+        forecaster.predict(indexed)
+    semicolons = tmp_path / "semicolons.csv"
+    data.to_csv(semicolons, sep=";", decimal=",", index=False)
+    with pytest.raises(DataError, match=r"separated by ';'.*sep=';'.*decimal=','"):
+        forecaster.predict(semicolons)
+    with pytest.raises(DataError, match=r"\['OT'\] appear more than once"):
+        forecaster.predict(data.rename(columns={"x0": "OT "}))  # equal once the space is stripped
+    by_index = pd.read_csv(indexed, index_col=0).set_index("date")  # dates as a string index
+    np.testing.assert_array_equal(_values(forecaster.predict(by_index)), _values(forecaster.predict(data)))
+
+
+def test_a_local_clock_across_daylight_saving_is_read_in_utc(fitted):
+    forecaster, _ = fitted
+    berlin = pd.date_range("2021-03-26", periods=120, freq="h", tz="Europe/Berlin")  # DST on 2021-03-28
+    local = _series().assign(date=[t.isoformat() for t in berlin])  # +01:00 then +02:00
+    with pytest.warns(UserWarning, match="different UTC offsets.*converted to UTC"):
+        forecast = forecaster.predict(local)
+    assert forecast["date"].iloc[0] == berlin[-1].tz_convert("UTC") + pd.Timedelta(hours=1)
+    long = _to_long(local.assign(date=local["date"]))
+    with pytest.warns(UserWarning, match="converted to UTC"):
+        from_long = forecaster.predict(long)
+    assert len(from_long) == 2 * H
+
+
+def test_long_format_ids_come_back_as_given(fitted):
+    _, data = fitted
+    numbered = data.rename(columns={"x0": "1", "OT": "2"})
+    model = _forecaster().fit(numbered, verbose=False)
+    long = _to_long(data).replace({"unique_id": {"x0": 1, "OT": 2}})  # integer ids, as read_csv gives
+    forecast = model.predict(long)
+    assert forecast["unique_id"].tolist() == [1] * H + [2] * H
+    assert len(long.merge(forecast, on="unique_id")) > 0  # merges back onto the user's frame
 
 
 def test_loading_what_is_not_a_saved_forecaster_is_a_checkpoint_error(fitted, tmp_path):

@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 from ecalf.cli import main
 from ecalf.data import write_synthetic_csv
+from ecalf.errors import EcalfError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CALF = str(ROOT / "configs/tiny/calf.yaml")
@@ -511,3 +512,11 @@ def test_output_into_a_closed_pipe_stops_quietly():
     child.stdout.close()  # long before the child's imports are done and it writes
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=120) == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_writing_onto_a_directory_says_so(tmp_path):
+    from ecalf.artifacts import write_text
+
+    with pytest.raises(EcalfError, match="it is a directory; give the path of a file instead"):
+        write_text(tmp_path, "forecast")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind

@@ -31,6 +31,8 @@ def _new_file_mode() -> int:
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     target = Path(path)
+    if target.is_dir():
+        raise EcalfError(f"cannot write {target}: it is a directory; give the path of a file instead")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

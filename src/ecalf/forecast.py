@@ -48,6 +48,7 @@ from ecalf import __version__
 from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_text, write_yaml
 from ecalf.config import RunConfig, apply_overrides, run_config_from_dict, to_dict
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset, frame_from_dataframe, read_csv
+from ecalf.data.loading import parse_timestamps
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel
@@ -104,7 +105,9 @@ def load_series(data: SeriesInput, source: str | None = None) -> tuple[TimeSerie
         columns = {str(c).strip() for c in data.columns}
         if DATE_COLUMN not in columns and set(LONG_COLUMNS) <= columns:
             return frame_from_dataframe(long_to_wide(data, name), name), "long"
-        if DATE_COLUMN not in columns and isinstance(data.index, pd.DatetimeIndex):
+        if DATE_COLUMN not in columns and (
+            isinstance(data.index, pd.DatetimeIndex) or data.index.name == DATE_COLUMN
+        ):  # dates as the index (pd.read_csv(path, index_col="date") leaves them as strings)
             data = data.rename_axis(DATE_COLUMN).reset_index()
         return frame_from_dataframe(data, name), "wide"
     raise DataError(
@@ -125,8 +128,11 @@ def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{source}: no rows")
     ids = df["unique_id"].astype(str)
-    with np.errstate(all="ignore"):
-        ds = pd.to_datetime(df["ds"], errors="coerce")
+    try:
+        text = df["ds"] if pd.api.types.is_datetime64_any_dtype(df["ds"]) else df["ds"].astype(str)
+        ds = text if pd.api.types.is_datetime64_any_dtype(text) else parse_timestamps(text, source)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{source}: column 'ds': cannot parse the timestamps ({exc})") from None
     bad = ds.isna().to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
@@ -156,10 +162,30 @@ def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
     return wide.rename_axis(DATE_COLUMN).reset_index()
 
 
-def wide_to_long(df: pd.DataFrame) -> pd.DataFrame:
-    """``date`` + channel columns -> ``unique_id, ds, y`` rows (grouped by series, then time)."""
+def wide_to_long(df: pd.DataFrame, ids: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """``date`` + channel columns -> ``unique_id, ds, y`` rows (grouped by series, then time).
+
+    ``ids`` maps the column names back to the input's own ``unique_id`` values (integers stay
+    integers, so the forecast merges back onto the user's frame)."""
     long = df.melt(id_vars=DATE_COLUMN, var_name="unique_id", value_name="y")
+    if ids:
+        long["unique_id"] = pd.Series([ids.get(str(v), v) for v in long["unique_id"]], dtype=object)
+        long["unique_id"] = long["unique_id"].infer_objects()
     return long.rename(columns={DATE_COLUMN: "ds"})[list(LONG_COLUMNS)].reset_index(drop=True)
+
+
+def original_ids(data: SeriesInput) -> dict[str, Any]:
+    """The ``unique_id`` values of long-format ``data`` by their text (what the columns are named)."""
+    try:
+        if isinstance(data, pd.DataFrame):
+            column = data.rename(columns=lambda c: str(c).strip())["unique_id"]
+        elif isinstance(data, (str, os.PathLike)):
+            column = pd.read_csv(data, usecols=lambda c: str(c).strip() == "unique_id").iloc[:, 0]
+        else:
+            return {}
+    except (KeyError, IndexError, ValueError, OSError):
+        return {}
+    return {str(v): v.item() if isinstance(v, np.generic) else v for v in pd.unique(column)}
 
 
 def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str:
@@ -173,14 +199,32 @@ def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str
     if offset is not None:
         return str(pd.tseries.frequencies.to_offset(offset).freqstr)
     steps = pd.TimedeltaIndex(timestamps[1:] - timestamps[:-1])  # unit-safe (ns, us or s resolution)
+    repeated = np.flatnonzero(np.asarray(steps == pd.Timedelta(0)))
+    if repeated.size:
+        i = int(repeated[0])
+        raise DataError(
+            f"{source}: rows {i + 1} and {i + 2} have the same timestamp {timestamps[i]}; a forecast needs "
+            "one row per timestamp: drop the repeats, e.g. df = df.drop_duplicates('date')"
+        )
     usual = steps.value_counts().idxmax()
     i = int(np.argmax(np.asarray(steps != usual)))
+    alias = _step_alias(usual)
     raise DataError(
         f"{source}: the timestamps are not evenly spaced, so the dates of the forecast cannot be "
         f"inferred: the usual step is {usual} but rows {i + 1} -> {i + 2} "
-        f"({timestamps[i]} -> {timestamps[i + 1]}) are {steps[i]} apart. "
-        "Fill the gaps first, e.g. df.set_index('date').asfreq('h').interpolate().reset_index()"
+        f"({timestamps[i]} -> {timestamps[i + 1]}) are {steps[i]} apart. Fill the gaps first, e.g. "
+        f"df['date'] = pd.to_datetime(df['date']); "
+        f"df = df.set_index('date').asfreq({alias!r}).interpolate().reset_index()"
     )
+
+
+def _step_alias(step: pd.Timedelta) -> str:
+    """A pandas frequency alias for a fixed step, in the largest whole unit (``D``, ``3h``, ``15min``)."""
+    for unit, alias in (("1D", "D"), ("1h", "h"), ("1min", "min"), ("1s", "s")):
+        if step % pd.Timedelta(unit) == pd.Timedelta(0):
+            count = int(step // pd.Timedelta(unit))
+            return alias if count == 1 else f"{count}{alias}"
+    return str(pd.tseries.frequencies.to_offset(step).freqstr)
 
 
 def check_spacing(timestamps: pd.DatetimeIndex, frequency: str, source: str = "data") -> None:
@@ -192,11 +236,14 @@ def check_spacing(timestamps: pd.DatetimeIndex, frequency: str, source: str = "d
         raise DataError(
             f"{source}: the last timestamp {timestamps[-1]} is not on the model's frequency {frequency!r}"
         )
-    i = int(np.argmax(np.asarray(expected != pd.DatetimeIndex(timestamps))))
+    # the gap is after the last row that is off the grid counted back from the final timestamp
+    i = int(np.flatnonzero(np.asarray(expected != pd.DatetimeIndex(timestamps)))[-1])
+    n = len(timestamps)
     raise DataError(
-        f"{source}: the last {len(timestamps)} rows (the model's context) must be evenly spaced at the "
-        f"frequency the model was fitted on ({frequency!r}); row {len(timestamps) - i} from the end has "
-        f"{timestamps[i]}, expected {expected[i]}. Fill gaps or resample to {frequency!r}"
+        f"{source}: the last {n} rows (the model's context) must be evenly spaced at the frequency the "
+        f"model was fitted on ({frequency!r}); rows {n - i} -> {n - i - 1} from the end "
+        f"({timestamps[i]} -> {timestamps[i + 1]}) are not one step apart. Fill gaps or resample to "
+        f"{frequency!r}"
     )
 
 
@@ -518,7 +565,7 @@ class Forecaster:
         dates = future_timestamps(frame.timestamps[-1], frequency, self.prediction_length)
         wide = pd.DataFrame(values, columns=self.columns)
         wide.insert(0, DATE_COLUMN, dates)
-        return wide if layout == "wide" else wide_to_long(wide)
+        return wide if layout == "wide" else wide_to_long(wide, original_ids(data))
 
     def plot(
         self,
@@ -745,7 +792,7 @@ def forecast_to_csv(
     forecaster = Forecaster.load(model_dir)
     frame, layout = load_series(data)
     forecast = forecaster.predict(frame)  # wide
-    written = forecast if layout == "wide" else wide_to_long(forecast)
+    written = forecast if layout == "wide" else wide_to_long(forecast, original_ids(data))
     write_text(output, written.to_csv(index=False, lineterminator="\n"))
     if plot is not None:
         forecaster.plot(frame, forecast, plot, history_rows=history_rows)

@@ -94,7 +94,25 @@ def _validate(df: pd.DataFrame, source: str, *, file_lines: bool) -> TimeSeriesF
         close = [c for c in df.columns if c.lower() in ("date", "datetime", "time", "timestamp")]
         if close:
             hint = f"; rename column {close[0]!r} to 'date'"
+        elif len(df.columns) == 1 and (sep := next((s for s in ";\t|" if s in df.columns[0]), None)):
+            hint = (
+                f"; the file seems to be separated by {sep!r}, not commas: convert it with "
+                f"pd.read_csv(path, sep={sep!r}).to_csv(new_path, index=False) (add decimal=',' if "
+                "its numbers use decimal commas)"
+            )
         raise DataError(f"{source}: no `date` column (columns found: {found}){hint}")
+    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if repeated:
+        raise DataError(
+            f"{source}: column name(s) {repeated} appear more than once (names are compared without "
+            "leading and trailing spaces); give every column its own name"
+        )
+    unnamed = [c for c in df.columns if c.startswith("Unnamed: ")]
+    if unnamed:
+        raise DataError(
+            f"{source}: column {unnamed[0]!r} has no name in the header; it is usually a row index that "
+            "df.to_csv(path) wrote: save with df.to_csv(path, index=False), or drop the column"
+        )
     if len(df) == 0:
         raise DataError(f"{source}: the file has a header but no data rows")
     columns = [c for c in df.columns if c != DATE_COLUMN]
@@ -115,9 +133,7 @@ def _parse_dates(column: pd.Series, source: str, file_lines: bool) -> pd.Datetim
         return pd.DatetimeIndex(column)
     text = column if pd.api.types.is_string_dtype(column) else column.astype(str)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "could not infer format" on a bad first row
-            parsed = pd.to_datetime(text, errors="coerce")
+        parsed = parse_timestamps(text, source)
     except (ValueError, TypeError) as exc:
         raise DataError(f"{source}: column 'date': cannot parse the dates ({exc})") from None
     bad = parsed.isna().to_numpy()
@@ -129,6 +145,27 @@ def _parse_dates(column: pd.Series, source: str, file_lines: bool) -> pd.Datetim
             "Use one format for every row, e.g. 2016-07-01 00:00:00"
         )
     return pd.DatetimeIndex(parsed)
+
+
+def parse_timestamps(text: pd.Series, source: str) -> pd.Series:
+    """``pd.to_datetime`` of date strings (unparsable ones NaT). Timestamps whose UTC offsets differ
+    (a local clock across daylight saving: +01:00 in winter, +02:00 in summer) are converted to UTC,
+    where the steps are even again, with a warning that says so."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "could not infer format" on a bad first row
+        try:
+            return pd.to_datetime(text, errors="coerce")
+        except ValueError as exc:
+            if "utc=True" not in str(exc):  # pandas: "Mixed timezones detected. Pass utc=True ..."
+                raise
+            parsed = pd.to_datetime(text, errors="coerce", utc=True)
+    warnings.warn(
+        f"{source}: the timestamps carry different UTC offsets (daylight saving?); converted to UTC, "
+        "so the forecast's timestamps are in UTC too",
+        UserWarning,
+        stacklevel=3,
+    )
+    return parsed
 
 
 def _check_order(timestamps: pd.DatetimeIndex, values: np.ndarray, source: str, file_lines: bool) -> None:
@@ -159,8 +196,9 @@ def _check_order(timestamps: pd.DatetimeIndex, values: np.ndarray, source: str, 
         )
     rows = ", ".join(_row(int(i), file_lines) for i in repeats[:3])
     warnings.warn(
-        f"{source}: {repeats.size} row(s) repeat the previous row exactly ({rows}); "
-        "kept as published so that split borders match the benchmark",
+        f"{source}: {repeats.size} row(s) repeat the previous row exactly ({rows}); kept (a benchmark "
+        "file must keep them so that its split borders stay where they are published); if they are "
+        "mistakes, drop them with df.drop_duplicates('date')",
         UserWarning,
         stacklevel=4,
     )
