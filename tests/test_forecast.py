@@ -287,6 +287,19 @@ def test_loading_what_is_not_a_saved_forecaster_is_a_checkpoint_error(fitted, tm
         Forecaster.load(saved)
 
 
+def test_a_second_fit_into_a_directory_replaces_the_first_fit_s_curves(tmp_path):
+    from ecalf.forecast import fit_and_save
+    from ecalf.tracking import read_jsonl
+
+    kwargs = {"model": "dlinear", "context_length": L, "prediction_length": H, "batch_size": 32}
+    kwargs["verbose"] = False
+    fit_and_save(_series(), tmp_path / "m", epochs=2, overrides=["training.tracking=tensorboard"], **kwargs)
+    assert (tmp_path / "m" / "tensorboard").is_dir()
+    fit_and_save(_series(), tmp_path / "m", epochs=1, **kwargs)  # default tracking: metrics.jsonl
+    assert not (tmp_path / "m" / "tensorboard").exists()  # no curves of the earlier fit left to mix in
+    assert [row.get("epoch") for row in read_jsonl(tmp_path / "m" / "metrics.jsonl") if "epoch" in row] == [1]
+
+
 def test_save_refuses_a_directory_holding_other_files(fitted, tmp_path):
     forecaster, _ = fitted
     (tmp_path / "notes.txt").write_text("mine")

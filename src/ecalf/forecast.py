@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
@@ -754,9 +755,13 @@ def fit_and_save(
     """``ecalf fit``: fit a Forecaster on ``data`` and save it to ``output_dir``.
 
     The output directory is checked before training; the per-epoch tracking (``training.tracking``,
-    ``metrics.jsonl`` by default) is written into it while fitting.
+    ``metrics.jsonl`` by default) is written into it while fitting, after the tracking of an earlier
+    save there is removed (its curves would otherwise mix with this fit's).
     """
-    check_output_dir(output_dir)
+    path = check_output_dir(output_dir)
+    (path / JSONL_FILE).unlink(missing_ok=True)
+    if (path / TENSORBOARD_DIR).is_dir():
+        shutil.rmtree(path / TENSORBOARD_DIR)
     model_options, training_options, seed = options_from_overrides(overrides)
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         if value is not None:
