@@ -129,9 +129,10 @@ def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"{source}: no rows")
     ids = df["unique_id"].astype(str)
+    ds = df["ds"]
     try:
-        text = df["ds"] if pd.api.types.is_datetime64_any_dtype(df["ds"]) else df["ds"].astype(str)
-        ds = text if pd.api.types.is_datetime64_any_dtype(text) else parse_timestamps(text, source)
+        if not pd.api.types.is_datetime64_any_dtype(ds):
+            ds = parse_timestamps(ds, source)
     except (ValueError, TypeError) as exc:
         raise DataError(f"{source}: column 'ds': cannot parse the timestamps ({exc})") from None
     bad = ds.isna().to_numpy()

@@ -147,18 +147,18 @@ def _parse_dates(column: pd.Series, source: str, file_lines: bool) -> pd.Datetim
     return pd.DatetimeIndex(parsed)
 
 
-def parse_timestamps(text: pd.Series, source: str) -> pd.Series:
+def parse_timestamps(values: pd.Series, source: str) -> pd.Series:
     """``pd.to_datetime`` of date strings (unparsable ones NaT). Timestamps whose UTC offsets differ
     (a local clock across daylight saving: +01:00 in winter, +02:00 in summer) are converted to UTC,
     where the steps are even again, with a warning that says so."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "could not infer format" on a bad first row
         try:
-            return pd.to_datetime(text, errors="coerce")
+            return pd.to_datetime(values, errors="coerce")
         except ValueError as exc:
             if "utc=True" not in str(exc):  # pandas: "Mixed timezones detected. Pass utc=True ..."
                 raise
-            parsed = pd.to_datetime(text, errors="coerce", utc=True)
+            parsed = pd.to_datetime(values, errors="coerce", utc=True)
     warnings.warn(
         f"{source}: the timestamps carry different UTC offsets (daylight saving?); converted to UTC, "
         "so the forecast's timestamps are in UTC too",
