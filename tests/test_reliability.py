@@ -520,3 +520,18 @@ def test_writing_onto_a_directory_says_so(tmp_path):
     with pytest.raises(EcalfError, match="it is a directory; give the path of a file instead"):
         write_text(tmp_path, "forecast")
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_ecalf_warnings_print_as_one_line_on_the_command_line(tmp_path, capsys):
+    import warnings
+
+    path = write_synthetic_csv(tmp_path / "toy.csv", num_rows=300, num_channels=2, seed=1)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:50], lines[49], *lines[50:]]) + "\n")  # one row repeated exactly
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["data", "info", str(path), "--context-length", "24", "--prediction-length", "12"]) == 0
+    err = capsys.readouterr().err
+    assert "ecalf: warning: " in err and "repeat the previous row exactly" in err and "UserWarning" not in err
+    assert warnings.showwarning is before  # the command leaves Python's warning display as it found it

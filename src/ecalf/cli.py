@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ecalf.errors import EcalfError
@@ -193,8 +195,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for path in write_report(args.results, args.output_dir, compare=args.compare, published=published):
         print(path)
     if args.histories:
-        from pathlib import Path
-
         from ecalf.histories import write_histories
 
         name = f"{Path(args.results).stem}_histories.csv"
@@ -463,10 +463,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints ecalf's own warnings as one line, ``ecalf: warning:
+    ...``, and hands the others (torch's, pandas') to ``show``."""
+    package = Path(__file__).resolve().parent
+
+    def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:  # fmt: skip
+        if Path(filename).resolve().is_relative_to(package):
+            print(f"ecalf: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     saved = dict(os.environ)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(shown)
     if getattr(args, "quiet", False):
         # The libraries' own bars (GGUF conversion, weight loading, downloads) go quiet too. Both are
         # read when tqdm / huggingface_hub are first imported, which happens inside the command.
@@ -487,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":
