@@ -96,3 +96,23 @@ def test_no_history_at_all_says_where_the_run_dirs_were_looked_for(tmp_path, mon
     results = _results(tmp_path, [_row("calf", _run(tmp_path, "calf", [_epoch(1, 0.9)]), 1)])
     with pytest.raises(EcalfError, match=r"read relative to .*elsewhere; run the report from the directory"):
         write_histories(results)
+
+
+def test_a_rewrite_keeps_the_epochs_of_runs_whose_directories_are_gone(tmp_path, monkeypatch):
+    """A results file carried to another machine: its old rows' run dirs are not there, only the new
+    runs'. Written again, the table keeps the old runs' epochs from the earlier file."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    old = _run(tmp_path, "old", [_epoch(1, 0.9), _epoch(2, 0.8)])
+    results = _results(tmp_path, [_row("calf", old, 2)])
+    write_histories(results)
+    shutil.rmtree(tmp_path / old)  # the run directory stayed behind on the first machine
+    new = _run(tmp_path, "new", [_epoch(1, 0.7)])
+    results = _results(tmp_path, [_row("calf", old, 2), _row("ecalf", new, 1, seed=2022)])
+    path, left_out = write_histories(results)
+    table = pd.read_csv(path)
+    assert left_out == [] and list(table["run_dir"]) == [old, old, new]  # in the results file's order
+    assert list(table["val_mse"]) == [0.9, 0.8, 0.7]
+    (tmp_path / "grid_histories.csv").unlink()  # without the earlier file the old run is named as gone
+    assert write_histories(results)[1] == [f"{old} (no metrics.json)"]

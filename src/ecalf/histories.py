@@ -8,14 +8,17 @@ report or a document says about training curves can be checked from a committed 
 from run directories that stay on the machine that ran them.
 
 A run directory that is missing, or whose history no longer matches its results row (a different
-number of epochs: the directory was overwritten by another run), is left out and named.
+number of epochs: the directory was overwritten by another run), is left out and named. Written
+again, the table keeps the earlier file's epochs of runs whose directories are gone (a results file
+carried to another machine, where only the new runs have directories), as the results CSV keeps
+their rows.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ import pandas as pd
 from ecalf.artifacts import read_json, write_text
 from ecalf.benchmark import read_results
 from ecalf.errors import EcalfError
+
+NO_METRICS = "no metrics.json"
 
 KEYS = ["model", "dataset", "target", "setting", "horizon", "seed"]
 """Columns that name a results row in the histories table (a cell and its seed)."""
@@ -47,6 +52,8 @@ class Histories:
     """One row per (results row, epoch): :data:`KEYS`, ``run_dir``, then the flattened epoch."""
     left_out: list[str]
     """``run_dir (why)`` of each results row whose history could not be read or did not match."""
+    missing: list[str] = field(default_factory=list)
+    """The ``run_dir`` of each results row whose directory holds no metrics.json (among ``left_out``)."""
 
 
 def _history_of(row: Mapping[str, str], root: Path) -> tuple[list[dict[str, Any]], str | None]:
@@ -54,7 +61,7 @@ def _history_of(row: Mapping[str, str], root: Path) -> tuple[list[dict[str, Any]
     run_dir = Path(row.get("run_dir", ""))
     path = (run_dir if run_dir.is_absolute() else root / run_dir) / "metrics.json"
     if not row.get("run_dir") or not path.is_file():
-        return [], "no metrics.json"
+        return [], NO_METRICS
     try:
         metrics = read_json(path)
         epochs = int(row.get("epochs") or 0)
@@ -71,18 +78,49 @@ def collect_histories(rows: Sequence[Mapping[str, str]], root: str | os.PathLike
     directories are read from ``root``. Rows of untrained models (no epochs) add nothing."""
     records: list[dict[str, Any]] = []
     left_out: list[str] = []
+    missing: list[str] = []
     for row in rows:
         history, why = _history_of(row, Path(root))
         if why is not None:
             left_out.append(f"{row.get('run_dir', '')} ({why})")
+            if why == NO_METRICS:
+                missing.append(row.get("run_dir", ""))
             continue
         key = {k: row.get(k, "") for k in KEYS}
         records.extend({**key, "run_dir": row["run_dir"], **flatten_epoch(e)} for e in history)
     table = pd.DataFrame.from_records(records)
-    if not table.empty:  # fixed columns first, then the loss parts and adapted values by name
-        fixed = [*KEYS, "run_dir", "epoch", *[c for c in SCALARS if c in table.columns]]
-        table = table[fixed + sorted(c for c in table.columns if c not in fixed)]
-    return Histories(table, left_out)
+    if not table.empty:
+        table = _order(table)
+    return Histories(table, left_out, missing)
+
+
+def _order(table: pd.DataFrame) -> pd.DataFrame:
+    """Fixed columns first, then the loss parts and adapted values by name."""
+    fixed = [*KEYS, "run_dir", "epoch", *[c for c in SCALARS if c in table.columns]]
+    return table[fixed + sorted(c for c in table.columns if c not in fixed)]
+
+
+def _kept_from(path: Path, found: Histories, rows: Sequence[Mapping[str, str]]) -> Histories:
+    """``found`` with the epochs that the earlier table at ``path`` holds for runs whose directories
+    are gone, in the results file's order; those runs are no longer left out."""
+    if not found.missing or not path.is_file():
+        return found
+    try:
+        earlier = pd.read_csv(path, keep_default_na=True)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return found  # not a table we wrote: nothing to keep
+    if "run_dir" not in earlier.columns:
+        return found
+    kept = earlier[earlier["run_dir"].isin(found.missing)]
+    if kept.empty:
+        return found
+    recovered = set(kept["run_dir"])
+    rank = {run_dir: i for i, run_dir in enumerate(row.get("run_dir", "") for row in rows)}
+    table = pd.concat([found.table, kept], ignore_index=True)
+    table = table.assign(_rank=table["run_dir"].map(rank)).sort_values("_rank", kind="stable")
+    table = _order(table.drop(columns="_rank").reset_index(drop=True))
+    left_out = [item for item in found.left_out if item.rsplit(" (", 1)[0] not in recovered]
+    return Histories(table, left_out, [m for m in found.missing if m not in recovered])
 
 
 def write_histories(
@@ -96,13 +134,13 @@ def write_histories(
     rows = read_results(source)
     if not rows:
         raise EcalfError(f"{source} holds no results (or does not exist); run `ecalf benchmark GRID` first")
-    found = collect_histories(rows, root)
+    path = Path(output) if output is not None else source.with_name(f"{source.stem}_histories.csv")
+    found = _kept_from(path, collect_histories(rows, root), rows)
     if found.table.empty:
         raise EcalfError(
             f"no training history found for the {len(rows)} rows of {source}: their run directories "
             f"(e.g. {rows[0].get('run_dir', '')}) are read relative to {Path(root).resolve()}; run the "
             "report from the directory the benchmark ran in, or the models trained no epoch"
         )
-    path = Path(output) if output is not None else source.with_name(f"{source.stem}_histories.csv")
     text = found.table.to_csv(index=False, float_format="%.6g")
     return write_text(path, text), found.left_out
