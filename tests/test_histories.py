@@ -71,10 +71,11 @@ def test_histories_list_every_epoch_of_every_matching_row(tmp_path):
     assert list(table[table["model"] == "ecalf"]["values/alignment_score"]) == [0.7, 0.9]
     assert table[table["model"] == "calf"]["values/alignment_score"].isna().all()
     assert found.left_out[:2] == [
-        "runs/stale (1 epochs in metrics.json, 4 in the results row)",
-        "runs/gone (no metrics.json)",
+        ("runs/stale", "1 epochs in metrics.json, 4 in the results row"),
+        ("runs/gone", "no metrics.json"),
     ]
-    assert len(found.left_out) == 3 and found.left_out[2].startswith("runs/broken (unreadable: ")
+    assert len(found.left_out) == 3 and found.left_out[2][0] == "runs/broken"
+    assert found.left_out[2][1].startswith("unreadable: ") and found.missing == {"runs/gone"}
 
 
 def test_write_histories_beside_the_csv_and_from_the_cli(tmp_path, monkeypatch, capsys):
@@ -115,4 +116,4 @@ def test_a_rewrite_keeps_the_epochs_of_runs_whose_directories_are_gone(tmp_path,
     assert left_out == [] and list(table["run_dir"]) == [old, old, new]  # in the results file's order
     assert list(table["val_mse"]) == [0.9, 0.8, 0.7]
     (tmp_path / "grid_histories.csv").unlink()  # without the earlier file the old run is named as gone
-    assert write_histories(results)[1] == [f"{old} (no metrics.json)"]
+    assert write_histories(results)[1] == [(old, "no metrics.json")]

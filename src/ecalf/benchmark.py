@@ -50,7 +50,6 @@ from ecalf.config import (
     apply_overrides,
     from_dict,
     load_run_config,
-    missing_settings,
     run_config_from_dict,
 )
 from ecalf.errors import ConfigError, EcalfError
@@ -442,22 +441,17 @@ def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool 
     whose config.yaml lacks a setting this code has (older code wrote it; which value it trained with
     is unknown, e.g. ``training.dropout_masks``, whose default is not what earlier code did).
     """
-    from ecalf.run import RunResult, same_training
+    from ecalf.run import RunResult, saved_settings_gap
 
     own = runs_dir / run_id
     others = sorted(runs_dir.parent.glob(f"*/{run_id}")) if siblings else []
     candidates = [own, *(p for p in others if p != own)]
     for path in candidates:
-        if not (path / "metrics.json").is_file() or not (path / "config.yaml").is_file():
+        if not (path / "metrics.json").is_file() or saved_settings_gap(path, config) != []:
             continue
         try:
-            written = read_yaml(path / "config.yaml")
-            if not isinstance(written, dict):  # damaged: not ours
-                continue
-            saved = run_config_from_dict(written, str(path / "config.yaml"))
-            if same_training(saved, config) and not missing_settings(written, config):
-                return RunResult(path, read_json(path / "metrics.json"))
-        except (EcalfError, OSError, ValueError):  # another version's or a damaged run: not ours
+            return RunResult(path, read_json(path / "metrics.json"))
+        except (EcalfError, OSError, ValueError):  # a damaged run: not ours
             continue
     return None
 

@@ -197,12 +197,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.histories:
         from ecalf.histories import write_histories
 
-        name = f"{Path(args.results).stem}_histories.csv"
-        output = Path(args.output_dir) / name if args.output_dir else None
-        path, left_out = write_histories(args.results, output)
+        path, left_out = write_histories(args.results, args.output_dir)
         print(path)
-        for item in left_out:
-            print(f"  left out: {item}", file=sys.stderr)
+        for run_dir, why in left_out:
+            print(f"  left out: {run_dir} ({why})", file=sys.stderr)
     return 0
 
 

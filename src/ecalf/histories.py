@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,13 @@ def flatten_epoch(entry: Mapping[str, Any]) -> dict[str, Any]:
 class Histories:
     table: pd.DataFrame
     """One row per (results row, epoch): :data:`KEYS`, ``run_dir``, then the flattened epoch."""
-    left_out: list[str]
-    """``run_dir (why)`` of each results row whose history could not be read or did not match."""
-    missing: list[str] = field(default_factory=list)
-    """The ``run_dir`` of each results row whose directory holds no metrics.json (among ``left_out``)."""
+    left_out: list[tuple[str, str]]
+    """``(run_dir, why)`` of each results row whose history could not be read or did not match."""
+
+    @property
+    def missing(self) -> set[str]:
+        """The run directories among ``left_out`` that hold no metrics.json (gone, or never here)."""
+        return {run_dir for run_dir, why in self.left_out if why == NO_METRICS}
 
 
 def _history_of(row: Mapping[str, str], root: Path) -> tuple[list[dict[str, Any]], str | None]:
@@ -77,21 +80,18 @@ def collect_histories(rows: Sequence[Mapping[str, str]], root: str | os.PathLike
     """The histories of ``rows`` (as :func:`ecalf.benchmark.read_results` returns them); relative run
     directories are read from ``root``. Rows of untrained models (no epochs) add nothing."""
     records: list[dict[str, Any]] = []
-    left_out: list[str] = []
-    missing: list[str] = []
+    left_out: list[tuple[str, str]] = []
     for row in rows:
         history, why = _history_of(row, Path(root))
         if why is not None:
-            left_out.append(f"{row.get('run_dir', '')} ({why})")
-            if why == NO_METRICS:
-                missing.append(row.get("run_dir", ""))
+            left_out.append((row.get("run_dir", ""), why))
             continue
         key = {k: row.get(k, "") for k in KEYS}
         records.extend({**key, "run_dir": row["run_dir"], **flatten_epoch(e)} for e in history)
     table = pd.DataFrame.from_records(records)
     if not table.empty:
         table = _order(table)
-    return Histories(table, left_out, missing)
+    return Histories(table, left_out)
 
 
 def _order(table: pd.DataFrame) -> pd.DataFrame:
@@ -119,22 +119,21 @@ def _kept_from(path: Path, found: Histories, rows: Sequence[Mapping[str, str]]) 
     table = pd.concat([found.table, kept], ignore_index=True)
     table = table.assign(_rank=table["run_dir"].map(rank)).sort_values("_rank", kind="stable")
     table = _order(table.drop(columns="_rank").reset_index(drop=True))
-    left_out = [item for item in found.left_out if item.rsplit(" (", 1)[0] not in recovered]
-    return Histories(table, left_out, [m for m in found.missing if m not in recovered])
+    return Histories(table, [item for item in found.left_out if item[0] not in recovered])
 
 
 def write_histories(
     results: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] = ".",
-) -> tuple[Path, list[str]]:
-    """Write ``<stem>_histories.csv`` beside the results CSV (or at ``output``); return it and the
-    rows left out."""
+) -> tuple[Path, list[tuple[str, str]]]:
+    """Write ``<stem>_histories.csv`` beside the results CSV (or in ``output_dir``, as
+    :func:`ecalf.report.write_report`); return it and the ``(run_dir, why)`` of the rows left out."""
     source = Path(results)
     rows = read_results(source)
     if not rows:
         raise EcalfError(f"{source} holds no results (or does not exist); run `ecalf benchmark GRID` first")
-    path = Path(output) if output is not None else source.with_name(f"{source.stem}_histories.csv")
+    path = (Path(output_dir) if output_dir is not None else source.parent) / f"{source.stem}_histories.csv"
     found = _kept_from(path, collect_histories(rows, root), rows)
     if found.table.empty:
         raise EcalfError(

@@ -488,20 +488,26 @@ def environment(world_size: int = 1) -> dict[str, Any]:
     }
 
 
-def older_code_settings(run_dir: str | os.PathLike[str], config: RunConfig) -> list[str]:
-    """The settings of ``config`` that ``run_dir``'s config.yaml lacks when that file is otherwise a
-    run of ``config`` (older code, which had no such setting, started it); none when the directory
-    holds no config.yaml, an unreadable one, or one of another config."""
+def saved_settings_gap(run_dir: str | os.PathLike[str], config: RunConfig) -> list[str] | None:
+    """How ``run_dir``'s config.yaml stands to ``config``: None when it is absent, unreadable or
+    trains something else; otherwise the settings of ``config`` it lacks (older code, which had no
+    such setting, wrote it), an empty list when it is a run of ``config`` by this code."""
     saved = Path(run_dir) / "config.yaml"
     try:
         written = read_yaml(saved) if saved.is_file() else None
         if not isinstance(written, dict):
-            return []
+            return None
         if not same_training(run_config_from_dict(written, str(saved)), config):
-            return []
-    except (EcalfError, OSError, ValueError):
-        return []
+            return None
+    except (EcalfError, OSError, ValueError):  # another version's or a damaged run: not ours
+        return None
     return missing_settings(written, config)
+
+
+def older_code_settings(run_dir: str | os.PathLike[str], config: RunConfig) -> list[str]:
+    """The settings of ``config`` that ``run_dir``'s config.yaml lacks when that file is otherwise a
+    run of ``config`` (:func:`saved_settings_gap`); none in every other case."""
+    return saved_settings_gap(run_dir, config) or []
 
 
 def git_commit(directory: str | os.PathLike[str] | None = None) -> str | None:

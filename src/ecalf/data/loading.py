@@ -101,7 +101,7 @@ def _validate(df: pd.DataFrame, source: str, *, file_lines: bool) -> TimeSeriesF
                 "its numbers use decimal commas)"
             )
         raise DataError(f"{source}: no `date` column (columns found: {found}){hint}")
-    repeated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    repeated = sorted(set(df.columns[df.columns.duplicated()]))
     if repeated:
         raise DataError(
             f"{source}: column name(s) {repeated} appear more than once (names are compared without "
