@@ -166,8 +166,8 @@ def test_wide_and_long_formats_give_the_same_forecast(fitted, tmp_path):
 
     csv = tmp_path / "long.csv"
     long.to_csv(csv, index=False)
-    frame, layout = load_series(csv)
-    assert layout == "long" and frame.columns == ["x0", "OT"]
+    frame, layout, ids = load_series(csv)
+    assert layout == "long" and frame.columns == ["x0", "OT"] and ids == {"x0": "x0", "OT": "OT"}
     np.testing.assert_array_equal(frame.values, wide[["x0", "OT"]].to_numpy(dtype=np.float32))
 
 
@@ -262,7 +262,7 @@ def test_a_local_clock_across_daylight_saving_is_read_in_utc(fitted):
     assert len(from_long) == 2 * H
 
 
-def test_long_format_ids_come_back_as_given(fitted):
+def test_long_format_ids_come_back_as_given(fitted, tmp_path):
     _, data = fitted
     numbered = data.rename(columns={"x0": "1", "OT": "2"})
     model = _forecaster().fit(numbered, verbose=False)
@@ -270,6 +270,10 @@ def test_long_format_ids_come_back_as_given(fitted):
     forecast = model.predict(long)
     assert forecast["unique_id"].tolist() == [1] * H + [2] * H
     assert len(long.merge(forecast, on="unique_id")) > 0  # merges back onto the user's frame
+    long.to_csv(tmp_path / "long.csv", index=False)  # and from a file, read once
+    from_file = model.predict(tmp_path / "long.csv")
+    assert from_file["unique_id"].tolist() == [1] * H + [2] * H
+    np.testing.assert_array_equal(from_file["y"].to_numpy(), forecast["y"].to_numpy())
 
 
 def test_loading_what_is_not_a_saved_forecaster_is_a_checkpoint_error(fitted, tmp_path):

@@ -128,3 +128,16 @@ def test_git_commit_names_the_checkout_and_says_when_its_code_is_uncommitted(tmp
     (tmp_path / "venv" / "ecalf").mkdir(parents=True)  # installed inside a checkout, not tracked
     (tmp_path / "venv" / "ecalf" / "run.py").write_text("")
     assert git_commit(tmp_path / "venv" / "ecalf") is None
+
+
+def test_a_run_reads_its_commit_once_and_logs_and_records_the_same(tmp_path, tiny_run_config, monkeypatch):
+    """The commit is read when the run starts (the code this process imported): an edit during a long run
+    must not make train.log and metrics.json disagree, nor cost a second ``git status``."""
+    import ecalf.run
+
+    answers = iter(["a" * 40, "b" * 40 + "-dirty"])
+    monkeypatch.setattr(ecalf.run, "git_commit", lambda directory=None: next(answers))
+    result = run_experiment(tiny_run_config(TINY_CALF, "training.epochs=1"), tmp_path / "run", echo=None)
+    assert f"commit {'a' * 40}" in (result.run_dir / "train.log").read_text()
+    assert result.metrics["environment"]["git_commit"] == "a" * 40
+    assert next(answers) == "b" * 40 + "-dirty"  # not consumed: one reading for both

@@ -38,7 +38,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, Literal, NamedTuple, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -86,10 +86,20 @@ _FIXED_MODEL_KEYS = {
 # --------------------------------------------------------------------------------------------------
 
 
-def load_series(data: SeriesInput, source: str | None = None) -> tuple[TimeSeriesFrame, Layout]:
+class LoadedSeries(NamedTuple):
+    """What :func:`load_series` read: the wide series, the input's layout and, for long input, its
+    ``unique_id`` values by their text (what the wide columns are named), so that a forecast goes back
+    with the user's own ids (integers stay integers)."""
+
+    frame: TimeSeriesFrame
+    layout: Layout
+    ids: dict[str, Any]
+
+
+def load_series(data: SeriesInput, source: str | None = None) -> LoadedSeries:
     """A validated wide series from a CSV path, a wide/long DataFrame or a frame; and its layout."""
     if isinstance(data, TimeSeriesFrame):
-        return data, "wide"
+        return LoadedSeries(data, "wide", {})
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.is_file():
@@ -99,22 +109,30 @@ def load_series(data: SeriesInput, source: str | None = None) -> tuple[TimeSerie
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
             header = []  # read_csv below names the problem
         if DATE_COLUMN not in header and set(LONG_COLUMNS) <= set(header):
-            return frame_from_dataframe(long_to_wide(pd.read_csv(path), str(path)), str(path)), "long"
-        return read_csv(path), "wide"
+            return _from_long(pd.read_csv(path), str(path))
+        return LoadedSeries(read_csv(path), "wide", {})
     if isinstance(data, pd.DataFrame):
         name = source or "DataFrame"
         columns = {str(c).strip() for c in data.columns}
         if DATE_COLUMN not in columns and set(LONG_COLUMNS) <= columns:
-            return frame_from_dataframe(long_to_wide(data, name), name), "long"
+            return _from_long(data, name)
         if DATE_COLUMN not in columns and (
             isinstance(data.index, pd.DatetimeIndex) or data.index.name == DATE_COLUMN
         ):  # dates as the index (pd.read_csv(path, index_col="date") leaves them as strings)
             data = data.rename_axis(DATE_COLUMN).reset_index()
-        return frame_from_dataframe(data, name), "wide"
+        return LoadedSeries(frame_from_dataframe(data, name), "wide", {})
     raise DataError(
         f"expected a CSV path or a pandas DataFrame (wide: `date` + one column per series; long: "
         f"unique_id, ds, y), got {type(data).__name__}"
     )
+
+
+def _from_long(df: pd.DataFrame, source: str) -> LoadedSeries:
+    """Long-format rows, read once: the wide frame and the ``unique_id`` values by their text."""
+    frame = frame_from_dataframe(long_to_wide(df, source), source)
+    column = df.rename(columns=lambda c: str(c).strip())["unique_id"]
+    ids = {str(v): v.item() if isinstance(v, np.generic) else v for v in pd.unique(column)}
+    return LoadedSeries(frame, "long", ids)
 
 
 def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
@@ -174,20 +192,6 @@ def wide_to_long(df: pd.DataFrame, ids: Mapping[str, Any] | None = None) -> pd.D
         long["unique_id"] = pd.Series([ids.get(str(v), v) for v in long["unique_id"]], dtype=object)
         long["unique_id"] = long["unique_id"].infer_objects()
     return long.rename(columns={DATE_COLUMN: "ds"})[list(LONG_COLUMNS)].reset_index(drop=True)
-
-
-def original_ids(data: SeriesInput) -> dict[str, Any]:
-    """The ``unique_id`` values of long-format ``data`` by their text (what the columns are named)."""
-    try:
-        if isinstance(data, pd.DataFrame):
-            column = data.rename(columns=lambda c: str(c).strip())["unique_id"]
-        elif isinstance(data, (str, os.PathLike)):
-            column = pd.read_csv(data, usecols=lambda c: str(c).strip() == "unique_id").iloc[:, 0]
-        else:
-            return {}
-    except (KeyError, IndexError, ValueError, OSError):
-        return {}
-    return {str(v): v.item() if isinstance(v, np.generic) else v for v in pd.unique(column)}
 
 
 def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str:
@@ -466,7 +470,7 @@ class Forecaster:
         per-epoch values go there as ``training.tracking`` says (``metrics.jsonl`` by default).
         """
         require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
-        frame, _ = load_series(data)
+        frame = load_series(data).frame
         source = frame.source
         frequency = regular_frequency(frame.timestamps, source)
         L, H = self.context_length, self.prediction_length
@@ -549,7 +553,7 @@ class Forecaster:
             if self._int8 is None or self._int8[0] is not module:
                 self._int8 = (module, quantized_int8(module))
             module = cast(ForecastModel, self._int8[1])
-        frame, layout = load_series(data)
+        frame, layout, ids = load_series(data)
         frame = self._matching_channels(frame)
         L = self.context_length
         if frame.num_rows < L:
@@ -567,7 +571,7 @@ class Forecaster:
         dates = future_timestamps(frame.timestamps[-1], frequency, self.prediction_length)
         wide = pd.DataFrame(values, columns=self.columns)
         wide.insert(0, DATE_COLUMN, dates)
-        return wide if layout == "wide" else wide_to_long(wide, original_ids(data))
+        return wide if layout == "wide" else wide_to_long(wide, ids)
 
     def plot(
         self,
@@ -580,11 +584,11 @@ class Forecaster:
         """PNG of the recent history and the forecast, one panel per channel (forecast made if None)."""
         from ecalf.plots import plot_forecast
 
-        frame, _ = load_series(data)
+        frame = load_series(data).frame
         frame = self._matching_channels(frame)
         if forecast is None:
             forecast = self.predict(frame)
-        future, _ = load_series(forecast, "forecast")
+        future = load_series(forecast, "forecast").frame
         return plot_forecast(
             frame_to_wide(frame),
             frame_to_wide(future),
@@ -796,9 +800,9 @@ def forecast_to_csv(
     The CSV has the layout of the input (wide: ``date`` + channels; long: ``unique_id, ds, y``).
     """
     forecaster = Forecaster.load(model_dir)
-    frame, layout = load_series(data)
+    frame, layout, ids = load_series(data)
     forecast = forecaster.predict(frame)  # wide
-    written = forecast if layout == "wide" else wide_to_long(forecast, original_ids(data))
+    written = forecast if layout == "wide" else wide_to_long(forecast, ids)
     write_text(output, written.to_csv(index=False, lineterminator="\n"))
     if plot is not None:
         forecaster.plot(frame, forecast, plot, history_rows=history_rows)

@@ -192,7 +192,8 @@ def _run(
     try:
         counts = splits.window_counts()
         log(f"data {splits.spec.name}: {splits.train.num_channels} channels, windows {counts}")
-        log(f"code: ecalf {__version__}, commit {git_commit() or 'unknown (not a git checkout)'}")
+        commit = git_commit()  # read once: the code this process imported, not a later edit
+        log(f"code: ecalf {__version__}, commit {commit or 'unknown (not a git checkout)'}")
         build_start = time.perf_counter()
         model = build_model(config)
         params = count_parameters(model)
@@ -249,7 +250,7 @@ def _run(
             "peak_memory_mb": peak_memory_mb(),
             "parameters": params,
             "history": [dataclasses.asdict(r) for r in result.history],
-            "environment": environment(world_size=world.size),
+            "environment": environment(world_size=world.size, commit=commit),
         }
 
         def finish() -> None:
@@ -468,14 +469,15 @@ def peak_memory_mb() -> float:
         return float("nan")
 
 
-def environment(world_size: int = 1) -> dict[str, Any]:
-    """Provenance of a run; ``world_size``: processes of a data-parallel run (1: one process)."""
+def environment(world_size: int = 1, commit: str | None = None) -> dict[str, Any]:
+    """Provenance of a run; ``world_size``: processes of a data-parallel run (1: one process);
+    ``commit``: :func:`git_commit` when the caller has read it already (else it is read now)."""
     import peft
     import transformers
 
     return {
         "ecalf": __version__,
-        "git_commit": git_commit(),
+        "git_commit": commit if commit is not None else git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
