@@ -141,3 +141,33 @@ def test_a_run_reads_its_commit_once_and_logs_and_records_the_same(tmp_path, tin
     assert f"commit {'a' * 40}" in (result.run_dir / "train.log").read_text()
     assert result.metrics["environment"]["git_commit"] == "a" * 40
     assert next(answers) == "b" * 40 + "-dirty"  # not consumed: one reading for both
+
+
+def test_progress_bars_train_without_torch_warnings(tmp_path, tiny_run_config, monkeypatch):
+    """The bar's loss postfix reads a detached value: a user watching `ecalf train` sees no torch
+    warning about converting a tensor that requires grad."""
+    import warnings
+
+    import ecalf.training
+
+    monkeypatch.setattr(ecalf.training, "POSTFIX_SECONDS", 0.0)  # a postfix at every step
+    config = tiny_run_config(TINY_CALF, "training.epochs=1", "training.progress=true")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_experiment(config, tmp_path / "run", echo=None)
+    assert [str(w.message) for w in caught if "requires_grad" in str(w.message)] == []
+
+
+def test_cli_train_prints_the_test_metrics_once(tmp_path, synthetic_csv, capsys):
+    args = [
+        "train", "--config", TINY_CALF, "--output-dir", str(tmp_path / "run"),
+        "--set", f"data.dataset={synthetic_csv}", "--set", "data.context_length=48",
+        "--set", "data.prediction_length=12", "--set", "training.epochs=1",
+        "--set", "training.progress=false",
+    ]  # fmt: skip
+    assert main(args) == 0  # the echoed log has the test line; the summary adds the directory
+    out = capsys.readouterr().out
+    assert out.count("test mse") == 1 and "naive mse" in out and f"run directory: {tmp_path / 'run'}" in out
+    assert main([*args[:3], "--output-dir", str(tmp_path / "quiet"), *args[5:], "--quiet"]) == 0
+    quiet = capsys.readouterr().out
+    assert quiet.count("test mse") == 1 and "naive mse" in quiet and "epoch" not in quiet

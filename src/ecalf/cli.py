@@ -38,17 +38,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.quiet:
             config.training.progress = False
         result = run_experiment(config, args.output_dir, echo=echo)
-    _print_run_result(result.run_dir, result.metrics)
+    _print_run_result(result.run_dir, result.metrics, echoed=echo is not None)
     return 0
 
 
-def _print_run_result(run_dir: object, metrics: dict[str, Any]) -> None:
+def _print_run_result(run_dir: object, metrics: dict[str, Any], echoed: bool = False) -> None:
+    """The run directory, and the test metrics unless the echoed log has just printed them."""
     from ecalf.distributed import is_main_process
 
     if not is_main_process():  # under torchrun, rank 0 alone reports
         return
-    test, naive = metrics["test"], metrics["naive_test"]
     print(f"run directory: {run_dir}")
+    if echoed:
+        return
+    test, naive = metrics["test"], metrics["naive_test"]
     print(f"test mse {test['mse']:.4f} mae {test['mae']:.4f}", end=" | ")
     print(f"naive mse {naive['mse']:.4f} mae {naive['mae']:.4f}")
 
@@ -118,7 +121,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from ecalf.run import quickstart
 
     result = quickstart(args.output_dir, config_path=args.config, echo=None if args.quiet else print)
-    _print_run_result(result.run_dir, result.metrics)
+    _print_run_result(result.run_dir, result.metrics, echoed=not args.quiet)
     return 0
 
 

@@ -228,7 +228,7 @@ def _run(
             world=world,
         )
         naive = naive_metrics(splits, config.training.eval_batch_size)
-        log(f"test mse {test.mse:.4f} mae {test.mae:.4f} | naive {naive.mse:.4f} / {naive.mae:.4f}")
+        log(f"test mse {test.mse:.4f} mae {test.mae:.4f} | naive mse {naive.mse:.4f} mae {naive.mae:.4f}")
         metrics = {
             "model": model_name_for_config(type(config.model)),
             "dataset": splits.spec.name,

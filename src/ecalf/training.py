@@ -360,7 +360,7 @@ def train(
                 if step % FINITE_CHECK_STEPS == 0 or step == len(global_batches):
                     _stop_if_diverged(losses, world, model, best_state, state, epoch)
                 if show and time.perf_counter() - shown >= POSTFIX_SECONDS:
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                     shown = time.perf_counter()
             train_loss, loss_parts, seen = losses.means(world)
             train_seconds = time.perf_counter() - epoch_start
