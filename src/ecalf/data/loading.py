@@ -155,10 +155,11 @@ def parse_timestamps(values: pd.Series, source: str) -> pd.Series:
         warnings.simplefilter("ignore", UserWarning)  # "could not infer format" on a bad first row
         try:
             return pd.to_datetime(values, errors="coerce")
-        except ValueError as exc:
-            if "utc=True" not in str(exc):  # pandas: "Mixed timezones detected. Pass utc=True ..."
-                raise
-            parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        except ValueError as mixed:  # with errors="coerce", pandas raises for mixed UTC offsets ...
+            try:
+                parsed = pd.to_datetime(values, errors="coerce", utc=True)  # ... which UTC resolves
+            except ValueError:
+                raise mixed from None  # something else: the first parse's error says what
     warnings.warn(
         f"{source}: the timestamps carry different UTC offsets (daylight saving?); converted to UTC, "
         "so the forecast's timestamps are in UTC too",
