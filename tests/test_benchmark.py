@@ -162,6 +162,39 @@ def test_a_result_row_is_never_half_written(tmp_path, monkeypatch):
     assert path.read_bytes() == before
 
 
+def test_a_cell_s_row_is_written_once(tmp_path):
+    """Another benchmark process may have written the same cell's row: the second is not appended."""
+    path = tmp_path / "r.csv"
+    row = {c: "1" for c in RESULT_COLUMNS}
+    assert benchmark.append_result(path, {**row, "horizon": 96, "target": None})
+    before = path.read_bytes()
+    assert not benchmark.append_result(path, {**row, "horizon": "96", "target": "", "mse": "2"})
+    assert path.read_bytes() == before
+
+
+def test_benchmark_processes_sharing_a_results_file_lose_no_row(tmp_path):
+    """Two processes appending at once (two `ecalf benchmark` on one grid): every row arrives."""
+    path = tmp_path / "r.csv"
+    script = (
+        "import os, sys, time\n"
+        "from ecalf.benchmark import RESULT_COLUMNS, append_result\n"
+        "open(sys.argv[1] + '.ready-' + sys.argv[2], 'w').close()\n"
+        "while not os.path.exists(sys.argv[1] + '.go'):\n"
+        "    time.sleep(0.01)\n"
+        "row = {c: '1' for c in RESULT_COLUMNS}\n"
+        "for i in range(100):\n"
+        "    append_result(sys.argv[1], {**row, 'model': sys.argv[2], 'seed': i})\n"
+    )
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(path), name]) for name in "ab"]
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{path}.ready-{n}").exists() for n in "ab") and time.monotonic() < deadline:
+        time.sleep(0.05)  # both imported, then both start at once
+    Path(f"{path}.go").touch()
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    rows = read_results(path)
+    assert len(rows) == 200 and len({(r["model"], r["seed"]) for r in rows}) == 200
+
+
 def test_parallel_jobs_give_the_same_rows_as_one_process(synthetic_csv_dir, tmp_path, in_repo):
     one = _small_grid(tmp_path, results=str(tmp_path / "one.csv"), runs_dir=str(tmp_path / "r1"))
     two = _small_grid(

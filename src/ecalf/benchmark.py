@@ -330,16 +330,24 @@ def read_results(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(reader)
 
 
-def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
-    """Append one row atomically: the file is rewritten to a temporary sibling and renamed."""
-    rows = read_results(path)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
-    writer.writeheader()
-    for existing in rows:
-        writer.writerow(existing)
-    writer.writerow({k: _csv_value(row.get(k)) for k in RESULT_COLUMNS})
-    write_text(path, buffer.getvalue())
+def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
+    """Append one row atomically (the file is rewritten to a temporary sibling and renamed), under a
+    lock, so that benchmark processes sharing one results file neither lose each other's rows nor write
+    one cell twice: False, and nothing written, when a row of the same cell is already there."""
+    target = Path(path)
+    with _exclusive(target.with_name(f".{target.name}.lock")):
+        rows = read_results(target)
+        key = row_key({k: _csv_value(row.get(k)) for k in KEY_COLUMNS})
+        if any(row_key(existing) == key for existing in rows):
+            return False
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for existing in rows:
+            writer.writerow(existing)
+        writer.writerow({k: _csv_value(row.get(k)) for k in RESULT_COLUMNS})
+        write_text(target, buffer.getvalue())
+    return True
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -679,13 +687,15 @@ def run_benchmark(
             remaining.dropped(cell)
             bar.write(f"FAILED {cell.describe()}: {type(outcome).__name__}: {outcome}")
         else:
-            append_result(results_path, outcome)
+            written = append_result(results_path, outcome)
             finished += 1
             remaining.finished(cell, seconds)
             line = (
                 f"{cell.describe()}: mse {outcome['mse']:.4f} mae {outcome['mae']:.4f} "
                 f"(naive {outcome['naive_mse']:.4f}) in {seconds:.0f}s; {remaining.describe()}"
             )
+            if not written:
+                line += f" (not written: another benchmark process wrote this cell's row to {results_path})"
             bar.write(line) if progress else say(line)
         bar.set_postfix_str(remaining.describe(), refresh=False)
         bar.update(1)
