@@ -12,8 +12,9 @@ from safetensors import safe_open
 
 from ecalf.cli import main
 from ecalf.data import make_synthetic
+from ecalf.data.series import load_series
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
-from ecalf.forecast import Forecaster, load_series
+from ecalf.forecast import Forecaster
 from ecalf.registry import get_entry
 
 L, H = 24, 6

@@ -1,0 +1,203 @@
+"""A user's series in and out: the wide and long formats, their regular frequency and spacing, and the
+timestamps that continue them (what :mod:`ecalf.forecast` reads and writes).
+
+Wide: a ``date`` column + one numeric column per series. Long: ``unique_id, ds, y`` rows, pivoted to one
+column per ``unique_id`` (in order of appearance); a forecast goes back in the layout it came in, with
+the user's own ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeAlias
+
+import numpy as np
+import pandas as pd
+
+from ecalf.data.loading import DATE_COLUMN, TimeSeriesFrame, frame_from_dataframe, parse_timestamps, read_csv
+from ecalf.errors import DataError
+
+Layout = Literal["wide", "long"]
+SeriesInput: TypeAlias = "pd.DataFrame | TimeSeriesFrame | str | os.PathLike[str]"
+LONG_COLUMNS = ("unique_id", "ds", "y")
+
+
+class LoadedSeries(NamedTuple):
+    """What :func:`load_series` read: the wide series, the input's layout and, for long input, its
+    ``unique_id`` values by their text (what the wide columns are named), so that a forecast goes back
+    with the user's own ids (integers stay integers)."""
+
+    frame: TimeSeriesFrame
+    layout: Layout
+    ids: dict[str, Any]
+
+
+def load_series(data: SeriesInput, source: str | None = None) -> LoadedSeries:
+    """A validated wide series from a CSV path, a wide/long DataFrame or a frame; and its layout."""
+    if isinstance(data, TimeSeriesFrame):
+        return LoadedSeries(data, "wide", {})
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_file():
+            raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+        try:
+            header = [str(c).strip() for c in pd.read_csv(path, nrows=0).columns]
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+            header = []  # read_csv below names the problem
+        if DATE_COLUMN not in header and set(LONG_COLUMNS) <= set(header):
+            return _from_long(pd.read_csv(path), str(path))
+        return LoadedSeries(read_csv(path), "wide", {})
+    if isinstance(data, pd.DataFrame):
+        name = source or "DataFrame"
+        columns = {str(c).strip() for c in data.columns}
+        if DATE_COLUMN not in columns and set(LONG_COLUMNS) <= columns:
+            return _from_long(data, name)
+        if DATE_COLUMN not in columns and (
+            isinstance(data.index, pd.DatetimeIndex) or data.index.name == DATE_COLUMN
+        ):  # dates as the index (pd.read_csv(path, index_col="date") leaves them as strings)
+            data = data.rename_axis(DATE_COLUMN).reset_index()
+        return LoadedSeries(frame_from_dataframe(data, name), "wide", {})
+    raise DataError(
+        f"expected a CSV path or a pandas DataFrame (wide: `date` + one column per series; long: "
+        f"unique_id, ds, y), got {type(data).__name__}"
+    )
+
+
+def _from_long(df: pd.DataFrame, source: str) -> LoadedSeries:
+    """Long-format rows, read once: the wide frame and the ``unique_id`` values by their text."""
+    frame = frame_from_dataframe(long_to_wide(df, source), source)
+    column = df.rename(columns=lambda c: str(c).strip())["unique_id"]
+    ids = {str(v): v.item() if isinstance(v, np.generic) else v for v in pd.unique(column)}
+    return LoadedSeries(frame, "long", ids)
+
+
+def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
+    """``unique_id, ds, y`` rows -> ``date`` + one column per ``unique_id`` (in order of appearance)."""
+    df = df.rename(columns=lambda c: str(c).strip())
+    extra = [c for c in df.columns if c not in LONG_COLUMNS]
+    if extra:
+        raise DataError(
+            f"{source}: the long format takes exactly the columns unique_id, ds, y; found also {extra}. "
+            "Drop them (exogenous columns are not supported)"
+        )
+    if len(df) == 0:
+        raise DataError(f"{source}: no rows")
+    ids = df["unique_id"].astype(str)
+    ds = df["ds"]
+    try:
+        if not pd.api.types.is_datetime64_any_dtype(ds):
+            ds = parse_timestamps(ds, source)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{source}: column 'ds': cannot parse the timestamps ({exc})") from None
+    bad = ds.isna().to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{source}: column 'ds', row {i + 1}: unparsable or missing timestamp {df['ds'].iloc[i]!r}"
+        )
+    duplicated = pd.DataFrame({"unique_id": ids, "ds": ds}).duplicated().to_numpy()
+    if duplicated.any():
+        i = int(np.argmax(duplicated))
+        raise DataError(
+            f"{source}: row {i + 1}: series {ids.iloc[i]!r} has two rows for ds={ds.iloc[i]}; "
+            "keep one per timestamp"
+        )
+    order = list(pd.unique(ids))
+    wide = pd.DataFrame({"unique_id": ids, "ds": ds, "y": df["y"]}).pivot(
+        index="ds", columns="unique_id", values="y"
+    )
+    wide = wide[order]  # (T, C), rows sorted by time
+    missing = wide.isna().to_numpy()
+    if missing.any():
+        row, col = (int(k) for k in np.argwhere(missing)[0])
+        raise DataError(
+            f"{source}: series {order[col]!r} has no value at ds={wide.index[row]}; every series needs a "
+            "value at every timestamp (the long format is pivoted to one column per unique_id)"
+        )
+    wide.columns.name = None
+    return wide.rename_axis(DATE_COLUMN).reset_index()
+
+
+def wide_to_long(df: pd.DataFrame, ids: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """``date`` + channel columns -> ``unique_id, ds, y`` rows (grouped by series, then time).
+
+    ``ids`` maps the column names back to the input's own ``unique_id`` values (integers stay
+    integers, so the forecast merges back onto the user's frame)."""
+    long = df.melt(id_vars=DATE_COLUMN, var_name="unique_id", value_name="y")
+    if ids:
+        long["unique_id"] = pd.Series([ids.get(str(v), v) for v in long["unique_id"]], dtype=object)
+        long["unique_id"] = long["unique_id"].infer_objects()
+    return long.rename(columns={DATE_COLUMN: "ds"})[list(LONG_COLUMNS)].reset_index(drop=True)
+
+
+def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str:
+    """The pandas frequency alias of evenly spaced timestamps; a DataError when there is none."""
+    if len(timestamps) < 3:
+        raise DataError(
+            f"{source}: at least 3 rows are needed to infer the sampling frequency, got {len(timestamps)}"
+        )
+    with pd.option_context("future.infer_freq_returns_offset", True):
+        offset = pd.infer_freq(timestamps)
+    if offset is not None:
+        return str(pd.tseries.frequencies.to_offset(offset).freqstr)
+    steps = pd.TimedeltaIndex(timestamps[1:] - timestamps[:-1])  # unit-safe (ns, us or s resolution)
+    repeated = np.flatnonzero(np.asarray(steps == pd.Timedelta(0)))
+    if repeated.size:
+        i = int(repeated[0])
+        raise DataError(
+            f"{source}: rows {i + 1} and {i + 2} have the same timestamp {timestamps[i]}; a forecast needs "
+            "one row per timestamp: drop the repeats, e.g. df = df.drop_duplicates('date')"
+        )
+    usual = steps.value_counts().idxmax()
+    i = int(np.argmax(np.asarray(steps != usual)))
+    alias = _step_alias(usual)
+    raise DataError(
+        f"{source}: the timestamps are not evenly spaced, so the dates of the forecast cannot be "
+        f"inferred: the usual step is {usual} but rows {i + 1} -> {i + 2} "
+        f"({timestamps[i]} -> {timestamps[i + 1]}) are {steps[i]} apart. Fill the gaps first, e.g. "
+        f"df['date'] = pd.to_datetime(df['date']); "
+        f"df = df.set_index('date').asfreq({alias!r}).interpolate().reset_index()"
+    )
+
+
+def _step_alias(step: pd.Timedelta) -> str:
+    """A pandas frequency alias for a fixed step, in the largest whole unit (``D``, ``3h``, ``15min``)."""
+    for unit, alias in (("1D", "D"), ("1h", "h"), ("1min", "min"), ("1s", "s")):
+        if step % pd.Timedelta(unit) == pd.Timedelta(0):
+            count = int(step // pd.Timedelta(unit))
+            return alias if count == 1 else f"{count}{alias}"
+    return str(pd.tseries.frequencies.to_offset(step).freqstr)
+
+
+def check_spacing(timestamps: pd.DatetimeIndex, frequency: str, source: str = "data") -> None:
+    """Raise unless ``timestamps`` are consecutive steps of ``frequency`` ending at the last one."""
+    expected = pd.date_range(end=timestamps[-1], periods=len(timestamps), freq=frequency)
+    if expected.equals(pd.DatetimeIndex(timestamps, freq=None)) and expected[-1] == timestamps[-1]:
+        return
+    if expected[-1] != timestamps[-1]:
+        raise DataError(
+            f"{source}: the last timestamp {timestamps[-1]} is not on the model's frequency {frequency!r}"
+        )
+    # the gap is after the last row that is off the grid counted back from the final timestamp
+    i = int(np.flatnonzero(np.asarray(expected != pd.DatetimeIndex(timestamps)))[-1])
+    n = len(timestamps)
+    raise DataError(
+        f"{source}: the last {n} rows (the model's context) must be evenly spaced at the frequency the "
+        f"model was fitted on ({frequency!r}); rows {n - i} -> {n - i - 1} from the end "
+        f"({timestamps[i]} -> {timestamps[i + 1]}) are not one step apart. Fill gaps or resample to "
+        f"{frequency!r}"
+    )
+
+
+def future_timestamps(last: pd.Timestamp, frequency: str, periods: int) -> pd.DatetimeIndex:
+    """The ``periods`` timestamps after ``last`` at ``frequency``."""
+    return pd.date_range(start=last, periods=periods + 1, freq=frequency)[1:]
+
+
+def frame_to_wide(frame: TimeSeriesFrame) -> pd.DataFrame:
+    """A frame as a ``date`` + channel columns DataFrame."""
+    wide = pd.DataFrame(frame.values, columns=frame.columns)
+    wide.insert(0, DATE_COLUMN, frame.timestamps)
+    return wide
