@@ -295,6 +295,32 @@ def test_zero_shot_targets_share_one_training_that_matches_a_zero_shot_run(
     assert alone.metrics["epochs_run"] == int(rows["calf", "ETTm1"]["epochs"])
 
 
+def test_threads_per_cell_leave_the_caller_s_setting(synthetic_csv_dir, tmp_path, in_repo, monkeypatch):
+    """`--threads N`: each cell trains with N torch threads; in-process, the caller's own setting comes
+    back afterwards. With Ray, threads follow --cpus-per-cell, so --threads is refused there."""
+    import torch
+
+    seen: list[int] = []
+    real = benchmark.run_cell
+
+    def watching(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen.append(torch.get_num_threads())
+        return result
+
+    monkeypatch.setattr(benchmark, "run_cell", watching)
+    grid = _small_grid(tmp_path, models=[GridModel("naive", "configs/baselines/naive.yaml")], seeds=[1])
+    before = torch.get_num_threads()
+    wanted = 2 if before == 1 else 1
+    summary = run_benchmark(grid, data_dir=str(synthetic_csv_dir), threads=wanted, progress=False, echo=None)
+    assert summary.finished == len(seen) > 0 and set(seen) == {wanted}
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads must be >= 1"):
+        run_benchmark(grid, data_dir=str(synthetic_csv_dir), threads=0, progress=False, echo=None)
+    with pytest.raises(ConfigError, match="--jobs and --threads are for local processes"):
+        run_benchmark(grid, threads=1, scheduler=benchmark.local_scheduler(1), progress=False, echo=None)
+
+
 def test_parallel_cells_of_one_source_train_it_once(synthetic_csv_dir, tmp_path, in_repo):
     # the few-shot cell and the zero-shot cell both need calf/ETTh1/few_shot/H24/seed1, at the same time
     grid = _small_grid(

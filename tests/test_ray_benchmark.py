@@ -166,6 +166,6 @@ def test_cli_benchmark_on_ray(ray_instance, ett_dir, tmp_path, in_repo, capsys):
     assert all(Path(r["run_dir"]).is_relative_to(tmp_path / "runs") for r in read_results(results))
 
     assert main([*argv, "--ray", "--jobs", "2"]) == 2
-    assert "--jobs is for local processes" in capsys.readouterr().err
+    assert "--jobs and --threads are for local processes" in capsys.readouterr().err
     assert main([*argv, "--gpus-per-cell", "1"]) == 2
     assert "add --ray" in capsys.readouterr().err

@@ -517,11 +517,14 @@ Scheduler = Callable[[Grid, list[Cell], str | None], Generator[CellOutcome, None
 outcome as it finishes. Closing the iterator (Ctrl-C in the driver) cancels the cells not yet done."""
 
 
-def local_scheduler(jobs: int = 1) -> Scheduler:
-    """Cells in this process (``jobs == 1``) or in ``jobs`` separate processes."""
+def local_scheduler(jobs: int = 1, threads: int | None = None) -> Scheduler:
+    """Cells in this process (``jobs == 1``) or in ``jobs`` separate processes, each with ``threads``
+    torch threads (default: the cores shared out over the jobs; with one job, torch's own default)."""
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
-    return functools.partial(_execute, jobs=jobs)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    return functools.partial(_execute, jobs=jobs, threads=threads)
 
 
 def pending_cells(grid: Grid, results: Path) -> tuple[list[Cell], int]:
@@ -642,6 +645,7 @@ def run_benchmark(
     results: str | os.PathLike[str] | None = None,
     data_dir: str | None = None,
     jobs: int = 1,
+    threads: int | None = None,
     limit: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
@@ -654,11 +658,11 @@ def run_benchmark(
     """
     parallel = jobs  # cells at once, for the time left; a scheduler may know better (Ray: once connected)
     if scheduler is None:
-        scheduler = local_scheduler(jobs)
-    elif jobs != 1:
+        scheduler = local_scheduler(jobs, threads)
+    elif jobs != 1 or threads is not None:
         raise ConfigError(
-            "--jobs is for local processes; on Ray the cluster's size and --cpus-per-cell (--gpus-per-cell) "
-            "set how many cells run at once"
+            "--jobs and --threads are for local processes; on Ray the cluster's size and --cpus-per-cell "
+            "(--gpus-per-cell) set how many cells run at once and their threads"
         )
     results_path = Path(results) if results is not None else grid.results_path
     planned, skipped = plan_benchmark(grid, results=results_path, data_dir=data_dir)
@@ -718,23 +722,29 @@ def timed_cell(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], float]:
 
 
 def _execute(
-    grid: Grid, cells: list[Cell], data_dir: str | None, jobs: int
+    grid: Grid, cells: list[Cell], data_dir: str | None, jobs: int, threads: int | None = None
 ) -> Generator[CellOutcome, None, None]:
     runs_dir = str(grid.runs_path)
     if not cells:
         return
     if jobs == 1:
-        for cell in cells:
-            start = time.perf_counter()
-            try:
-                outcome: dict[str, Any] | BaseException = run_cell(
-                    cell, grid.set, runs_dir, data_dir, reuse_runs=grid.reuse_runs
-                )
-            except Exception as exc:  # reported; the grid goes on and the cell runs again next time
-                outcome = exc
-            yield cell, outcome, time.perf_counter() - start
+        import torch
+
+        previous = torch.get_num_threads()
+        try:
+            for cell in cells:
+                start = time.perf_counter()
+                try:
+                    outcome: dict[str, Any] | BaseException = run_cell(
+                        cell, grid.set, runs_dir, data_dir, threads, reuse_runs=grid.reuse_runs
+                    )
+                except Exception as exc:  # reported; the grid goes on and the cell runs again next time
+                    outcome = exc
+                yield cell, outcome, time.perf_counter() - start
+        finally:
+            torch.set_num_threads(previous)  # the caller's setting (a notebook's) is left as it was
         return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")
     with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         started = {}

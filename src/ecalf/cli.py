@@ -155,6 +155,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         results=args.results,
         data_dir=args.data_dir,
         jobs=args.jobs,
+        threads=args.threads,
         limit=args.limit,
         progress=not args.quiet,
         scheduler=scheduler,
@@ -360,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results CSV (default: the grid's `results`, else results/<name>.csv)")
     p.add_argument("--data-dir", help="directory of the benchmark CSVs (else $ECALF_DATA_DIR, ./datasets)")
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default 1)")
+    p.add_argument(
+        "--threads", type=int, metavar="N",
+        help="torch threads per cell (default: the cores shared out over --jobs; with one job, torch's "
+        "default); e.g. --threads 1 for each of two benchmark commands side by side on 2 cores",
+    )  # fmt: skip
     p.add_argument(
         "--ray",
         nargs="?",
