@@ -74,7 +74,7 @@ def test_published_rows_appear_in_italics_and_are_never_best(tmp_path):
     assert _table_rows(text, "*Paper*") == ["| *Paper* | *0.100 / 0.200* | — |"]
     assert _table_rows(text, "dlinear")[0].startswith("| dlinear | **0.")  # the measured best stays bold
     header = next(line for line in text.splitlines() if line.startswith("| dataset | H |"))
-    assert header == "| dataset | H | calf | dlinear | *Paper* |"
+    assert header == "| dataset | H | dlinear | calf | *Paper* |"  # baselines first (model_order)
     assert _table_rows(text, "ETTh1")[0].endswith("| *0.050 / 0.150* |")
     assert _table_rows(text, "ETTh2")[0].endswith("| — |")
     assert "- *Paper*: Someone 2025" in text
@@ -199,3 +199,21 @@ def test_a_published_mean_stands_only_beside_a_column_over_its_horizons(tmp_path
     text = markdown_tables(df, load_published(path))
     assert _table_rows(text, "*Paper*") == ["| *Paper* | *0.100 / 0.200* | — |"]
     assert list(published_means(df, load_published(path), "few_shot", "ETTh2", "")["model"]) == []
+
+
+def test_tables_list_models_in_one_order_whatever_finished_first():
+    """Baselines first, the LLM models last, an ablation label beside the model it runs."""
+    rows = [
+        {"setting": "full", "dataset": "ETTh1", "target": "", "model": label, "model_name": runs,
+         "horizon": h, "seed": 2021, "mse": 0.5, "mae": 0.4}
+        for label, runs in (("ecalf", "ecalf"), ("calf-random", "calf"), ("patchtst", "patchtst"),
+                            ("calf", "calf"), ("naive", "naive"), ("mine", "mine"))
+        for h in MEAN_HORIZONS
+    ]  # fmt: skip
+    text = markdown_tables(pd.DataFrame(rows))
+    first_table = text.split("Per horizon")[0]
+    order = ["naive", "patchtst", "calf-random", "calf", "ecalf", "mine"]
+    listed = [line.split(" | ")[0][2:] for line in first_table.splitlines() if line.startswith("| ")]
+    assert listed == ["model", *order]
+    header = next(line for line in text.splitlines() if line.startswith("| dataset | H |"))
+    assert header.strip("| ").split(" | ")[2:] == order

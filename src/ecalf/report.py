@@ -26,6 +26,8 @@ from ecalf.errors import EcalfError
 from ecalf.published import BUILTIN, MEAN_HORIZONS, load_published
 
 GROUP = ["setting", "dataset", "target", "model"]
+MODEL_ORDER = ("naive", "mean", "dlinear", "patchtst", "itransformer", "calf", "ecalf")
+"""The order of models in tables and plots: the simplest baselines first, the LLM models last."""
 
 
 def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -39,6 +41,21 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     df["seed"] = df["seed"].astype(int)
     df["target"] = df["target"].fillna("")
     return df
+
+
+def model_order(df: pd.DataFrame) -> list[str]:
+    """The results' model labels in table order: by the registered model each label runs
+    (:data:`MODEL_ORDER`; others after them), labels of one model in the order they first appear
+    (``calf`` before its ablation ``calf-random`` when the grid lists it first), so that a table does not
+    depend on which cell happened to finish first."""
+    labels = list(dict.fromkeys(df["model"]))
+    runs = df.groupby("model", sort=False)["model_name"].first() if "model_name" in df else pd.Series()
+
+    def rank(label: str) -> int:
+        name = runs.get(label, label)
+        return MODEL_ORDER.index(name) if name in MODEL_ORDER else len(MODEL_ORDER)
+
+    return sorted(labels, key=rank)
 
 
 def per_horizon(df: pd.DataFrame) -> pd.DataFrame:
@@ -118,7 +135,7 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
     the ``published`` rows (:func:`ecalf.published.load_published`) of the same setting in italics."""
     horizon = per_horizon(df)
     dataset = per_dataset(df)
-    models = list(dict.fromkeys(df["model"]))
+    models = model_order(df)
     lines: list[str] = []
     for setting in dict.fromkeys(df["setting"]):
         lines.append(f"## {setting}\n")
@@ -280,9 +297,9 @@ def provenance_lines(df: pd.DataFrame) -> list[str]:
 def mse_by_model_bars(df: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
     """The bars of :func:`plot_mse_by_model`: per (setting, dataset, target), the models' horizon-mean
     MSE as in the markdown table (only models with every horizon of the panel), in one model order
-    for every panel (the file's), with ``err`` the std over seeds (NaN, no error bar, for one seed)."""
+    for every panel (:func:`model_order`), with ``err`` the std over seeds (NaN, no error bar, for one seed)."""
     means = per_dataset(df)
-    order = {model: i for i, model in enumerate(dict.fromkeys(df["model"]))}
+    order = {model: i for i, model in enumerate(model_order(df))}
     means = means.assign(err=means["mse_std"].where(means["seeds"] > 1))
     panels = []
     for key, sub in means.groupby(["setting", "dataset", "target"], sort=False):
@@ -311,7 +328,7 @@ def plot_mse_by_model(
     panels = mse_by_model_bars(df)
     rows, cols = grid_shape(len(panels))
     fig, axes = new_figure(rows, cols, panel_size=(5.0, 3.2))
-    colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(df["model"]))}
+    colours = {m: f"C{i % 10}" for i, m in enumerate(model_order(df))}
     for ax, ((setting, dataset, target), sub) in zip(axes.flat, panels, strict=False):
         x = np.arange(len(sub))
         ax.bar(x, sub["mse"], yerr=sub["err"], color=[colours[m] for m in sub["model"]], capsize=3)
