@@ -297,7 +297,8 @@ def provenance_lines(df: pd.DataFrame) -> list[str]:
 def mse_by_model_bars(df: pd.DataFrame) -> list[tuple[tuple[str, str, str], pd.DataFrame]]:
     """The bars of :func:`plot_mse_by_model`: per (setting, dataset, target), the models' horizon-mean
     MSE as in the markdown table (only models with every horizon of the panel), in one model order
-    for every panel (:func:`model_order`), with ``err`` the std over seeds (NaN, no error bar, for one seed)."""
+    for every panel (:func:`model_order`), with ``err`` the std over seeds (NaN, no error bar, for one
+    seed)."""
     means = per_dataset(df)
     order = {model: i for i, model in enumerate(model_order(df))}
     means = means.assign(err=means["mse_std"].where(means["seeds"] > 1))
