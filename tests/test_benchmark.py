@@ -414,7 +414,9 @@ def test_a_cell_started_by_older_code_trains_again_from_the_start(
     run_dir = tmp_path / "runs/dlinear/ETTh1/few_shot/H24/seed1"
     assert (run_dir / "state").is_dir() and not (run_dir / "metrics.json").exists()
     (planned,), _ = benchmark.plan_benchmark(grid, data_dir=str(synthetic_csv_dir))  # the dry run says so
-    assert str(planned.progress).startswith("started: 1 epochs done, best 1 (val MSE")
+    assert planned.progress.describe().startswith("started: 1 epochs done, best 1 (val MSE")
+    pace = planned.progress.seconds_per_epoch
+    assert pace > 0 and planned.seconds == pace  # what is left: its one epoch to go, at its own pace
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     saved["training"].pop("dropout_masks")  # as code before that setting wrote it
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
@@ -758,3 +760,17 @@ def test_run_all_runs_every_published_grid_and_goes_on_after_a_failure(tmp_path)
     assert {Path(args[1]).stem for args in runs} == published
     assert runs[0][1] == "benchmarks/fewshot.yaml"  # the headline table first
     assert all(args[2:] == ["--jobs", "3", "--quiet", "--seeds", "1"] for args in runs)
+
+
+def test_a_started_cell_is_estimated_by_what_is_left_of_it():
+    from ecalf.benchmark import TrainingProgress
+
+    started = TrainingProgress(epochs_done=2, best_epoch=1, best_mse=0.2, seconds_per_epoch=200.0)
+    assert started.seconds_left(10, None) == 8 * 200.0  # at most its remaining epochs
+    assert started.seconds_left(10, 1000.0) == 1000.0 - 2 * 200.0  # a whole cell's estimate less what's done
+    assert started.seconds_left(10, 9000.0) == 8 * 200.0  # never more than its remaining epochs
+    assert started.seconds_left(10, 100.0) == 200.0  # at least the epoch under way
+    assert started.seconds_left(2, None) == 200.0
+    unknown = TrainingProgress(epochs_done=2, best_epoch=1, best_mse=0.2, seconds_per_epoch=None)
+    assert unknown.seconds_left(10, None) is None and unknown.seconds_left(10, 900.0) == 900.0
+    assert started.describe() == "started: 2 epochs done, best 1 (val MSE 0.2000), 200 s per epoch"

@@ -544,13 +544,41 @@ class PlannedCell:
     """Estimated wall time (:mod:`ecalf.cell_costs`; 0 when it reuses a run, None when unknown)."""
     key: CellKey | None = None
     """What estimates it (None when it reuses a run)."""
-    progress: str | None = None
-    """How far a killed or running training of the cell got (:func:`training_progress`), if it started."""
+    progress: TrainingProgress | None = None
+    """How far a killed or running training of the cell got (:func:`training_progress`), if it started;
+    ``seconds`` is then what is left of it."""
 
 
-def training_progress(run_dir: Path) -> str | None:
-    """``run_dir``'s last epoch checkpoint in words (epochs done, best epoch and its validation MSE,
-    mean seconds per epoch), or None when it has none (not started, finished, or unreadable)."""
+@dataclass(frozen=True)
+class TrainingProgress:
+    """How far a started (killed or running) training got, from its last epoch checkpoint."""
+
+    epochs_done: int
+    best_epoch: int
+    best_mse: float
+    seconds_per_epoch: float | None
+    """Mean over its finished epochs (None when the checkpoint has no history)."""
+
+    def describe(self) -> str:
+        best = f"best {self.best_epoch} (val MSE {self.best_mse:.4f})"
+        pace = f", {self.seconds_per_epoch:.0f} s per epoch" if self.seconds_per_epoch is not None else ""
+        return f"started: {self.epochs_done} epochs done, {best}{pace}"
+
+    def seconds_left(self, max_epochs: int, whole_cell: float | None) -> float | None:
+        """The time the run needs at most to end (its remaining epochs at its own pace), or less when the
+        estimate of a whole such cell, minus the epochs already done, says so; at least one epoch."""
+        if self.seconds_per_epoch is None:
+            return None if whole_cell is None else max(whole_cell, 0.0)
+        pace = self.seconds_per_epoch
+        bound = max(max_epochs - self.epochs_done, 1) * pace
+        if whole_cell is None:
+            return bound
+        return min(bound, max(whole_cell - self.epochs_done * pace, pace))
+
+
+def training_progress(run_dir: Path) -> TrainingProgress | None:
+    """``run_dir``'s last epoch checkpoint (epochs done, best epoch and its validation MSE, mean seconds
+    per epoch), or None when it has none (not started, finished, or unreadable)."""
     from ecalf.training import TrainingCheckpoint
 
     pointer = TrainingCheckpoint(run_dir / "state").pointer
@@ -558,11 +586,9 @@ def training_progress(run_dir: Path) -> str | None:
         loop = read_json(pointer)["loop"] if pointer.is_file() else None
         if not isinstance(loop, dict):
             return None
-        epochs, history = int(loop["epoch"]), loop.get("history") or []
+        history = loop.get("history") or []
         seconds = sum(float(e["seconds"]) for e in history) / len(history) if history else None
-        best = f"best {int(loop['best_epoch'])} (val MSE {float(loop['best_mse']):.4f})"
-        line = f"started: {epochs} epochs done, {best}"
-        return line + (f", {seconds:.0f} s per epoch" if seconds is not None else "")
+        return TrainingProgress(int(loop["epoch"]), int(loop["best_epoch"]), float(loop["best_mse"]), seconds)
     except (EcalfError, OSError, KeyError, TypeError, ValueError):
         return None
 
@@ -600,6 +626,8 @@ def plan_benchmark(
                 other_costs[recipe] = CellCosts.from_rows(alike)
             estimate = estimate_from(key, costs, other_costs[recipe])
             progress = training_progress(runs_dir / run_id)
+            if progress is not None:  # it resumes: only what is left of it
+                estimate = progress.seconds_left(config.training.epochs, estimate)
             planned.append(PlannedCell(cell, None, estimate, key, progress))
     return planned, skipped
 

@@ -185,8 +185,11 @@ def _print_plan(grid: Any, args: argparse.Namespace) -> int:
         if item.reuses is not None:
             note = f"reuses {item.reuses}"
         else:
-            note = "~" + format_duration(item.seconds) if item.seconds is not None else "no estimate yet"
-            note += f"; {item.progress}" if item.progress else ""
+            if item.seconds is None:
+                note = "no estimate yet"
+            else:
+                note = f"~{format_duration(item.seconds)}" + (" left" if item.progress else "")
+            note += f"; {item.progress.describe()}" if item.progress else ""
         print(f"  {item.cell.describe()}  ({note})")
     return 0
 
