@@ -1,7 +1,9 @@
 """End to end: train -> run directory -> evaluate, on synthetic data and tiny models."""
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 from ecalf.cli import main
@@ -171,3 +173,28 @@ def test_cli_train_prints_the_test_metrics_once(tmp_path, synthetic_csv, capsys)
     assert main([*args[:3], "--output-dir", str(tmp_path / "quiet"), *args[5:], "--quiet"]) == 0
     quiet = capsys.readouterr().out
     assert quiet.count("test mse") == 1 and "naive mse" in quiet and "epoch" not in quiet
+
+
+def test_cli_output_into_a_file_or_pipe_comes_line_by_line(tmp_path):
+    """`ecalf benchmark ... > log` with `tail -f log`: each line is written when printed, not held back
+    in Python's block buffer until the job ends."""
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from ecalf.cli import main\n"
+        "code = main(['list-models'])\n"
+        "time.sleep(30)\n"  # still running: what the file holds now was written line by line
+    )
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        worker = subprocess.Popen([sys.executable, "-c", script], stdout=out, env=env)
+        try:
+            deadline = time.monotonic() + 25
+            while "naive" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "naive" in log.read_text()
+        finally:
+            worker.kill()
+            worker.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import sys
 import warnings
@@ -494,6 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = dict(os.environ)
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warnings(shown)
+    # Each line as it is printed, also into a file or a pipe (`ecalf benchmark ... > log`, `tail -f
+    # log`), where Python would otherwise hold a long job's lines back in an 8 KB buffer.
+    stdout = sys.stdout
+    buffered = isinstance(stdout, io.TextIOWrapper) and not stdout.line_buffering
+    if isinstance(stdout, io.TextIOWrapper) and buffered:
+        stdout.reconfigure(line_buffering=True)
     if getattr(args, "quiet", False):
         # The libraries' own bars (GGUF conversion, weight loading, downloads) go quiet too. Both are
         # read when tqdm / huggingface_hub are first imported, which happens inside the command.
@@ -515,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.clear()
         os.environ.update(saved)
         warnings.showwarning = shown
+        if isinstance(stdout, io.TextIOWrapper) and buffered and not stdout.closed:
+            stdout.reconfigure(line_buffering=False)
 
 
 if __name__ == "__main__":
