@@ -72,7 +72,7 @@ def test_histories_list_every_epoch_of_every_matching_row(tmp_path):
     assert table[table["model"] == "calf"]["values/alignment_score"].isna().all()
     assert found.left_out[:2] == [
         ("runs/stale", "1 epochs in metrics.json, 4 in the results row"),
-        ("runs/gone", "no metrics.json"),
+        ("runs/gone", "run directory not found here"),
     ]
     assert len(found.left_out) == 3 and found.left_out[2][0] == "runs/broken"
     assert found.left_out[2][1].startswith("unreadable: ") and found.missing == {"runs/gone"}
@@ -116,4 +116,8 @@ def test_a_rewrite_keeps_the_epochs_of_runs_whose_directories_are_gone(tmp_path,
     assert left_out == [] and list(table["run_dir"]) == [old, old, new]  # in the results file's order
     assert list(table["val_mse"]) == [0.9, 0.8, 0.7]
     (tmp_path / "grid_histories.csv").unlink()  # without the earlier file the old run is named as gone
-    assert write_histories(results)[1] == [(old, "no metrics.json")]
+    assert write_histories(results)[1] == [(old, "run directory not found here")]
+    (tmp_path / old).mkdir()  # a run that started but has not finished: its directory, no metrics.json
+    assert write_histories(results)[1] == [
+        (old, "no metrics.json in its run directory (the run has not finished)")
+    ]

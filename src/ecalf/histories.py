@@ -28,7 +28,10 @@ from ecalf.artifacts import read_json, write_text
 from ecalf.benchmark import read_results
 from ecalf.errors import EcalfError
 
-NO_METRICS = "no metrics.json"
+GONE = "run directory not found here"
+"""Why a row is left out whose run directory is not on this machine (trained elsewhere, or deleted)."""
+NO_METRICS = "no metrics.json in its run directory (the run has not finished)"
+"""Why a row is left out whose run directory holds no finished run's metrics."""
 
 KEYS = ["model", "dataset", "target", "setting", "horizon", "seed"]
 """Columns that name a results row in the histories table (a cell and its seed)."""
@@ -56,14 +59,17 @@ class Histories:
     @property
     def missing(self) -> set[str]:
         """The run directories among ``left_out`` that hold no metrics.json (gone, or never here)."""
-        return {run_dir for run_dir, why in self.left_out if why == NO_METRICS}
+        return {run_dir for run_dir, why in self.left_out if why in (GONE, NO_METRICS)}
 
 
 def _history_of(row: Mapping[str, str], root: Path) -> tuple[list[dict[str, Any]], str | None]:
     """A results row's history, or the reason it is left out."""
     run_dir = Path(row.get("run_dir", ""))
-    path = (run_dir if run_dir.is_absolute() else root / run_dir) / "metrics.json"
-    if not row.get("run_dir") or not path.is_file():
+    directory = run_dir if run_dir.is_absolute() else root / run_dir
+    if not row.get("run_dir") or not directory.is_dir():
+        return [], GONE
+    path = directory / "metrics.json"
+    if not path.is_file():
         return [], NO_METRICS
     try:
         metrics = read_json(path)
