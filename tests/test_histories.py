@@ -58,7 +58,7 @@ def test_histories_list_every_epoch_of_every_matching_row(tmp_path):
     stale = _run(tmp_path, "stale", [_epoch(1, 0.9)])  # overwritten by a shorter run after its row
     rows = [
         _row("ecalf", ecalf, 2), _row("calf", calf, 3), _row("calf", stale, 4, seed=2022),
-        _row("calf", "runs/gone", 2, seed=2023), _row("naive", _run(tmp_path, "naive", []), 0),
+        _row("calf", "runs/gone", 2, seed=2023), _row("naive", "runs/naive-elsewhere", 0),
         _row("calf", _run(tmp_path, "broken", []), 1, seed=2024),
     ]  # fmt: skip
     (tmp_path / "runs" / "broken" / "metrics.json").write_text("{not json")  # damaged: named, not fatal

@@ -82,12 +82,22 @@ def _history_of(row: Mapping[str, str], root: Path) -> tuple[list[dict[str, Any]
     return list(history), None
 
 
+def _untrained(row: Mapping[str, str]) -> bool:
+    """Whether a results row is of a model with no training (the naive forecast, the window mean)."""
+    try:
+        return int(row.get("epochs") or 0) == 0
+    except ValueError:
+        return False  # a damaged row: _history_of names it
+
+
 def collect_histories(rows: Sequence[Mapping[str, str]], root: str | os.PathLike[str] = ".") -> Histories:
     """The histories of ``rows`` (as :func:`ecalf.benchmark.read_results` returns them); relative run
     directories are read from ``root``. Rows of untrained models (no epochs) add nothing."""
     records: list[dict[str, Any]] = []
     left_out: list[tuple[str, str]] = []
     for row in rows:
+        if _untrained(row):
+            continue  # nothing to read, wherever its run directory is
         history, why = _history_of(row, Path(root))
         if why is not None:
             left_out.append((row.get("run_dir", ""), why))
