@@ -14,7 +14,7 @@ from ecalf.cli import main
 from ecalf.data import make_synthetic
 from ecalf.data.series import load_series
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
-from ecalf.forecast import Forecaster
+from ecalf.forecast import Forecaster, batch_size_for
 from ecalf.registry import get_entry
 
 L, H = 24, 6
@@ -116,6 +116,29 @@ def test_fit_holds_out_a_validation_part_and_records_history(fitted):
     assert [r["epoch"] for r in forecaster.history] == [1, 2]
     assert forecaster.scaler is not None
     np.testing.assert_allclose(forecaster.scaler.mean, data[["x0", "OT"]].to_numpy()[:108].mean(axis=0))
+
+
+def test_batch_size_shrinks_so_a_short_series_gets_several_steps_per_epoch():
+    assert batch_size_for(240, 256) == 24  # 10 steps per epoch instead of 1
+    assert batch_size_for(30, 256) == 8  # never below 8
+    assert batch_size_for(50_000, 256) == 256  # a long series keeps the default
+    assert batch_size_for(240, 16) == 16  # never larger than asked
+
+
+def test_fit_picks_a_smaller_batch_unless_one_is_given(capsys):
+    options = {"epochs": 1, "progress": False}
+    tiny = get_entry("dlinear").tiny_options
+    default = Forecaster("dlinear", None, L, H, model_options=tiny, training_options=options)
+    default.fit(_series(), verbose=True)  # 108 training rows: 79 windows
+    assert default.config.training.batch_size == 8 and default.history[0]["steps"] == 10
+    assert (
+        "batch size 8: the default 256 would give 1 optimizer step(s) per epoch on 79"
+        in capsys.readouterr().out
+    )
+    chosen = Forecaster(
+        "dlinear", None, L, H, model_options=tiny, training_options={**options, "batch_size": 256}
+    ).fit(_series(), verbose=False)
+    assert chosen.config.training.batch_size == 256 and chosen.history[0]["steps"] == 1
 
 
 # --------------------------------------------------------------------------------------------------

@@ -308,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", metavar="PRESET", help="LLM preset of calf/ecalf (default smollm2-135m)")
     p.add_argument("--context-length", type=int, default=96, metavar="L", help="rows read (default 96)")
     p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default training.epochs, 20)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="training batch size (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help="training batch size (default 256, smaller for a short series: at least 10 steps per epoch)",
+    )
     p.add_argument("--learning-rate", type=float, metavar="LR", help="learning rate (default 5e-4)")
     p.add_argument(
         "--validation-fraction", type=float, default=0.1, metavar="F",

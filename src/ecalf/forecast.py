@@ -34,6 +34,7 @@ Nothing is unpickled when loading: only safetensors, JSON and YAML are read.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -109,6 +110,22 @@ def training_rows(
 # --------------------------------------------------------------------------------------------------
 # Building the run config from the Forecaster's arguments
 # --------------------------------------------------------------------------------------------------
+
+
+MIN_STEPS_PER_EPOCH = 10
+"""Optimizer steps per epoch that :meth:`Forecaster.fit` keeps at least, unless the batch size is given."""
+MIN_BATCH_SIZE = 8
+"""The smallest batch size :func:`batch_size_for` chooses."""
+
+
+def batch_size_for(num_windows: int, batch_size: int) -> int:
+    """``batch_size``, made smaller when ``num_windows`` would give fewer than
+    :data:`MIN_STEPS_PER_EPOCH` optimizer steps per epoch (down to :data:`MIN_BATCH_SIZE`).
+
+    The default batch (256, the paper's for its benchmark datasets) gives a short user series one
+    step per epoch: 20 epochs are then 20 steps, and the model stops far from fitted."""
+    wanted = max(MIN_BATCH_SIZE, num_windows // MIN_STEPS_PER_EPOCH)
+    return min(batch_size, wanted)
 
 
 def forecaster_config(
@@ -247,6 +264,8 @@ class Forecaster:
         """What ``fit`` did: rows, windows, best epoch, why it stopped, seconds."""
         self.validation_fraction: float | None = None
         self._int8: tuple[ForecastModel, nn.Module] | None = None  # (module, its int8 copy)
+        self._batch_size_given = "batch_size" in (training_options or {})
+        """Whether the caller chose the batch size (else ``fit`` shrinks it for a short series)."""
 
     # -- properties ---------------------------------------------------------------------------------
 
@@ -311,13 +330,13 @@ class Forecaster:
             epochs=epochs if epochs is not None else self.config.training.epochs,
             progress=self.config.training.progress and verbose,
         )
+        log: Callable[[str], None] = print if verbose else _silent
         config = dataclasses.replace(
             self.config,
             data=dataclasses.replace(self.config.data, dataset=source),
             model=dataclasses.replace(self.config.model, num_channels=frame.num_channels),
             training=training,
         )
-        log: Callable[[str], None] = print if verbose else _silent
         if training.num_threads:
             torch.set_num_threads(training.num_threads)
         device = resolve_device(training.device)
@@ -326,6 +345,16 @@ class Forecaster:
             f"{frequency!r}; windows train {len(train_set)}, validation "
             f"{len(val_set) if val_set is not train_set else 'none (training windows)'}"
         )
+        if not self._batch_size_given:
+            batch_size = batch_size_for(len(train_set), training.batch_size)
+            if batch_size != training.batch_size:
+                log(
+                    f"batch size {batch_size}: the default {training.batch_size} would give "
+                    f"{math.ceil(len(train_set) / training.batch_size)} optimizer step(s) per epoch on "
+                    f"{len(train_set)} training windows (set batch_size to choose it)"
+                )
+                training = dataclasses.replace(training, batch_size=batch_size)
+                config = dataclasses.replace(config, training=training)
         from ecalf.run import build_model  # run imports the whole experiment stack
 
         module = build_model(config)
@@ -516,6 +545,7 @@ class Forecaster:
         forecaster.columns, forecaster.frequency = list(columns), meta["frequency"]
         forecaster.validation_fraction = meta.get("validation_fraction")
         forecaster._int8 = None
+        forecaster._batch_size_given = True  # the saved config's batch size, as it was fitted
         metrics = _checkpoint_read(read_json, path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
         forecaster.history = list(metrics.pop("history", [])) if isinstance(metrics, dict) else []
         forecaster.summary = metrics if isinstance(metrics, dict) else {}
