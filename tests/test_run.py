@@ -153,11 +153,27 @@ def test_progress_bars_train_without_torch_warnings(tmp_path, tiny_run_config, m
     import ecalf.training
 
     monkeypatch.setattr(ecalf.training, "POSTFIX_SECONDS", 0.0)  # a postfix at every step
+    monkeypatch.setattr(ecalf.training, "live_display", lambda: True)  # pytest's stderr is no terminal
     config = tiny_run_config(TINY_CALF, "training.epochs=1", "training.progress=true")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_experiment(config, tmp_path / "run", echo=None)
     assert [str(w.message) for w in caught if "requires_grad" in str(w.message)] == []
+
+
+def test_batch_bars_only_where_they_redraw_in_place(tmp_path, tiny_run_config, monkeypatch, capsys):
+    """Into a log file or pipe a per-batch bar writes a line of escapes per update: there only the
+    run's bar (one update per epoch) is drawn; a terminal or notebook gets both."""
+    import ecalf.training
+
+    config = tiny_run_config(TINY_CALF, "training.epochs=1", "training.progress=true")
+    run_experiment(config, tmp_path / "log", echo=None)
+    err = capsys.readouterr().err
+    assert "training:" in err and "epoch 1:" not in err
+    monkeypatch.setattr(ecalf.training, "live_display", lambda: True)
+    run_experiment(config, tmp_path / "terminal", echo=None)
+    err = capsys.readouterr().err
+    assert "training:" in err and "epoch 1:" in err
 
 
 def test_cli_train_prints_the_test_metrics_once(tmp_path, synthetic_csv, capsys):

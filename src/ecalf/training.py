@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -264,6 +265,14 @@ class EpochLosses:
         return loss / seen, {n: v / seen for n, v in zip(names, parts, strict=True)}, int(windows)
 
 
+def live_display() -> bool:
+    """Whether progress bars redraw in place: stderr is a terminal, or tqdm draws notebook widgets.
+
+    Elsewhere (``ecalf train ... 2> log``, a pipe, a CI log) a per-batch bar would add a line of
+    cursor escapes at every update; there only the run's bar (one update per epoch) is drawn."""
+    return sys.stderr.isatty() or tqdm.__module__.startswith("tqdm.notebook")
+
+
 def train(
     model: ForecastModel,
     train_set: WindowDataset,
@@ -317,6 +326,7 @@ def train(
     resumed_seconds = state.train_seconds
     network = data_parallel(model, world, device)  # the model itself in one process
     show = config.progress and world.is_main
+    show_batches = show and live_display()  # a log file gets the run's bar and the epoch lines only
     # The whole run's bar: its ETA assumes every epoch runs (early stopping can only end it sooner).
     run_bar = tqdm(total=config.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not show)
     with dropout_masks(model, config.dropout_masks):  # fast CPU masks (ecalf.dropout)
@@ -336,7 +346,9 @@ def train(
                 global_batches = global_batches[: config.max_steps - state.steps]
             losses = EpochLosses(device)
             epoch_start = shown = time.perf_counter()
-            bar = tqdm(global_batches, desc=f"epoch {epoch}", disable=not show, leave=False, position=1)
+            bar = tqdm(
+                global_batches, desc=f"epoch {epoch}", disable=not show_batches, leave=False, position=1
+            )
             for step, global_idx in enumerate(bar, start=1):
                 idx = shard(global_idx, world)
                 # A rank whose shard of the last, partial batch is empty still takes part in the
