@@ -335,6 +335,32 @@ def test_parallel_cells_of_one_source_train_it_once(synthetic_csv_dir, tmp_path,
     assert log.count("data ETTh1:") == 1 and log.count("test mse") == 1  # trained once, not twice
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks")
+def test_a_process_waiting_for_another_s_run_says_so(tmp_path):
+    import fcntl
+    import threading
+
+    lock = tmp_path / ".seed1.lock"
+    said: list[str] = []
+    with benchmark._exclusive(lock, lambda: said.append("uncontended")):
+        pass
+    assert said == []  # a free lock: nothing to say
+    with open(lock, "a") as held:  # another process's hold (flock: per open file, even in one process)
+        fcntl.flock(held, fcntl.LOCK_EX)
+
+        def take() -> None:
+            with benchmark._exclusive(lock, lambda: said.append("waiting")):
+                said.append("taken")
+
+        taker = threading.Thread(target=take)
+        taker.start()
+        time.sleep(0.2)
+        assert said == ["waiting"]  # told before blocking, not yet through
+        fcntl.flock(held, fcntl.LOCK_UN)
+        taker.join(timeout=10)
+    assert said == ["waiting", "taken"]
+
+
 def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path, in_repo, trainings, capsys):
     data = str(synthetic_csv_dir)
     first = _zero_shot_grid(tmp_path, "zeroshot")

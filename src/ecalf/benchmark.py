@@ -34,6 +34,7 @@ import io
 import multiprocessing
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -473,7 +474,11 @@ def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool =
     if found is not None:
         return found
     run_dir = runs_dir / run_id
-    with _exclusive(run_dir.parent / f".{run_dir.name}.lock"):
+
+    def waiting() -> None:
+        print(f"{run_dir}: another process is training this run; waiting to take its result", file=sys.stderr)
+
+    with _exclusive(run_dir.parent / f".{run_dir.name}.lock", waiting):
         found = finished_run(config, runs_dir, run_id, siblings)  # a parallel cell may have trained it
         if found is not None:
             return found
@@ -483,8 +488,9 @@ def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool =
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Generator[None, None, None]:
-    """Hold an exclusive lock on ``lock_path`` (processes on this machine; none where fcntl is missing)."""
+def _exclusive(lock_path: Path, waiting: Callable[[], None] | None = None) -> Generator[None, None, None]:
+    """Hold an exclusive lock on ``lock_path`` (processes on this machine; none where fcntl is missing);
+    ``waiting`` is called once if another process holds it, before waiting for it."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover (Windows: parallel zero-shot cells may train a source twice)
@@ -492,7 +498,12 @@ def _exclusive(lock_path: Path) -> Generator[None, None, None]:
         return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
