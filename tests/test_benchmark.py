@@ -348,14 +348,16 @@ def test_a_process_waiting_for_another_s_run_says_so(tmp_path):
     with open(lock, "a") as held:  # another process's hold (flock: per open file, even in one process)
         fcntl.flock(held, fcntl.LOCK_EX)
 
+        told = threading.Event()
+
         def take() -> None:
-            with benchmark._exclusive(lock, lambda: said.append("waiting")):
+            with benchmark._exclusive(lock, lambda: (said.append("waiting"), told.set())):
                 said.append("taken")
 
         taker = threading.Thread(target=take)
         taker.start()
-        time.sleep(0.2)
-        assert said == ["waiting"]  # told before blocking, not yet through
+        assert told.wait(timeout=10)
+        assert said == ["waiting"]  # told before blocking, not through while the lock is held
         fcntl.flock(held, fcntl.LOCK_UN)
         taker.join(timeout=10)
     assert said == ["waiting", "taken"]
