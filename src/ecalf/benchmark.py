@@ -105,6 +105,19 @@ KEY_COLUMNS = ("model", "dataset", "target", "setting", "horizon", "seed")
 
 
 @dataclass
+class GridCase:
+    """Overrides for some of a model's cells: those of ``datasets`` (all when empty) at ``horizons``
+    (all when empty), e.g. a published recipe's own learning rate at one horizon."""
+
+    set: list[str]
+    datasets: list[str] = field(default_factory=list)
+    horizons: list[int] = field(default_factory=list)
+
+    def applies(self, dataset: str, horizon: int) -> bool:
+        return (not self.datasets or dataset in self.datasets) and (not self.horizons or horizon in self.horizons)
+
+
+@dataclass
 class GridModel:
     label: str
     """The model's name in results and tables (e.g. ``calf``, ``ecalf``, ``calf+dynamic_match``)."""
@@ -112,10 +125,22 @@ class GridModel:
     """A run-config YAML; ``{dataset}`` is replaced by the cell's dataset (per-dataset recipes)."""
     set: list[str] = field(default_factory=list)
     """Overrides for this model's cells (``key=value``, as ``ecalf train --set``)."""
+    cases: list[GridCase] = field(default_factory=list)
+    """Overrides for some of its cells only, applied after ``set`` in the order listed."""
+    seeds: list[int] | None = None
+    """This model's seeds when not the grid's (a deterministic model, such as ``linear``, needs one);
+    each must be one of the grid's."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", self.label):
             raise ConfigError(f"model label {self.label!r}: use letters, digits and _ . + - only")
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError(f"model {self.label!r}: seeds is empty; leave it out to use the grid's seeds")
+
+    def overrides(self, dataset: str, horizon: int) -> tuple[str, ...]:
+        """This model's overrides for a cell of ``dataset`` at ``horizon``."""
+        cases = [o for case in self.cases if case.applies(dataset, horizon) for o in case.set]
+        return (*self.set, *cases)
 
 
 @dataclass
@@ -167,6 +192,10 @@ class Grid:
             raise ConfigError(f"model labels must be unique, got {labels}")
         if any(h <= 0 for h in self.horizons):
             raise ConfigError(f"horizons must be positive, got {self.horizons}")
+        for model in self.models:
+            stray = sorted(set(model.seeds or []) - set(self.seeds))
+            if stray:
+                raise ConfigError(f"model {model.label!r}: seeds {stray} are not among the grid's {self.seeds}")
 
     @property
     def results_path(self) -> Path:
@@ -207,12 +236,25 @@ def select(
         return [p for p in present if p in chosen]
 
     labels = keep("models", models, [m.label for m in grid.models])
+    kept_seeds = keep("seeds", seeds, grid.seeds)
+    chosen = []
+    for model in grid.models:
+        if model.label not in labels:
+            continue
+        if model.seeds is not None:
+            own = [s for s in model.seeds if s in kept_seeds]
+            if not own:
+                continue  # this model runs none of the chosen seeds
+            model = dataclasses.replace(model, seeds=own)
+        chosen.append(model)
+    if not chosen:
+        raise ConfigError(f"models {labels} run none of seeds {kept_seeds} in grid {grid.name!r}")
     return dataclasses.replace(
         grid,
-        models=[m for m in grid.models if m.label in labels],
+        models=chosen,
         datasets=keep("datasets", datasets, grid.datasets),
         horizons=keep("horizons", horizons, grid.horizons),
-        seeds=keep("seeds", seeds, grid.seeds),
+        seeds=kept_seeds,
     )
 
 
@@ -284,12 +326,14 @@ def grid_cells(grid: Grid) -> list[Cell]:
                 for horizon in grid.horizons:
                     for seed in grid.seeds:
                         for model in grid.models:
+                            if model.seeds is not None and seed not in model.seeds:
+                                continue
                             config_file = model.config.replace("{dataset}", dataset)
                             cells.append(
                                 Cell(
                                     model.label,
                                     config_file,
-                                    tuple(model.set),
+                                    model.overrides(dataset, horizon),
                                     dataset,
                                     setting.name,
                                     float(setting.few_shot_percent),

@@ -79,7 +79,8 @@ class TrainingResult:
     epochs_run: int
     steps: int
     stopped: str
-    """``early_stopping``, ``epochs``, ``max_steps`` or ``untrainable`` (no trainable parameters)."""
+    """``early_stopping``, ``epochs``, ``max_steps``, ``untrainable`` (no trainable parameters) or
+    ``closed_form`` (weights computed from the data, :meth:`ForecastModel.fit_closed_form`)."""
     train_seconds: float
     """Seconds in epochs (training and validation), over every process of a resumed run."""
     resumed_seconds: float = 0.0
@@ -307,6 +308,8 @@ def train(
         log("training.low_memory has no effect here: it needs glibc's malloc (Linux)")
     model.to(device)
     start = time.perf_counter()
+    if model.fits_in_closed_form:
+        return _fit_closed_form(model, train_set, val_set, config, device, world, log, on_improvement, on_epoch_end)
     if not any(p.requires_grad for p in model.parameters()):
         metrics = _validate(model, val_set, config, device, world)
         log(f"no trainable parameters: validation mse {metrics.mse:.4f} mae {metrics.mae:.4f}")
@@ -420,6 +423,43 @@ def train(
         state.history, state.best_epoch, state.best_mse, state.epoch, state.steps, state.stopped,
         state.train_seconds, resumed_seconds,
     )  # fmt: skip
+
+
+def _fit_closed_form(
+    model: ForecastModel,
+    train_set: WindowDataset,
+    val_set: WindowDataset,
+    config: TrainingConfig,
+    device: torch.device,
+    world: World,
+    log: Callable[[str], None],
+    on_improvement: Callable[[ForecastModel, EpochLog], None] | None,
+    on_epoch_end: Callable[[EpochLog], None] | None,
+) -> TrainingResult:
+    """One closed-form fit in place of epochs: logged and called back as one epoch of 0 steps."""
+    start = time.perf_counter()
+    model.eval()
+    fit = model.fit_closed_form(train_set, val_set)
+    metrics = _validate(model, val_set, config, device, world)
+    seconds = time.perf_counter() - start
+    record = EpochLog(
+        epoch=1,
+        train_loss=fit.train_loss,
+        loss_parts={},
+        val_mse=metrics.mse,
+        val_mae=metrics.mae,
+        learning_rate=0.0,
+        windows_per_second=len(train_set) / seconds if seconds > 0 else 0.0,
+        seconds=seconds,
+        steps=0,
+        values=fit.values,
+    )
+    log(f"closed-form fit on {len(train_set)} windows: " + record.line())
+    if on_improvement is not None:
+        on_improvement(model, record)
+    if on_epoch_end is not None:
+        on_epoch_end(record)
+    return TrainingResult([record], 1, metrics.mse, 1, 0, "closed_form", seconds)
 
 
 def _validate(

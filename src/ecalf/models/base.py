@@ -8,12 +8,15 @@ its named parts. Model-specific multi-term losses live beside their model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ecalf.config import ModelConfig
+
+if TYPE_CHECKING:
+    from ecalf.data import WindowDataset
 
 LossName = Literal["mse", "l1", "smooth_l1"]
 
@@ -28,10 +31,23 @@ class ForecastOutput:
     """Named terms of the loss (unweighted), for logging."""
 
 
+@dataclass(frozen=True)
+class ClosedFormFit:
+    """What a model fitted in closed form reports to the training loop."""
+
+    train_loss: float
+    """The fitted model's training objective (e.g. its MSE over every training window)."""
+    values: dict[str, float] = field(default_factory=dict)
+    """What the fit chose (e.g. a ridge strength and each candidate's validation score), logged."""
+
+
 class ForecastModel(nn.Module):
     """Base class: holds the config, offers parameter groups and the pretrained-weights hook."""
 
     config: ModelConfig
+    fits_in_closed_form: ClassVar[bool] = False
+    """True for models whose weights are computed from the data (:meth:`fit_closed_form`) rather than
+    trained by gradient steps: the training loop then calls that once instead of running epochs."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -47,6 +63,10 @@ class ForecastModel(nn.Module):
         """Optimizer parameter groups. A group with ``fixed_lr: True`` is not scheduled."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": learning_rate, "name": "model"}] if params else []
+
+    def fit_closed_form(self, train_set: WindowDataset, val_set: WindowDataset) -> ClosedFormFit:
+        """Set the weights from ``train_set``, choosing any setting on ``val_set`` (never a test split)."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
 
     def training_values(self) -> dict[str, float]:
         """Values a model adapts during training (temperatures, loss weights), logged per epoch."""

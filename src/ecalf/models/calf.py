@@ -94,6 +94,16 @@ class CALFConfig(ModelConfig):
     """Ablations (Tan et al., NeurIPS 2024): ``random`` = randomly initialised backbone, ``none`` =
     backbone removed (tokens go straight to the head), ``attention`` = one attention layer instead."""
 
+    @property
+    def aligns(self) -> bool:
+        """Whether any alignment term has a weight. When none has (CALF's few-shot recipe:
+        ``output_weight = feature_weight = 0``), the model is the time branch alone: the text branch,
+        the cross-modal match, the per-level projections and the enhancements' modules are not built
+        and not run, and the loss is the task loss."""
+        contrastive = self.multilevel_distillation and self.contrastive_weight > 0
+        degree = self.dynamic_match and self.match_alignment_degree and self.degree_aux_weight > 0
+        return self.output_weight > 0 or self.feature_weight > 0 or contrastive or degree
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.temperature_min < self.temperature_init < self.temperature_max:
@@ -193,11 +203,13 @@ class CALF(ForecastModel):
                     "with more positions (gpt2: 1024) or rotary positions (smollm2-135m, tiny-llama), "
                     "or fewer channels"
                 )
-            self.text_trunk = apply_role(Trunk(arch), "text", config.backbone)
+            if config.aligns:
+                self.text_trunk = apply_role(Trunk(arch), "text", config.backbone)
             num_levels = arch.num_hidden_layers + 1
         elif config.backbone_mode == "attention":
             self.time_trunk = AttentionTrunk(hidden, config.encoder_heads, config.dropout)
-            self.text_trunk = AttentionTrunk(hidden, config.encoder_heads, config.dropout)
+            if config.aligns:
+                self.text_trunk = AttentionTrunk(hidden, config.encoder_heads, config.dropout)
             num_levels = 2
         else:  # "none": the tokens go straight to the head
             num_levels = 1
@@ -205,16 +217,27 @@ class CALF(ForecastModel):
         self.encoder = TimeTokenEncoder(
             config.context_length, hidden, config.encoder_heads, config.encoder_ff_dim, config.dropout
         )
+        self.head = nn.Linear(hidden, config.prediction_length)
+        self.time_projections = nn.ModuleList()
+        self.text_projections = nn.ModuleList()
+        self.match: DynamicCrossModalMatch | None = None
+        self.level_weights: LevelWeights | None = None
+        self.contrastive: ContrastiveLoss | None = None
+        self.alignment: AlignmentScore | None = None
+        if config.aligns:
+            self._build_alignment(hidden, num_levels)
+        self.skip = nn.Linear(config.context_length, config.prediction_length) if config.linear_skip else None
+        self._epoch_sums: dict[str, Tensor | float] = {}
+        self._epoch_count = 0
+
+    def _build_alignment(self, hidden: int, num_levels: int) -> None:
+        """What only the alignment terms use: dictionary, projections, match, level weights, enhancements."""
+        config = self.config
         self.register_buffer(
             "principal_embeddings", torch.zeros(config.backbone.num_principal_embeddings, hidden)
         )
-        self.head = nn.Linear(hidden, config.prediction_length)
-        self.time_projections = nn.ModuleList(
-            nn.Linear(hidden, hidden, bias=False) for _ in range(num_levels)
-        )
-        self.text_projections = nn.ModuleList(
-            nn.Linear(hidden, hidden, bias=False) for _ in range(num_levels)
-        )
+        self.time_projections.extend(nn.Linear(hidden, hidden, bias=False) for _ in range(num_levels))
+        self.text_projections.extend(nn.Linear(hidden, hidden, bias=False) for _ in range(num_levels))
         # Created last, so that CALF's own weights are the same with or without the enhancements.
         self.match = DynamicCrossModalMatch(
             hidden,
@@ -227,17 +250,14 @@ class CALF(ForecastModel):
         self.level_weights = LevelWeights(
             num_levels, config.feature_decay, learned=distill and config.level_weights == "learned"
         )
-        self.contrastive: ContrastiveLoss | None = None
         if distill and config.contrastive_weight > 0:
             self.contrastive = ContrastiveLoss(
                 config.temperature_init, config.temperature_min, config.temperature_max
             )
             levels = config.contrastive_levels if config.contrastive_levels is not None else range(num_levels)
             self.contrastive_levels = sorted({range(num_levels)[k] for k in levels})
-        self.alignment = AlignmentScore(config.alignment_momentum) if config.adaptive_alignment else None
-        self.skip = nn.Linear(config.context_length, config.prediction_length) if config.linear_skip else None
-        self._epoch_sums: dict[str, Tensor | float] = {}
-        self._epoch_count = 0
+        if config.adaptive_alignment:
+            self.alignment = AlignmentScore(config.alignment_momentum)
 
     # -- weights ----------------------------------------------------------------------------------
 
@@ -257,7 +277,8 @@ class CALF(ForecastModel):
             _load_base_weights(trunk, state)
         if isinstance(self.time_trunk, Trunk) and isinstance(self.text_trunk, Trunk):
             _share_frozen_weights(self.time_trunk, self.text_trunk)
-        self.principal_embeddings.copy_(dictionary)
+        if self.config.aligns:
+            self.principal_embeddings.copy_(dictionary)
 
     def parameter_groups(self, learning_rate: float) -> list[dict[str, Any]]:
         projections = {id(p) for m in (self.time_projections, self.text_projections) for p in m.parameters()}
@@ -287,12 +308,14 @@ class CALF(ForecastModel):
             return ForecastOutput(prediction=y_time)
 
         cfg = self.config
+        task = regression_loss(cfg.loss, y_time, future_values)
+        if self.match is None:  # no alignment term has a weight: the time branch alone
+            return ForecastOutput(prediction=y_time, loss=task, loss_parts={"task": task.detach()})
         statistics = window_statistics(past_values) if self.match.generator is not None else None
         x_text, degree = self.match(x_time, self.principal_embeddings, statistics)  # (B, C, D)
         hidden_text = self._branch(self.text_trunk, x_text)
         y_text = self._forecast(hidden_text, x_text, base, stats)
 
-        task = regression_loss(cfg.loss, y_time, future_values)
         output = regression_loss(cfg.loss, y_time, y_text)
         feature, contrastive = self._alignment_terms(hidden_time, hidden_text)
         w_out: Tensor | float = cfg.output_weight
@@ -341,6 +364,7 @@ class CALF(ForecastModel):
         """Hierarchical feature distillation over all levels, and the contrastive term if enabled."""
         cfg = self.config
         distill = cfg.multilevel_distillation
+        assert self.level_weights is not None  # built whenever the model aligns
         weights = self.level_weights()
         feature = hidden_time[0].new_zeros(())
         projected: list[tuple[Tensor, Tensor]] = []
@@ -388,7 +412,7 @@ class CALF(ForecastModel):
         self._epoch_sums, self._epoch_count = {}, 0
         if self.contrastive is not None:
             values["temperature"] = float(self.contrastive.temperature.detach())
-        if self.level_weights.logits is not None:
+        if self.level_weights is not None and self.level_weights.logits is not None:
             for k, w in enumerate(self.level_weights().detach().tolist()):
                 values[f"level_weight_{k}"] = w
         return values
