@@ -33,9 +33,10 @@ FIT_BATCH = 2048
 
 @dataclass
 class LinearConfig(ModelConfig):
-    ridge_grid: list[float] = field(default_factory=lambda: [0.0] + [10.0**k for k in range(-6, 3)])
-    """Candidate ridge strengths, as multiples of the mean eigenvalue of X'X (0: least squares);
-    the one with the lowest validation MSE is kept."""
+    ridge_grid: list[float] = field(default_factory=lambda: [10.0**k for k in range(-7, 3)])
+    """Candidate ridge strengths, as multiples of the mean eigenvalue of X'X; the one with the lowest
+    validation MSE is kept. 0 is allowed (least squares, the minimum-norm solution: a centred window
+    is orthogonal to the all-ones direction, so X'X is singular there) but is not a stable choice."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,7 +102,8 @@ class LinearForecast(ForecastModel):
             entries += y.numel()
         scale = float(torch.diagonal(gram)[:L].mean())
         candidates = sorted(set(self.config.ridge_grid))
-        solutions = torch.stack([_solve(gram, cross, r * scale, L) for r in candidates])  # (R, L + 1, H)
+        # Solved on the CPU (LAPACK's SVD-based least squares; the sums are only (L + 1) x (L + 1)).
+        solutions = torch.stack([_solve(gram.cpu(), cross.cpu(), r * scale, L) for r in candidates]).to(device)
 
         squared = torch.zeros(len(candidates), dtype=torch.float64, device=device)
         count = 0
@@ -135,4 +137,4 @@ def _solve(gram: Tensor, cross: Tensor, strength: float, context_length: int) ->
     """(X'X + strength * diag(1, ..., 1, 0))^-1 X'Y: the intercept (last row) is not penalised."""
     penalty = torch.zeros_like(gram)
     penalty.diagonal()[:context_length] = strength
-    return torch.linalg.lstsq(gram + penalty, cross).solution  # (L + 1, H)
+    return torch.linalg.lstsq(gram + penalty, cross, rcond=1e-12, driver="gelsd").solution  # (L + 1, H)
