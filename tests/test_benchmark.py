@@ -20,14 +20,17 @@ from ecalf.benchmark import (
     KEY_COLUMNS,
     RESULT_COLUMNS,
     Grid,
+    GridCase,
     GridModel,
     GridSetting,
+    check_grid,
     grid_cells,
     load_grid,
     read_results,
     run_benchmark,
 )
 from ecalf.cli import main
+from ecalf.config import load_run_config
 from ecalf.errors import ConfigError, EcalfError
 from ecalf.histories import write_histories
 from ecalf.report import mse_by_model_bars, per_dataset, write_report
@@ -622,6 +625,58 @@ def test_select_narrows_the_grid_and_keeps_cell_keys(in_repo):
     assert len(cells) == 2  # two settings
     with pytest.raises(ConfigError, match="not in grid"):
         benchmark.select(grid, datasets=["Traffic"])
+
+
+def test_model_cases_and_seeds_shape_the_cells(tmp_path, in_repo):
+    """A case's overrides reach only its cells (after the model's own); a model's seeds limit its cells;
+    select keeps both."""
+    calf = GridModel(
+        "calf",
+        "configs/calf-fewshot/{dataset}.yaml",
+        set=["model.backbone.preset=smollm2-135m"],
+        cases=[GridCase(set=["training.learning_rate=1.0e-4"], datasets=["ETTm1"], horizons=[720])],
+    )
+    linear = GridModel("linear", "configs/baselines/linear.yaml", seeds=[1])
+    grid = _small_grid(tmp_path, models=[linear, calf], datasets=["ETTh1", "ETTm1"], horizons=[96, 720])
+    cells = grid_cells(grid)
+    rate = [c for c in cells if "training.learning_rate=1.0e-4" in c.model_overrides]
+    assert [(c.dataset, c.horizon) for c in rate] == [("ETTm1", 720)] * 2  # both seeds of that cell
+    assert rate[0].model_overrides == ("model.backbone.preset=smollm2-135m", "training.learning_rate=1.0e-4")
+    assert {c.seed for c in cells if c.model == "linear"} == {1}
+    assert (
+        len([c for c in cells if c.model == "linear"]) == 4
+        and len([c for c in cells if c.model == "calf"]) == 8
+    )
+    check_grid(grid)  # the case's override is a valid key
+    assert benchmark.select(grid, seeds=[2]).models == [calf]  # linear runs none of them
+    with pytest.raises(ConfigError, match="run none of seeds"):
+        benchmark.select(grid, models=["linear"], seeds=[2])
+    with pytest.raises(ConfigError, match=r"seeds \[7\] are not among the grid's"):
+        _small_grid(tmp_path, models=[GridModel("linear", "configs/baselines/linear.yaml", seeds=[7])])
+
+
+def test_the_fewshot_grid_runs_calf_on_its_authors_recipe(in_repo):
+    """CALF's few-shot cells: alignment off, the scripts' rates (ETTm1 H 720 its own), batch and patience."""
+    grid = load_grid(ROOT / "benchmarks" / "fewshot.yaml")
+    expected = {  # dataset: (learning rate, batch, patience, loss), scripts/few_shot_forecasting/*.sh
+        "ETTh1": (5e-4, 256, 10, "l1"),
+        "ETTh2": (1e-3, 256, 10, "l1"),
+        "ETTm1": (5e-4, 256, 5, "l1"),
+        "ETTm2": (1e-4, 256, 5, "l1"),
+        "Weather": (1e-4, 64, 5, "smooth_l1"),
+    }
+    for cell in grid_cells(grid):
+        if cell.model != "calf":
+            continue
+        config = load_run_config(cell.config_file, cell.overrides(grid.set, None))
+        rate, batch, patience, loss = expected[cell.dataset]
+        if (cell.dataset, cell.horizon) == ("ETTm1", 720):
+            rate = 1e-4
+        assert config.model.output_weight == 0 and config.model.feature_weight == 0
+        assert not config.model.aligns
+        assert (config.training.learning_rate, config.training.batch_size) == (rate, batch)
+        assert (config.training.patience, config.model.loss) == (patience, loss)
+        assert config.training.cosine_t_max == 20 and config.data.few_shot_percent == 10
 
 
 # --------------------------------------------------------------------------------------------------

@@ -172,3 +172,52 @@ def test_branches_share_one_copy_of_the_frozen_backbone(preset):
     out = model(past, torch.randn(2, 8, 3))
     out.loss.backward()  # trains as before: only trainable parameters get gradients
     assert all(p.grad is None for k, p in text.items() if k in shared)
+
+
+@pytest.mark.parametrize("name", ["calf", "ecalf"])
+def test_no_alignment_weight_means_the_time_branch_alone(name):
+    """CALF's few-shot recipe (both alignment weights 0): nothing of the text branch is built, nothing
+    of it reaches the optimizer, and the loss is the task loss of the full model on the same weights."""
+    entry = get_entry(name)
+    off = {"output_weight": 0.0, "feature_weight": 0.0, "contrastive_weight": 0.0}
+    time_only = tiny_calf(seed=0, **{**_enhancements(entry.config_class), **off})
+    full = tiny_calf(seed=0, **_enhancements(entry.config_class))
+    assert not time_only.config.aligns and full.config.aligns
+    assert time_only.text_trunk is None and time_only.match is None
+    assert len(time_only.time_projections) == 0 and len(time_only.text_projections) == 0
+    assert time_only.contrastive is None and time_only.alignment is None
+    assert not hasattr(time_only, "principal_embeddings")
+    optimized = {id(p) for g in time_only.parameter_groups(1e-3) for p in g["params"]}
+    names = {n for n, p in time_only.named_parameters() if id(p) in optimized}
+    assert names and not any(n.startswith(("text_", "match", "level_weights", "contrastive")) for n in names)
+    assert not any(n.startswith(("text_", "match", "time_projections")) for n in time_only.state_dict())
+    # The same weights in both: every tensor of the time-only model is one of the full model's.
+    missing, unexpected = full.load_state_dict(time_only.state_dict(), strict=False)
+    assert not unexpected
+    assert all(k.startswith(("text_", "match", "time_projections", "level_weights", "contrastive",
+                             "alignment", "principal_embeddings")) for k in missing)  # fmt: skip
+    past, future = windows()
+    time_only.eval(), full.eval()
+    out_time, out_full = time_only(past, future), full(past, future)
+    assert set(out_time.loss_parts) == {"task"}
+    torch.testing.assert_close(out_time.loss, out_full.loss_parts["task"], rtol=0, atol=0)
+    torch.testing.assert_close(out_time.prediction, out_full.prediction, rtol=0, atol=0)
+    assert time_only.training_values() == {}
+
+
+def _enhancements(config_class):
+    """The switches that make a CALFConfig an Enhanced CALF one (none for CALF itself)."""
+    if config_class is CALFConfig:
+        return {}
+    return {"dynamic_match": True, "multilevel_distillation": True, "adaptive_alignment": True}
+
+
+def test_one_remaining_alignment_weight_builds_the_text_branch():
+    for weights in (
+        {"output_weight": 1.0, "feature_weight": 0.0},
+        {"output_weight": 0.0, "feature_weight": 0.01},
+    ):
+        model = tiny_calf(**weights)
+        assert model.config.aligns and model.text_trunk is not None and model.match is not None
+    contrastive_only = CALFConfig(output_weight=0.0, feature_weight=0.0, multilevel_distillation=True)
+    assert contrastive_only.aligns  # its contrastive weight (0.1) still needs the text branch

@@ -1,4 +1,4 @@
-"""``linear``: the closed-form ridge floor (fit, strength chosen on validation, run and saved like any model)."""
+"""``linear``: the closed-form ridge floor (fit, strength chosen on validation, run and saved)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ class Windows:
 def windows(weight: torch.Tensor, bias: torch.Tensor, count: int, noise: float, seed: int) -> Windows:
     """Random windows (count, L, C) whose horizons are ``weight @ (x - mean) + bias + mean`` + noise."""
     g = torch.Generator().manual_seed(seed)
-    past = torch.randn(count, L, C, generator=g, dtype=torch.float64) + 3 * torch.randn(count, 1, C, generator=g)
+    past = torch.randn(count, L, C, generator=g, dtype=torch.float64) + 3 * torch.randn(
+        count, 1, C, generator=g
+    )
     mean = past.mean(dim=1, keepdim=True)  # (N, 1, C)
     future = torch.einsum("hl,nlc->nhc", weight, past - mean) + bias.double()[:, None] + mean
     future = future + noise * torch.randn(future.shape, generator=g, dtype=torch.float64)
@@ -71,7 +73,9 @@ def test_strength_is_chosen_on_validation() -> None:
     and the kept strength is the one with the lowest validation score of those logged."""
     weight, bias = known_map(3)
     model = fresh()
-    fit = model.fit_closed_form(windows(weight, bias, 12, 1.0, seed=4), windows(weight, bias, 2000, 1.0, seed=5))  # type: ignore[arg-type]
+    fit = model.fit_closed_form(
+        windows(weight, bias, 12, 1.0, seed=4), windows(weight, bias, 2000, 1.0, seed=5)
+    )  # type: ignore[arg-type]
     scores = {k: v for k, v in fit.values.items() if k.startswith("val_mse@")}
     best = min(scores, key=lambda k: scores[k])
     assert best == f"val_mse@ridge={fit.values['ridge']:g}"
@@ -80,7 +84,9 @@ def test_strength_is_chosen_on_validation() -> None:
     assert scores[f"val_mse@ridge={weakest:g}"] > 1.2 * scores[best]
     # The validation windows decide: with other validation windows (a map of the opposite sign), the
     # same training windows give another choice.
-    other = fresh().fit_closed_form(windows(weight, bias, 12, 1.0, seed=4), windows(-weight, bias, 2000, 1.0, seed=5))  # type: ignore[arg-type]
+    other = fresh().fit_closed_form(
+        windows(weight, bias, 12, 1.0, seed=4), windows(-weight, bias, 2000, 1.0, seed=5)
+    )  # type: ignore[arg-type]
     assert other.values["ridge"] != fit.values["ridge"]
 
 
@@ -113,7 +119,9 @@ def test_the_test_split_is_never_read(tmp_path, monkeypatch) -> None:
     clean_metrics, clean_weights = fit(clean)
     dirty_metrics, dirty_weights = fit(dirty)
     # Equal up to the last bits of float summation order (the poison is 1e3 times the signal).
-    assert clean_metrics["history"][0]["values"] == pytest.approx(dirty_metrics["history"][0]["values"], rel=1e-9)
+    assert clean_metrics["history"][0]["values"] == pytest.approx(
+        dirty_metrics["history"][0]["values"], rel=1e-9
+    )
     assert clean_metrics["best_val_mse"] == pytest.approx(dirty_metrics["best_val_mse"], rel=1e-9)
     for name, tensor in clean_weights.items():
         torch.testing.assert_close(tensor, dirty_weights[name], rtol=1e-6, atol=1e-7)

@@ -217,3 +217,31 @@ def test_tables_list_models_in_one_order_whatever_finished_first():
     assert listed == ["model", *order]
     header = next(line for line in text.splitlines() if line.startswith("| dataset | H |"))
     assert header.strip("| ").split(" | ")[2:] == order
+
+
+def test_a_seed_free_model_is_paired_with_every_seed_of_the_other():
+    """``linear`` (closed form, one row per cell) meets each seed of a trained model; two trained
+    models still pair seed by seed."""
+    rows = [
+        {"setting": "few_shot", "dataset": "ETTh1", "target": "", "model": "linear", "horizon": 96,
+         "seed": 2021, "mse": 0.40, "stopped": "closed_form"},
+    ] + [
+        {"setting": "few_shot", "dataset": "ETTh1", "target": "", "model": m, "horizon": 96, "seed": seed,
+         "mse": mse, "stopped": "early_stopping"}
+        for m, seed, mse in (
+            ("ecalf", 2021, 0.39), ("ecalf", 2022, 0.41), ("ecalf", 2023, 0.42), ("calf", 2021, 0.5)
+        )
+    ]  # fmt: skip
+    df = pd.DataFrame(rows)
+    table = paired_comparison(df, "linear", "ecalf")
+    assert (int(table["cells"].sum()), int(table["better"].sum())) == (3, 1)
+    assert "does not depend on the seed" in "\n".join(paired_comparison_lines(df, "linear", "ecalf"))
+    assert int(paired_comparison(df, "calf", "ecalf")["cells"].sum()) == 1  # seed 2021 only
+
+
+def test_report_names_its_pairs_and_the_command_that_regenerates_them(tmp_path):
+    results = _write_results(tmp_path / "r.csv")
+    written = write_report(results, compare=("calf", "dlinear"), pairs=[("dlinear", "calf")])
+    text = written[0].read_text()
+    assert "## dlinear against calf" in text and "## calf against dlinear" in text
+    assert "--compare calf dlinear --pair dlinear calf" in text

@@ -114,7 +114,9 @@ class GridCase:
     horizons: list[int] = field(default_factory=list)
 
     def applies(self, dataset: str, horizon: int) -> bool:
-        return (not self.datasets or dataset in self.datasets) and (not self.horizons or horizon in self.horizons)
+        return (not self.datasets or dataset in self.datasets) and (
+            not self.horizons or horizon in self.horizons
+        )
 
 
 @dataclass
@@ -195,7 +197,9 @@ class Grid:
         for model in self.models:
             stray = sorted(set(model.seeds or []) - set(self.seeds))
             if stray:
-                raise ConfigError(f"model {model.label!r}: seeds {stray} are not among the grid's {self.seeds}")
+                raise ConfigError(
+                    f"model {model.label!r}: seeds {stray} are not among the grid's {self.seeds}"
+                )
 
     @property
     def results_path(self) -> Path:

@@ -200,7 +200,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ecalf.report import write_report
 
     published = BUILTIN if args.published == "" else args.published  # `--published` alone: ecalf's list
-    for path in write_report(args.results, args.output_dir, compare=args.compare, published=published):
+    pairs = [(base, other) for base, other in args.pair or []]
+    for path in write_report(
+        args.results, args.output_dir, compare=args.compare, published=published, pairs=pairs
+    ):
         print(path)
     if args.histories:
         from ecalf.histories import write_histories
@@ -415,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", nargs="+", default=["calf", "ecalf"], metavar="MODEL",
         help="models drawn per horizon; of two, the second is compared with the first cell by cell "
         "(default: calf ecalf)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pair", nargs=2, action="append", metavar=("BASE", "OTHER"),
+        help="also compare OTHER with BASE cell by cell (repeatable), e.g. --pair linear ecalf; a model "
+        "fitted without seed dependence (closed form) is paired with every seed of the other",
     )  # fmt: skip
     p.add_argument(
         "--published", metavar="CSV", nargs="?", const="",

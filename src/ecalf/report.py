@@ -26,7 +26,7 @@ from ecalf.errors import EcalfError
 from ecalf.published import BUILTIN, MEAN_HORIZONS, load_published
 
 GROUP = ["setting", "dataset", "target", "model"]
-MODEL_ORDER = ("naive", "mean", "dlinear", "patchtst", "itransformer", "calf", "ecalf")
+MODEL_ORDER = ("naive", "mean", "linear", "dlinear", "patchtst", "itransformer", "calf", "ecalf")
 """The order of models in tables and plots: the simplest baselines first, the LLM models last."""
 
 
@@ -211,11 +211,25 @@ def sign_test_p(wins: int, cells: int) -> float:
     return min(1.0, 2 * sum(math.comb(cells, i) for i in range(tail + 1)) / 2**cells)
 
 
+SEED_FREE = ("closed_form", "untrainable")
+"""How rows of models that do not depend on the seed ended (``stopped``): fitted in closed form, or
+with nothing to train."""
+
+
+def seed_free(df: pd.DataFrame, model: str) -> bool:
+    """Whether ``model``'s rows do not depend on the seed (all fitted in closed form or untrainable)."""
+    rows = df[df["model"] == model]
+    return bool(len(rows)) and "stopped" in rows and bool(rows["stopped"].isin(SEED_FREE).all())
+
+
 def paired_comparison(df: pd.DataFrame, base: str, other: str) -> pd.DataFrame:
     """``other`` against ``base`` on the cells both ran (same setting, dataset, target, horizon and
-    seed): per (setting, dataset, target) the number of paired cells, how many ``other`` has the
-    lower MSE in, and the mean and median relative MSE change ``(other - base) / base``."""
+    seed; a :func:`seed_free` model's one row per cell pairs with every seed of the other): per
+    (setting, dataset, target) the number of paired cells, how many ``other`` has the lower MSE in,
+    and the mean and median relative MSE change ``(other - base) / base``."""
     keys = ["setting", "dataset", "target", "horizon", "seed"]
+    if seed_free(df, base) or seed_free(df, other):
+        keys.remove("seed")  # one fit per cell: it stands beside each seed of the other model
     pairs = df[df["model"] == base][[*keys, "mse"]].merge(
         df[df["model"] == other][[*keys, "mse"]], on=keys, suffixes=("_base", "_other")
     )
@@ -235,6 +249,11 @@ def paired_comparison(df: pd.DataFrame, base: str, other: str) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _seed_note(df: pd.DataFrame, base: str, other: str) -> str:
+    fixed = [m for m in (base, other) if seed_free(df, m)]
+    return f"; {fixed[0]} does not depend on the seed: its one fit per cell meets every seed" if fixed else ""
+
+
 def paired_comparison_lines(df: pd.DataFrame, base: str, other: str) -> list[str]:
     """The markdown of :func:`paired_comparison` (nothing when the two models share no cell)."""
     table = paired_comparison(df, base, other)
@@ -243,7 +262,8 @@ def paired_comparison_lines(df: pd.DataFrame, base: str, other: str) -> list[str
     cells, better, tied = (int(table[column].sum()) for column in ("cells", "better", "tied"))
     lines = [
         f"## {other} against {base}\n",
-        f"Paired cells (same setting, dataset, horizon and seed): {other} has the lower test MSE in "
+        f"Paired cells (same setting, dataset, horizon and seed{_seed_note(df, base, other)}): {other} "
+        f"has the lower test MSE in "
         f"{better} of {cells}{f' ({tied} tied)' if tied else ''} (two-sided sign test p = "
         f"{sign_test_p(better, cells - tied):.2g}). Change of MSE "
         f"is ({other} − {base}) / {base}; negative favours {other}.\n",
@@ -405,10 +425,12 @@ def write_report(
     output_dir: str | os.PathLike[str] | None = None,
     compare: Sequence[str] = ("calf", "ecalf"),
     published: str | os.PathLike[str] | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> list[Path]:
     """``<stem>.md``, ``<stem>_mse_by_model.png`` and ``<stem>_per_horizon.png`` beside the CSV
     (or in ``output_dir``), with the ``published`` numbers (a CSV as :data:`ecalf.published.BUILTIN`,
-    that file itself by default) beside the measured ones. Returns the files written."""
+    that file itself by default) beside the measured ones; the cell-by-cell comparison of the two
+    ``compare`` models and of each ``(base, other)`` of ``pairs``. Returns the files written."""
     source = Path(results)
     df = load_results(source)
     quoted = load_published(published) if published is not None else None
@@ -418,9 +440,17 @@ def write_report(
     if published is not None:
         own = Path(published).resolve() != BUILTIN.resolve()
         command += f" --published {Path(published).as_posix()}" if own else " --published"
+    if tuple(compare) != ("calf", "ecalf"):
+        command += " --compare " + " ".join(compare)
+    command += "".join(f" --pair {base} {other}" for base, other in pairs)
     title = f"# Results: {stem}\n\nFrom `{source.as_posix()}` ({len(df)} runs). Regenerate with "
     title += f"`{command}`.\n\n"
-    paired = paired_comparison_lines(df, *compare) if len(compare) == 2 else []
+    chosen = [(compare[0], compare[1])] if len(compare) == 2 else []
+    paired = [
+        line
+        for base, other in dict.fromkeys([*chosen, *pairs])
+        for line in paired_comparison_lines(df, base, other)
+    ]
     text = title + markdown_tables(df, quoted) + "\n" + "\n".join([*paired, *provenance_lines(df)])
     written = [write_text(out / f"{stem}.md", text)]
     written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png", quoted))

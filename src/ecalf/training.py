@@ -309,7 +309,9 @@ def train(
     model.to(device)
     start = time.perf_counter()
     if model.fits_in_closed_form:
-        return _fit_closed_form(model, train_set, val_set, config, device, world, log, on_improvement, on_epoch_end)
+        return _fit_closed_form(
+            model, train_set, val_set, config, device, world, log, on_improvement, on_epoch_end
+        )
     if not any(p.requires_grad for p in model.parameters()):
         metrics = _validate(model, val_set, config, device, world)
         log(f"no trainable parameters: validation mse {metrics.mse:.4f} mae {metrics.mae:.4f}")

@@ -41,7 +41,9 @@ class LinearConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.ridge_grid or any(not (v >= 0.0) for v in self.ridge_grid):
-            raise ConfigError(f"model.ridge_grid must be a non-empty list of values >= 0, got {self.ridge_grid}")
+            raise ConfigError(
+                f"model.ridge_grid must be a non-empty list of values >= 0, got {self.ridge_grid}"
+            )
 
 
 def centred(past_values: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,7 +56,7 @@ def centred(past_values: Tensor) -> tuple[Tensor, Tensor]:
 @register_model(
     "linear",
     LinearConfig,
-    "Closed-form ridge map L -> H shared by all channels, window mean removed; strength chosen on validation.",
+    "Closed-form ridge map L -> H on mean-removed windows; ridge strength chosen on validation.",
     tiny_options={},
 )
 class LinearForecast(ForecastModel):
@@ -103,7 +105,9 @@ class LinearForecast(ForecastModel):
         scale = float(torch.diagonal(gram)[:L].mean())
         candidates = sorted(set(self.config.ridge_grid))
         # Solved on the CPU (LAPACK's SVD-based least squares; the sums are only (L + 1) x (L + 1)).
-        solutions = torch.stack([_solve(gram.cpu(), cross.cpu(), r * scale, L) for r in candidates]).to(device)
+        solutions = torch.stack([_solve(gram.cpu(), cross.cpu(), r * scale, L) for r in candidates]).to(
+            device
+        )
 
         squared = torch.zeros(len(candidates), dtype=torch.float64, device=device)
         count = 0
@@ -120,7 +124,9 @@ class LinearForecast(ForecastModel):
         # ||X w - y||^2 = y'y - 2 <w, X'y> + <w, X'X w>, from the sums already held.
         train_sse = energy - 2 * (chosen * cross).sum() + (chosen * (gram @ chosen)).sum()
         values = {"ridge": candidates[best]}
-        values.update({f"val_mse@ridge={r:g}": float(m) for r, m in zip(candidates, mse.tolist(), strict=True)})
+        values.update(
+            {f"val_mse@ridge={r:g}": float(m) for r, m in zip(candidates, mse.tolist(), strict=True)}
+        )
         return ClosedFormFit(train_loss=float(train_sse) / entries, values=values)
 
 
