@@ -62,7 +62,7 @@ from ecalf.data.series import (
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel
-from ecalf.registry import list_models, model_config_class, model_name_for_config
+from ecalf.registry import get_entry, list_models, model_config_class, model_name_for_config
 from ecalf.tracking import JSONL_FILE, TENSORBOARD_DIR, open_tracker, require_tracking
 from ecalf.training import resolve_device, snapshot, train
 
@@ -345,7 +345,8 @@ class Forecaster:
             f"{frequency!r}; windows train {len(train_set)}, validation "
             f"{len(val_set) if val_set is not train_set else 'none (training windows)'}"
         )
-        if not self._batch_size_given:
+        closed_form = getattr(get_entry(self.model_name).model_class, "fits_in_closed_form", False)
+        if not self._batch_size_given and not closed_form:  # a closed-form fit takes no steps
             batch_size = batch_size_for(len(train_set), training.batch_size)
             if batch_size != training.batch_size:
                 log(

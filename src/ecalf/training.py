@@ -63,9 +63,10 @@ class EpochLog:
 
     def line(self) -> str:
         parts = " ".join(f"{k}={v:.4f}" for k, v in self.loss_parts.items())
+        parts = f" ({parts})" if parts else ""
         values = " ".join(f"{k}={v:.4g}" for k, v in self.values.items())
         return (
-            f"epoch {self.epoch:3d} | loss {self.train_loss:.4f} ({parts}) | val mse {self.val_mse:.4f} "
+            f"epoch {self.epoch:3d} | loss {self.train_loss:.4f}{parts} | val mse {self.val_mse:.4f} "
             f"mae {self.val_mae:.4f} | lr {self.learning_rate:.2e} | {self.windows_per_second:.1f} win/s "
             f"| {self.seconds:.1f}s" + (f" | {values}" if values else "")
         )
