@@ -1,6 +1,7 @@
 """CSV loading: validation errors name file, column and row; registered and custom datasets."""
 
 import time
+import warnings
 from contextlib import nullcontext
 
 import numpy as np
@@ -221,3 +222,49 @@ def test_real_files_load_quickly(real_data_dir, name):
     assert frame.values.shape == (spec.num_rows, spec.num_channels)
     assert frame.columns[-1] == "OT"
     assert elapsed < 2.0, f"loading {name} took {elapsed:.2f}s"
+
+
+# --------------------------------------------------------------------------------------------------
+# The ETTh1 copy shipped with the package
+# --------------------------------------------------------------------------------------------------
+
+ETTH1_SHA256 = "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066"
+"""The published file's checksum (ETDataset commit 1d16c8f, as in the shared datasets' SHA256SUMS)."""
+
+
+def test_the_shipped_etth1_is_the_published_file_unmodified():
+    import hashlib
+
+    from ecalf.data.loading import BUNDLED_DIR
+
+    data = (BUNDLED_DIR / "ETTh1.csv").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == ETTH1_SHA256
+    assert "CC BY-ND 4.0" in (BUNDLED_DIR / "README.md").read_text()
+
+
+def test_the_shipped_etth1_is_used_only_when_no_data_directory_is_given(tmp_path, monkeypatch):
+    from ecalf.data.loading import BUNDLED_DIR
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ECALF_DATA_DIR", raising=False)
+    with pytest.warns(UserWarning, match="using the copy shipped with ecalf"):
+        frame, _ = load_dataset("ETTh1")
+    assert frame.num_rows == 17420 and frame.source == str(BUNDLED_DIR / "ETTh1.csv")
+    # A data directory that lacks the file is an error naming it, not a silent fallback.
+    with pytest.raises(DataError, match=r"ETTh1\.csv not found"):
+        load_dataset("ETTh1", data_dir=tmp_path / "elsewhere")
+    monkeypatch.setenv("ECALF_DATA_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(DataError, match=r"ETTh1\.csv not found"):
+        load_dataset("ETTh1")
+    # Other datasets are not shipped.
+    monkeypatch.delenv("ECALF_DATA_DIR")
+    with pytest.raises(DataError, match=r"ETTh2\.csv not found"):
+        load_dataset("ETTh2")
+    # A ./datasets/ETTh1.csv of the user's comes first.
+    (tmp_path / "datasets").mkdir()
+    own = (BUNDLED_DIR / "ETTh1.csv").read_text().splitlines()[:300]
+    (tmp_path / "datasets" / "ETTh1.csv").write_text("\n".join(own) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame, _ = load_dataset("ETTh1")
+    assert frame.num_rows == 299

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecalf.data.specs import DATASETS, DatasetSpec, data_dir_origin, find_spec
+from ecalf.data.specs import DATA_DIR_ENV, DATASETS, DEFAULT_DATA_DIR, DatasetSpec, data_dir_origin, find_spec
 from ecalf.errors import DataError
 
 DATE_COLUMN = "date"
@@ -271,6 +271,16 @@ def _looks_like_path(dataset: str) -> bool:
     return dataset.lower().endswith(".csv") or "/" in dataset or os.sep in dataset or Path(dataset).is_file()
 
 
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+"""Benchmark files shipped inside the package, unmodified (``bundled/README.md``: licence, checksum)."""
+BUNDLED = {"ETTh1": "ETTh1.csv"}
+"""Registered datasets with a shipped copy, used only when no data directory is given."""
+
+
+def _no_data_dir_given(data_dir: str | os.PathLike[str] | None) -> bool:
+    return (data_dir is None or str(data_dir) == "") and not os.environ.get(DATA_DIR_ENV, "")
+
+
 def _missing_file_error(spec: DatasetSpec, path: Path, origin: str) -> DataError:
     if spec.url:
         how = f"download it with `ecalf data download {spec.name}` (from {spec.url})"
@@ -295,6 +305,14 @@ def load_dataset(
     directory, origin = data_dir_origin(data_dir)
     if spec is not None:
         path = directory / spec.file_name
+        if not path.is_file() and _no_data_dir_given(data_dir) and spec.name in BUNDLED:
+            path = BUNDLED_DIR / BUNDLED[spec.name]
+            warnings.warn(
+                f"{spec.name}: no data directory given and no ./{DEFAULT_DATA_DIR}/{spec.file_name}; using "
+                f"the copy shipped with ecalf ({path.name}, CC BY-ND 4.0, Zhou et al., Informer, AAAI 2021)",
+                UserWarning,
+                stacklevel=2,
+            )
         if not path.is_file():
             raise _missing_file_error(spec, path, origin)
         frame = read_csv(path)
