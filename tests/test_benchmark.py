@@ -294,8 +294,8 @@ def test_zero_shot_targets_share_one_training_that_matches_a_zero_shot_run(
         tmp_path / "alone",
         echo=None,
     )
-    assert alone.metrics["test"]["mse"] == pytest.approx(float(rows["calf", "ETTm1"]["mse"]), rel=1e-5)
-    assert alone.metrics["epochs_run"] == int(rows["calf", "ETTm1"]["epochs"])
+    assert alone.metrics.test.mse == pytest.approx(float(rows["calf", "ETTm1"]["mse"]), rel=1e-5)
+    assert alone.metrics.epochs_run == int(rows["calf", "ETTm1"]["epochs"])
 
 
 def test_threads_per_cell_leave_the_caller_s_setting(synthetic_csv_dir, tmp_path, in_repo, monkeypatch):

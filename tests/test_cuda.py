@@ -36,11 +36,11 @@ def test_trains_and_evaluates_on_the_gpu(tmp_path, tiny_run_config, config_file,
     config = tiny_run_config(config_file, CUDA, "training.epochs=2", f"training.precision={precision}")
     result = run_experiment(config, tmp_path / "run", echo=None)
     metrics = result.metrics
-    assert metrics["environment"]["cuda"]  # the device's name, in the provenance
-    assert math.isfinite(metrics["test"]["mse"]) and metrics["test"]["windows"] > 0
-    assert all(math.isfinite(epoch["train_loss"]) for epoch in metrics["history"])
+    assert metrics.environment["cuda"]  # the device's name, in the provenance
+    assert math.isfinite(metrics.test.mse) and metrics.test.windows > 0
+    assert all(math.isfinite(epoch.train_loss) for epoch in metrics.history)
     _, again = evaluate_run(result.run_dir)  # reloaded on the GPU from the saved weights
-    assert again.mse == pytest.approx(metrics["test"]["mse"], rel=1e-3)
+    assert again.mse == pytest.approx(metrics.test.mse, rel=1e-3)
 
 
 def test_tiny_calf_learns_on_the_gpu_in_bf16(tmp_path, tiny_run_config):
@@ -49,8 +49,8 @@ def test_tiny_calf_learns_on_the_gpu_in_bf16(tmp_path, tiny_run_config):
         "training.precision=bf16",
     )  # fmt: skip
     metrics = run_experiment(config, tmp_path / "run", echo=None).metrics
-    assert metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
-    assert metrics["test"]["mse"] < metrics["naive_test"]["mse"]
+    assert metrics.history[-1].train_loss < metrics.history[0].train_loss
+    assert metrics.test.mse < metrics.naive_test.mse
 
 
 def test_merged_lora_predicts_like_the_unmerged_model_on_the_gpu(tmp_path, tiny_run_config):

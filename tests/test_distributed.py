@@ -314,10 +314,12 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     # Meanwhile, in this process: the same global batch (32), and a different one (16).
-    one = run_experiment(load_run_config(TINY_CALF, _overrides(csv, 32)), tmp_path / "one", echo=None).metrics
+    one = run_experiment(
+        load_run_config(TINY_CALF, _overrides(csv, 32)), tmp_path / "one", echo=None
+    ).metrics.to_json()
     other = run_experiment(
         load_run_config(TINY_CALF, _overrides(csv, 16)), tmp_path / "b16", echo=None
-    ).metrics
+    ).metrics.to_json()
     output = process.communicate(timeout=200)[0].decode()
     assert process.returncode == 0, output
     ddp = json.loads((run_dir / "metrics.json").read_text())
@@ -378,7 +380,7 @@ def test_bf16_trains_a_tiny_calf_on_the_cpu_close_to_fp32(tmp_path):
     for precision in ("fp32", "bf16"):
         overrides = [*_overrides(csv, 32), f"training.precision={precision}"]
         config = load_run_config(TINY_CALF, overrides)
-        results[precision] = run_experiment(config, tmp_path / precision, echo=None).metrics
+        results[precision] = run_experiment(config, tmp_path / precision, echo=None).metrics.to_json()
     fp32, bf16 = _summary(results["fp32"]), _summary(results["bf16"])
     assert all(torch.isfinite(torch.tensor(bf16)))
     assert bf16 != fp32  # autocast was on: bf16 rounding changed the numbers ...

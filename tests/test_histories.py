@@ -119,5 +119,5 @@ def test_a_rewrite_keeps_the_epochs_of_runs_whose_directories_are_gone(tmp_path,
     assert write_histories(results)[1] == [(old, "run directory not found here")]
     (tmp_path / old).mkdir()  # a run that started but has not finished: its directory, no metrics.json
     assert write_histories(results)[1] == [
-        (old, "no metrics.json in its run directory (the run has not finished)")
+        (old, "no finished run's metrics in its run directory (the run has not finished)")
     ]

@@ -114,7 +114,7 @@ def test_the_test_split_is_never_read(tmp_path, monkeypatch) -> None:
             training=TrainingConfig(progress=False, tracking="none"),
         )
         result = run_experiment(config, tmp_path / path.stem, echo=None)
-        return result.metrics, load_tensors(result.run_dir / "model.safetensors")
+        return result.metrics.to_json(), load_tensors(result.run_dir / "model.safetensors")
 
     clean_metrics, clean_weights = fit(clean)
     dirty_metrics, dirty_weights = fit(dirty)

@@ -104,7 +104,7 @@ def test_resume_in_process_after_interrupted_epoch(tmp_path, monkeypatch):
     """An exception mid-epoch (like a kill) loses only that epoch; resuming gives identical results."""
     csv = write_synthetic_csv(tmp_path / "toy.csv", num_rows=800, num_channels=2, seed=5)
     config = load_run_config(ROOT / "configs/tiny/calf.yaml", _overrides(csv, 4))
-    reference = run_experiment(config, tmp_path / "reference", echo=None).metrics
+    reference = run_experiment(config, tmp_path / "reference", echo=None).metrics.to_json()
 
     _killed_in_epoch(monkeypatch, config, tmp_path / "run", 3)
     latest = tmp_path / "run" / "state" / "latest.json"

@@ -16,13 +16,13 @@ def test_tiny_calf_learns_and_beats_the_naive_forecast(tmp_path, tiny_run_config
     config = tiny_run_config(TINY_CALF, "training.epochs=6", "training.learning_rate=2e-3")
     result = run_experiment(config, tmp_path / "run", echo=None)
     metrics = result.metrics
-    history = metrics["history"]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert metrics["test"]["mse"] < metrics["naive_test"]["mse"]
+    history = metrics.history
+    assert history[-1].train_loss < history[0].train_loss
+    assert metrics.test.mse < metrics.naive_test.mse
     for name in ("config.yaml", "metrics.json", "train.log", "model.safetensors"):
         assert (result.run_dir / name).is_file(), name
-    assert metrics["windows"]["test"] == metrics["test"]["windows"]
-    assert set(history[0]["loss_parts"]) == {"task", "output", "feature"}
+    assert metrics.windows["test"] == metrics.test.windows
+    assert set(history[0].loss_parts) == {"task", "output", "feature"}
 
 
 def test_evaluate_reproduces_logged_test_metrics_exactly(tmp_path, tiny_run_config, capsys):
@@ -141,7 +141,7 @@ def test_a_run_reads_its_commit_once_and_logs_and_records_the_same(tmp_path, tin
     monkeypatch.setattr(ecalf.run, "git_commit", lambda directory=None: next(answers))
     result = run_experiment(tiny_run_config(TINY_CALF, "training.epochs=1"), tmp_path / "run", echo=None)
     assert f"commit {'a' * 40}" in (result.run_dir / "train.log").read_text()
-    assert result.metrics["environment"]["git_commit"] == "a" * 40
+    assert result.metrics.environment["git_commit"] == "a" * 40
     assert next(answers) == "b" * 40 + "-dirty"  # not consumed: one reading for both
 
 

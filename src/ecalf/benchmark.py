@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tqdm.auto import tqdm
 
-from ecalf.artifacts import read_json, read_yaml, write_text
+from ecalf.artifacts import read_yaml, write_text
 from ecalf.cell_costs import CellCosts, CellKey, Remaining, estimate_from
 from ecalf.config import (
     RunConfig,
@@ -57,6 +57,7 @@ from ecalf.errors import ConfigError, EcalfError
 
 if TYPE_CHECKING:
     from ecalf.run import RunResult
+    from ecalf.training import TrainingProgress
 
 SettingName = Literal["full", "few_shot", "zero_shot"]
 
@@ -450,7 +451,7 @@ def run_cell(
     if cell.target:  # zero-shot: the source's training, evaluated on the target
         trained = transfer_run(trained.run_dir, config, Path(runs_dir) / cell.run_id)
     run_dir, metrics = trained.run_dir, trained.metrics
-    env = metrics.get("environment", {})
+    env = metrics.environment
     backbone = getattr(config.model, "backbone", None)
     return {
         "model": cell.model,
@@ -460,20 +461,20 @@ def run_cell(
         "few_shot_percent": cell.few_shot_percent,
         "horizon": cell.horizon,
         "seed": cell.seed,
-        "mse": metrics["test"]["mse"],
-        "mae": metrics["test"]["mae"],
-        "naive_mse": metrics["naive_test"]["mse"],
-        "naive_mae": metrics["naive_test"]["mae"],
-        "epochs": metrics["epochs_run"],
-        "best_epoch": metrics["best_epoch"],
-        "steps": metrics["steps"],
-        "stopped": metrics["stopped"],
-        "wall_seconds": round(float(metrics["wall_seconds"]), 2),
-        "train_windows_per_second": round(float(metrics["train_windows_per_second"]), 2),
-        "peak_memory_mb": round(float(metrics["peak_memory_mb"]), 1),
-        "trainable_parameters": metrics["parameters"]["trainable"],
-        "total_parameters": metrics["parameters"]["total"],
-        "model_name": metrics["model"],
+        "mse": metrics.test.mse,
+        "mae": metrics.test.mae,
+        "naive_mse": metrics.naive_test.mse,
+        "naive_mae": metrics.naive_test.mae,
+        "epochs": metrics.epochs_run,
+        "best_epoch": metrics.best_epoch,
+        "steps": metrics.steps,
+        "stopped": metrics.stopped,
+        "wall_seconds": round(float(metrics.wall_seconds), 2),
+        "train_windows_per_second": round(float(metrics.train_windows_per_second), 2),
+        "peak_memory_mb": round(float(metrics.peak_memory_mb), 1),
+        "trainable_parameters": metrics.parameters["trainable"],
+        "total_parameters": metrics.parameters["total"],
+        "model_name": metrics.model,
         "backbone": backbone.preset if backbone is not None else "",
         "config_file": cell.config_file,
         "overrides": " ".join(overrides),
@@ -499,15 +500,17 @@ def finished_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool 
     is unknown, e.g. ``training.dropout_masks``, whose default is not what earlier code did).
     """
     from ecalf.run import RunResult, saved_settings_gap
+    from ecalf.run_dir import RunDirectory
 
     own = runs_dir / run_id
     others = sorted(runs_dir.parent.glob(f"*/{run_id}")) if siblings else []
     candidates = [own, *(p for p in others if p != own)]
     for path in candidates:
-        if not (path / "metrics.json").is_file() or saved_settings_gap(path, config) != []:
+        directory = RunDirectory(path)
+        if not directory.is_finished() or saved_settings_gap(path, config) != []:
             continue
         try:
-            return RunResult(path, read_json(path / "metrics.json"))
+            return RunResult(path, directory.read_metrics())
         except (EcalfError, OSError, ValueError):  # a damaged run: not ours
             continue
     return None
@@ -604,52 +607,8 @@ class PlannedCell:
     key: CellKey | None = None
     """What estimates it (None when it reuses a run)."""
     progress: TrainingProgress | None = None
-    """How far a killed or running training of the cell got (:func:`training_progress`), if it started;
+    """How far a killed or running training of the cell got (:meth:`RunDirectory.progress`), if it started;
     ``seconds`` is then what is left of it."""
-
-
-@dataclass(frozen=True)
-class TrainingProgress:
-    """How far a started (killed or running) training got, from its last epoch checkpoint."""
-
-    epochs_done: int
-    best_epoch: int
-    best_mse: float
-    seconds_per_epoch: float | None
-    """Mean over its finished epochs (None when the checkpoint has no history)."""
-
-    def describe(self) -> str:
-        best = f"best {self.best_epoch} (val MSE {self.best_mse:.4f})"
-        pace = f", {self.seconds_per_epoch:.0f} s per epoch" if self.seconds_per_epoch is not None else ""
-        return f"started: {self.epochs_done} epochs done, {best}{pace}"
-
-    def seconds_left(self, max_epochs: int, whole_cell: float | None) -> float | None:
-        """The time the run needs at most to end (its remaining epochs at its own pace), or less when the
-        estimate of a whole such cell, minus the epochs already done, says so; at least one epoch."""
-        if self.seconds_per_epoch is None:
-            return None if whole_cell is None else max(whole_cell, 0.0)
-        pace = self.seconds_per_epoch
-        bound = max(max_epochs - self.epochs_done, 1) * pace
-        if whole_cell is None:
-            return bound
-        return min(bound, max(whole_cell - self.epochs_done * pace, pace))
-
-
-def training_progress(run_dir: Path) -> TrainingProgress | None:
-    """``run_dir``'s last epoch checkpoint (epochs done, best epoch and its validation MSE, mean seconds
-    per epoch), or None when it has none (not started, finished, or unreadable)."""
-    from ecalf.training import TrainingCheckpoint
-
-    pointer = TrainingCheckpoint(run_dir / "state").pointer
-    try:
-        loop = read_json(pointer)["loop"] if pointer.is_file() else None
-        if not isinstance(loop, dict):
-            return None
-        history = loop.get("history") or []
-        seconds = sum(float(e["seconds"]) for e in history) / len(history) if history else None
-        return TrainingProgress(int(loop["epoch"]), int(loop["best_epoch"]), float(loop["best_mse"]), seconds)
-    except (EcalfError, OSError, KeyError, TypeError, ValueError):
-        return None
 
 
 def plan_benchmark(
@@ -658,6 +617,7 @@ def plan_benchmark(
     """What :func:`run_benchmark` would do, without running anything: the pending cells, each with the
     finished run it would reuse, and how many cells are already in the results file."""
     from ecalf.run import source_config
+    from ecalf.run_dir import RunDirectory
 
     check_grid(grid, data_dir)
     results_path = Path(results) if results is not None else grid.results_path
@@ -684,7 +644,7 @@ def plan_benchmark(
                 alike = (row for row in beside if _row_recipe(row) == recipe)
                 other_costs[recipe] = CellCosts.from_rows(alike)
             estimate = estimate_from(key, costs, other_costs[recipe])
-            progress = training_progress(runs_dir / run_id)
+            progress = RunDirectory(runs_dir / run_id).progress()
             if progress is not None:  # it resumes: only what is left of it
                 estimate = progress.seconds_left(config.training.epochs, estimate)
             planned.append(PlannedCell(cell, None, estimate, key, progress))

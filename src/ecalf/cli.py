@@ -10,9 +10,12 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecalf.errors import EcalfError
+
+if TYPE_CHECKING:
+    from ecalf.run_dir import RunMetrics
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -30,7 +33,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     echo = None if args.quiet else print
     if args.resume:
         if args.config or args.set:
-            raise EcalfError("--resume continues a run with its own config.yaml; drop --config/--set")
+            raise EcalfError("--resume continues a run with its own saved config; drop --config/--set")
         result = resume_run(args.resume, echo=echo)
     else:
         if not args.config:
@@ -43,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_run_result(run_dir: object, metrics: dict[str, Any], echoed: bool = False) -> None:
+def _print_run_result(run_dir: object, metrics: RunMetrics, echoed: bool = False) -> None:
     """The run directory, and the test metrics unless the echoed log has just printed them."""
     from ecalf.distributed import is_main_process
 
@@ -52,9 +55,9 @@ def _print_run_result(run_dir: object, metrics: dict[str, Any], echoed: bool = F
     print(f"run directory: {run_dir}")
     if echoed:
         return
-    test, naive = metrics["test"], metrics["naive_test"]
-    print(f"test mse {test['mse']:.4f} mae {test['mae']:.4f}", end=" | ")
-    print(f"naive mse {naive['mse']:.4f} mae {naive['mae']:.4f}")
+    test, naive = metrics.test, metrics.naive_test
+    print(f"test mse {test.mse:.4f} mae {test.mae:.4f}", end=" | ")
+    print(f"naive mse {naive.mse:.4f} mae {naive.mae:.4f}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -63,6 +63,9 @@ from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel
 from ecalf.registry import get_entry, list_models, model_config_class, model_name_for_config
+from ecalf.run_dir import CONFIG_FILE as RUN_CONFIG_FILE
+from ecalf.run_dir import METRICS_FILE as RUN_METRICS_FILE
+from ecalf.run_dir import WEIGHTS_FILE
 from ecalf.tracking import JSONL_FILE, TENSORBOARD_DIR, open_tracker, require_tracking
 from ecalf.training import resolve_device, snapshot, train
 
@@ -71,10 +74,10 @@ DEFAULT_BACKBONE = "smollm2-135m"
 FORMAT = "ecalf-forecaster"
 FORMAT_VERSION = 1
 METADATA_FILE = "forecaster.json"
-CONFIG_FILE = "config.yaml"
-MODEL_FILE = "model.safetensors"
 SCALER_FILE = "scaler.json"
-METRICS_FILE = "metrics.json"
+# A saved forecaster is a run directory (ecalf.run_dir names its files) plus the two files above; its
+# metrics file holds the fit's summary and history (:attr:`Forecaster.summary`), not a RunMetrics.
+CONFIG_FILE, MODEL_FILE, METRICS_FILE = RUN_CONFIG_FILE, WEIGHTS_FILE, RUN_METRICS_FILE
 SAVED_FILES = (METADATA_FILE, CONFIG_FILE, MODEL_FILE, SCALER_FILE, METRICS_FILE, JSONL_FILE, TENSORBOARD_DIR)
 """What a forecaster directory may hold: the saved files and the tracking written while fitting."""
 _FIXED_MODEL_KEYS = {

@@ -16,6 +16,7 @@ their rows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,13 +25,13 @@ from typing import Any
 
 import pandas as pd
 
-from ecalf.artifacts import read_json, write_text
+from ecalf.artifacts import write_text
 from ecalf.benchmark import read_results
 from ecalf.errors import EcalfError
 
 GONE = "run directory not found here"
 """Why a row is left out whose run directory is not on this machine (trained elsewhere, or deleted)."""
-NO_METRICS = "no metrics.json in its run directory (the run has not finished)"
+NO_METRICS = "no finished run's metrics in its run directory (the run has not finished)"
 """Why a row is left out whose run directory holds no finished run's metrics."""
 
 KEYS = ["model", "dataset", "target", "setting", "horizon", "seed"]
@@ -68,18 +69,19 @@ def _history_of(row: Mapping[str, str], root: Path) -> tuple[list[dict[str, Any]
     directory = run_dir if run_dir.is_absolute() else root / run_dir
     if not row.get("run_dir") or not directory.is_dir():
         return [], GONE
-    path = directory / "metrics.json"
-    if not path.is_file():
+    from ecalf.run_dir import RunDirectory  # torch, only when there are runs to read
+
+    run = RunDirectory(directory)
+    if not run.is_finished():
         return [], NO_METRICS
     try:
-        metrics = read_json(path)
+        history = [dataclasses.asdict(record) for record in run.read_history()]
         epochs = int(row.get("epochs") or 0)
     except (EcalfError, OSError, ValueError) as exc:
         return [], f"unreadable: {exc}"
-    history = metrics.get("history", []) if isinstance(metrics, dict) else []
     if len(history) != epochs:
-        return [], f"{len(history)} epochs in metrics.json, {epochs} in the results row"
-    return list(history), None
+        return [], f"{len(history)} epochs in {run.metrics_file.name}, {epochs} in the results row"
+    return history, None
 
 
 def _untrained(row: Mapping[str, str]) -> bool:

@@ -299,11 +299,13 @@ def plot_run_training(run_dir: str | os.PathLike[str], path: str | os.PathLike[s
     Reads ``metrics.json``'s history, or ``metrics.jsonl`` while a run is still training (or was killed).
     """
     from ecalf.artifacts import read_json
+    from ecalf.run_dir import RunDirectory
     from ecalf.tracking import JSONL_FILE, read_jsonl
 
     directory = Path(run_dir)
-    if (directory / "metrics.json").is_file():
-        metrics = read_json(directory / "metrics.json")
+    metrics_file = RunDirectory(directory).metrics_file
+    if metrics_file.is_file():  # a run's RunMetrics, or a saved forecaster's fit summary: both have history
+        metrics = read_json(metrics_file)
         history = metrics.get("history", []) if isinstance(metrics, dict) else []
         name = ""
         if isinstance(metrics, dict):  # a run names its dataset, a saved forecaster its source
@@ -313,8 +315,8 @@ def plot_run_training(run_dir: str | os.PathLike[str], path: str | os.PathLike[s
         history, name = history_from_jsonl(read_jsonl(directory / JSONL_FILE)), "(in progress)"
     else:
         raise EcalfError(
-            f"{directory} has no metrics.json or {JSONL_FILE}; pass a run directory (`ecalf train`) or a "
-            "saved forecaster (`ecalf fit`)"
+            f"{directory} has no {metrics_file.name} or {JSONL_FILE}; pass a run directory "
+            "(`ecalf train`) or a saved forecaster (`ecalf fit`)"
         )
     return plot_training_curves(history, path, title=f"training curves {name} ({directory.name})")
 

@@ -1,15 +1,6 @@
 """One experiment, end to end: data -> model -> training -> one test evaluation -> run directory.
 
-A run directory holds:
-- ``config.yaml``      the resolved config (every default written out)
-- ``metrics.json``     test MSE/MAE, the naive forecast's beside it, window counts, epochs, wall time,
-                       parameter counts, per-epoch history, provenance (git commit, versions)
-- ``train.log``        the per-epoch log
-- ``model.safetensors`` the best weights that training changed (trainable parameters and buffers);
-                       frozen backbone weights are rebuilt from the config by the same seeded procedure.
-- ``metrics.jsonl``    per-epoch loss parts, validation metrics and adapted values, written as each epoch
-                       ends (``training.tracking``: ``jsonl``, the default, or ``tensorboard``, which
-                       adds event files under ``tensorboard/``; see ecalf.tracking)
+What a run directory holds, and every file name in it, is :mod:`ecalf.run_dir`'s.
 
 Under ``torchrun`` every process runs :func:`run_experiment` (ecalf.distributed): all train and evaluate
 their shards, only rank 0 writes the run directory and prints; the others wait for it where it writes.
@@ -33,8 +24,8 @@ import numpy as np
 import torch
 
 from ecalf import __version__
-from ecalf.artifacts import load_tensors, read_json, read_yaml, save_tensors, write_json, write_yaml
-from ecalf.config import RunConfig, load_run_config, missing_settings, run_config_from_dict, to_dict
+from ecalf.artifacts import read_yaml
+from ecalf.config import RunConfig, load_run_config, missing_settings, run_config_from_dict
 from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError
@@ -43,10 +34,10 @@ from ecalf.inference import quantized_int8
 from ecalf.models.base import ForecastModel, count_parameters
 from ecalf.models.naive import NaiveConfig, NaiveForecast
 from ecalf.registry import create_model, model_name_for_config
+from ecalf.run_dir import RunDirectory, RunMetrics
 from ecalf.tracking import NullTracker, Tracker, open_tracker, require_tracking
-from ecalf.training import EpochLog, TrainingCheckpoint, resolve_device, snapshot, train
+from ecalf.training import EpochLog, resolve_device, snapshot, train
 
-CHECKPOINT = "model.safetensors"
 FINAL_TRACKED = (
     "test", "naive_test", "best_epoch", "best_val_mse", "epochs_run", "steps", "train_seconds",
     "wall_seconds", "train_windows_per_second", "peak_memory_mb",
@@ -94,7 +85,7 @@ def build_model(config: RunConfig, *, pretrained: bool = True) -> ForecastModel:
 @dataclass
 class RunResult:
     run_dir: Path
-    metrics: dict[str, Any]
+    metrics: RunMetrics
 
 
 def default_run_dir(config: RunConfig, started: datetime | None = None) -> Path:
@@ -145,13 +136,15 @@ def _run(
         run_dir = default_run_dir(config, started)
     else:
         run_dir = Path(output_dir)
-    checkpoint = TrainingCheckpoint(run_dir / "state")
+    directory = RunDirectory(run_dir)
+    checkpoint = directory.checkpoint
     if resume:
-        if (run_dir / "metrics.json").is_file():
-            return RunResult(run_dir, read_json(run_dir / "metrics.json"))
-        saved = run_dir / "config.yaml"
-        if saved.is_file() and load_run_config(saved) != config:
-            raise EcalfError(f"{saved} differs from the config given; resume with the run's own config")
+        if directory.is_finished():
+            return RunResult(run_dir, directory.read_metrics())
+        if directory.has_config() and directory.read_config() != config:
+            raise EcalfError(
+                f"{directory.config_file} differs from the config given; resume with the run's own config"
+            )
         stale = older_code_settings(run_dir, config)
         if stale and checkpoint.exists():
             raise EcalfError(
@@ -159,7 +152,7 @@ def _run(
                 "finished epochs trained without it, so this version cannot continue them. Train it "
                 "again from the start (remove the directory or choose another --output-dir)"
             )
-    elif (run_dir / "metrics.json").is_file() or checkpoint.exists():
+    elif directory.is_finished() or checkpoint.exists():
         raise EcalfError(
             f"{run_dir} already holds a run; continue it with `ecalf train --resume {run_dir}` "
             "or choose another --output-dir"
@@ -174,11 +167,10 @@ def _run(
                 f"cannot create the run directory {run_dir}: {exc.strerror or exc}. "
                 "Choose a writable --output-dir"
             ) from exc
-        for stale in run_dir.glob(".*.tmp"):  # temporary files of writes a kill interrupted
-            stale.unlink(missing_ok=True)
-        write_yaml(run_dir / "config.yaml", to_dict(config))
-        log_file = open(run_dir / "train.log", "a" if resume else "w", encoding="utf-8", buffering=1)  # noqa: SIM115
-        return log_file, open_tracker(config.training.tracking, run_dir, append=resume)
+        directory.remove_temporary_files()
+        directory.write_config(config)
+        tracker = open_tracker(config.training.tracking, run_dir, append=resume)
+        return directory.open_log(append=resume), tracker
 
     opened = on_main(world, device, open_run_dir)  # rank 0 only; the others get no files
     log_file, tracker = opened if opened is not None else (None, NullTracker())
@@ -204,7 +196,7 @@ def _run(
         )
 
         def save_best(model: ForecastModel, record: EpochLog) -> None:
-            save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": str(record.epoch)})
+            directory.write_weights(snapshot(model), record.epoch)
 
         result = train(
             model,
@@ -229,35 +221,36 @@ def _run(
         )
         naive = naive_metrics(splits, config.training.eval_batch_size)
         log(f"test mse {test.mse:.4f} mae {test.mae:.4f} | naive mse {naive.mse:.4f} mae {naive.mae:.4f}")
-        metrics = {
-            "model": model_name_for_config(type(config.model)),
-            "dataset": splits.spec.name,
-            "prediction_length": config.data.prediction_length,
-            "few_shot_percent": config.data.few_shot_percent,
-            "seed": config.seed,
-            "test": test.as_dict(),
-            "naive_test": naive.as_dict(),
-            "windows": counts,
-            "best_epoch": result.best_epoch,
-            "best_val_mse": result.best_val_mse,
-            "epochs_run": result.epochs_run,
-            "steps": result.steps,
-            "stopped": result.stopped,
-            "train_seconds": result.train_seconds,
+        metrics = RunMetrics(
+            model=model_name_for_config(type(config.model)),
+            dataset=splits.spec.name,
+            prediction_length=config.data.prediction_length,
+            few_shot_percent=config.data.few_shot_percent,
+            seed=config.seed,
+            test=test,
+            naive_test=naive,
+            windows=counts,
+            best_epoch=result.best_epoch,
+            best_val_mse=result.best_val_mse,
+            epochs_run=result.epochs_run,
+            steps=result.steps,
+            stopped=result.stopped,
+            train_seconds=result.train_seconds,
             # this process, and the epochs of the processes before it when the run was resumed
-            "wall_seconds": time.perf_counter() - wall_start + result.resumed_seconds,
-            "train_windows_per_second": _mean([r.windows_per_second for r in result.history]),
-            "peak_memory_mb": peak_memory_mb(),
-            "parameters": params,
-            "history": [dataclasses.asdict(r) for r in result.history],
-            "environment": environment(world_size=world.size, commit=commit),
-        }
+            wall_seconds=time.perf_counter() - wall_start + result.resumed_seconds,
+            train_windows_per_second=_mean([r.windows_per_second for r in result.history]),
+            peak_memory_mb=peak_memory_mb(),
+            parameters=params,
+            history=list(result.history),
+            environment=environment(world_size=world.size, commit=commit),
+        )
 
         def finish() -> None:
             if result.stopped == "untrainable":
-                save_tensors(run_dir / CHECKPOINT, snapshot(model), {"epoch": "0"})
-            tracker.log_final({k: metrics[k] for k in FINAL_TRACKED})
-            write_json(run_dir / "metrics.json", metrics)
+                directory.write_weights(snapshot(model), 0)
+            summary = metrics.to_json()
+            tracker.log_final({k: summary[k] for k in FINAL_TRACKED})
+            directory.write_metrics(metrics)
             checkpoint.remove()
 
         on_main(world, device, finish)  # every rank returns once the run directory is complete
@@ -269,11 +262,13 @@ def _run(
 
 
 def resume_run(run_dir: str | os.PathLike[str], *, echo: Callable[[str], None] | None = print) -> RunResult:
-    """Continue a killed run from its directory (its own config.yaml)."""
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
-        raise CheckpointError(f"{path} is not a run directory (no config.yaml); nothing to resume")
-    return run_experiment(load_run_config(path / "config.yaml"), path, echo=echo, resume=True)
+    """Continue a killed run from its directory (its own config)."""
+    directory = RunDirectory(run_dir)
+    if not directory.has_config():
+        raise CheckpointError(
+            f"{directory.path} is not a run directory (no {directory.config_file.name}); nothing to resume"
+        )
+    return run_experiment(directory.read_config(), directory.path, echo=echo, resume=True)
 
 
 QUICKSTART_CONFIG = Path("configs/quickstart.yaml")
@@ -303,26 +298,23 @@ def quickstart(
 
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]:
     """Rebuild a run's model from its directory: config, seeded backbone, best trained weights."""
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
-        raise CheckpointError(
-            f"{path} is not a run directory (no config.yaml); pass the directory `ecalf train` wrote"
-        )
-    config = load_run_config(path / "config.yaml")
+    directory = RunDirectory(run_dir)
+    config = directory.read_config()
     model = build_model(config)
-    state = load_tensors(path / CHECKPOINT)
+    state = directory.read_weights()
+    weights = directory.weights_file
     expected = snapshot(model)
     unknown = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
     if unknown or missing:
         raise CheckpointError(
-            f"{path / CHECKPOINT} does not match the model in {path / 'config.yaml'} "
+            f"{weights} does not match the model in {directory.config_file} "
             f"(unexpected: {unknown[:3]}, missing: {missing[:3]}); it belongs to another model or config"
         )
     for name, tensor in state.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
-                f"{path / CHECKPOINT}: {name} has shape {tuple(tensor.shape)}, the config needs "
+                f"{weights}: {name} has shape {tuple(tensor.shape)}, the config needs "
                 f"{tuple(expected[name].shape)}"
             )
     model.load_state_dict(state, strict=False)
@@ -419,38 +411,37 @@ def transfer_run(
     the test and naive metrics on the target, ``trained_in`` naming the run that was evaluated.
     Idempotent: a finished ``output_dir`` is returned as it is.
     """
-    source, out = Path(trained_dir), Path(output_dir)
-    if (out / "metrics.json").is_file():
-        return RunResult(out, read_json(out / "metrics.json"))
+    source, out = RunDirectory(trained_dir), RunDirectory(output_dir)
+    if out.is_finished():
+        return RunResult(out.path, out.read_metrics())
     if config.data.zero_shot_target is None:
         raise EcalfError("transfer_run evaluates on a zero-shot target; set data.zero_shot_target")
-    if not (source / "metrics.json").is_file():
-        raise CheckpointError(f"{source} holds no finished run (no metrics.json); train it first")
+    trained_metrics = source.read_metrics()
     start = time.perf_counter()
-    trained, model = load_run(source)
+    trained, model = load_run(source.path)
     if not same_training(trained, source_config(config)):
         raise EcalfError(
-            f"{source / 'config.yaml'} does not train the model of the zero-shot config given "
+            f"{source.config_file} does not train the model of the zero-shot config given "
             "(they differ beyond data.zero_shot_target)"
         )
     config = dataclasses.replace(trained, data=config.data)
-    splits, device = _placed_for_test(config, model, source)
+    splits, device = _placed_for_test(config, model, source.path)
     test = _test_metrics(config, model, splits, device)
     naive = naive_metrics(splits, config.training.eval_batch_size)
-    metrics = {
-        **read_json(source / "metrics.json"),
-        "zero_shot_target": config.data.zero_shot_target,
-        "test": test.as_dict(),
-        "naive_test": naive.as_dict(),
-        "windows": splits.window_counts(),
-        "trained_in": str(source),
-        "evaluation_seconds": time.perf_counter() - start,
-        "evaluation_environment": environment(),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", to_dict(config))
-    write_json(out / "metrics.json", metrics)
-    return RunResult(out, metrics)
+    metrics = dataclasses.replace(
+        trained_metrics,
+        zero_shot_target=config.data.zero_shot_target,
+        test=test,
+        naive_test=naive,
+        windows=splits.window_counts(),
+        trained_in=str(source.path),
+        evaluation_seconds=time.perf_counter() - start,
+        evaluation_environment=environment(),
+    )
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_config(config)
+    out.write_metrics(metrics)
+    return RunResult(out.path, metrics)
 
 
 def naive_metrics(splits: ForecastSplits, batch_size: int) -> Metrics:
@@ -494,7 +485,7 @@ def saved_settings_gap(run_dir: str | os.PathLike[str], config: RunConfig) -> li
     """How ``run_dir``'s config.yaml stands to ``config``: None when it is absent, unreadable or
     trains something else; otherwise the settings of ``config`` it lacks (older code, which had no
     such setting, wrote it), an empty list when it is a run of ``config`` by this code."""
-    saved = Path(run_dir) / "config.yaml"
+    saved = RunDirectory(run_dir).config_file
     try:
         written = read_yaml(saved) if saved.is_file() else None
         if not isinstance(written, dict):

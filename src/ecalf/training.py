@@ -154,6 +154,33 @@ class LoopState:
     """Processes of the run (torchrun); a resumed run must have as many."""
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """How far a started (killed or running) training got, from its last epoch checkpoint."""
+
+    epochs_done: int
+    best_epoch: int
+    best_mse: float
+    seconds_per_epoch: float | None
+    """Mean over its finished epochs (None when the checkpoint has no history)."""
+
+    def describe(self) -> str:
+        best = f"best {self.best_epoch} (val MSE {self.best_mse:.4f})"
+        pace = f", {self.seconds_per_epoch:.0f} s per epoch" if self.seconds_per_epoch is not None else ""
+        return f"started: {self.epochs_done} epochs done, {best}{pace}"
+
+    def seconds_left(self, max_epochs: int, whole_cell: float | None) -> float | None:
+        """The time the run needs at most to end (its remaining epochs at its own pace), or less when the
+        estimate of a whole such cell, minus the epochs already done, says so; at least one epoch."""
+        if self.seconds_per_epoch is None:
+            return None if whole_cell is None else max(whole_cell, 0.0)
+        pace = self.seconds_per_epoch
+        bound = max(max_epochs - self.epochs_done, 1) * pace
+        if whole_cell is None:
+            return bound
+        return min(bound, max(whole_cell - self.epochs_done * pace, pace))
+
+
 class TrainingCheckpoint:
     """Epoch-boundary training state in a directory, written so a kill at any moment loses at most
     the epoch in flight: ``epoch-NNNN.safetensors`` (current and best weights, optimizer tensors, RNG
@@ -219,6 +246,20 @@ class TrainingCheckpoint:
         loop = dict(meta["loop"])
         loop["history"] = [EpochLog(**record) for record in loop["history"]]
         return LoopState(**loop), best
+
+    def progress(self) -> TrainingProgress | None:
+        """How far the checkpointed training got (epochs done, best epoch and its validation MSE, mean
+        seconds per epoch), or None when there is no checkpoint or it cannot be read."""
+        try:
+            loop = read_json(self.pointer)["loop"] if self.pointer.is_file() else None
+            if not isinstance(loop, dict):
+                return None
+            history = loop.get("history") or []
+            seconds = sum(float(e["seconds"]) for e in history) / len(history) if history else None
+            best = float(loop["best_mse"])
+            return TrainingProgress(int(loop["epoch"]), int(loop["best_epoch"]), best, seconds)
+        except (EcalfError, OSError, KeyError, TypeError, ValueError):
+            return None
 
     def remove(self) -> None:
         """Delete the state directory (with any temporary file a kill left behind)."""
