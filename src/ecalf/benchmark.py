@@ -540,25 +540,23 @@ def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool =
 
 @contextlib.contextmanager
 def _exclusive(lock_path: Path, waiting: Callable[[], None] | None = None) -> Generator[None, None, None]:
-    """Hold an exclusive lock on ``lock_path`` (processes on this machine; none where fcntl is missing);
-    ``waiting`` is called once if another process holds it, before waiting for it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover (Windows: parallel zero-shot cells may train a source twice)
-        yield
-        return
+    """Hold an exclusive lock on ``lock_path`` across processes (``filelock``: flock on POSIX, msvcrt
+    on Windows); ``waiting`` is called once if another process holds it, before waiting for it."""
+    from filelock import FileLock, Timeout
+
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting is not None:
-                waiting()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    # The file stays after release: a process waiting on it keeps locking the same file.
+    lock = FileLock(lock_path, is_singleton=False, preserve_lock_file=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if waiting is not None:
+            waiting()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
