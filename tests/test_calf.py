@@ -10,7 +10,7 @@ from ecalf.models.alignment import DynamicCrossModalMatch
 from ecalf.models.base import regression_loss
 from ecalf.models.calf import CALF, CALFConfig
 from ecalf.registry import get_entry
-from ecalf.run import build_model
+from ecalf.fitting import build_model
 
 L, H, C = 24, 8, 3
 

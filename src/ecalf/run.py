@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import random
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
 from ecalf import __version__
@@ -30,25 +28,20 @@ from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError
 from ecalf.evaluation import Metrics, evaluate
+from ecalf.fitting import fit_model, load_trained
 from ecalf.inference import quantized_int8
-from ecalf.models.base import ForecastModel, count_parameters
+from ecalf.models.base import ForecastModel
 from ecalf.models.naive import NaiveConfig, NaiveForecast
-from ecalf.registry import create_model, model_name_for_config
+from ecalf.registry import model_name_for_config
 from ecalf.run_dir import RunDirectory, RunMetrics
 from ecalf.tracking import NullTracker, Tracker, open_tracker, require_tracking
-from ecalf.training import EpochLog, resolve_device, snapshot, train
+from ecalf.training import EpochLog, resolve_device, snapshot
 
 FINAL_TRACKED = (
     "test", "naive_test", "best_epoch", "best_val_mse", "epochs_run", "steps", "train_seconds",
     "wall_seconds", "train_windows_per_second", "peak_memory_mb",
 )  # fmt: skip
 """Entries of ``metrics.json`` also sent to the tracker at the end of a run (``final/...`` tags)."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resolve_model_config(config: RunConfig, splits: ForecastSplits) -> RunConfig:
@@ -69,17 +62,6 @@ def _with_shapes(config: RunConfig, num_channels: int) -> RunConfig:
 def with_target(config: RunConfig, target: str | None) -> RunConfig:
     """``config`` tested on ``target``'s test split (zero-shot); None: on its own dataset's."""
     return dataclasses.replace(config, data=dataclasses.replace(config.data, zero_shot_target=target))
-
-
-def build_model(config: RunConfig, *, pretrained: bool = True) -> ForecastModel:
-    """Seeded construction, then (optionally) the explicit pretrained-weights load."""
-    seed_everything(config.seed)
-    model = create_model(config.model)
-    if not isinstance(model, ForecastModel):
-        raise TypeError(f"{type(model).__name__} does not follow the ForecastModel contract")
-    if pretrained:
-        model.load_pretrained()
-    return model
 
 
 @dataclass
@@ -186,31 +168,22 @@ def _run(
         log(f"data {splits.spec.name}: {splits.train.num_channels} channels, windows {counts}")
         commit = git_commit()  # read once: the code this process imported, not a later edit
         log(f"code: ecalf {__version__}, commit {commit or 'unknown (not a git checkout)'}")
-        build_start = time.perf_counter()
-        model = build_model(config)
-        params = count_parameters(model)
-        log(
-            f"model {model_name_for_config(type(config.model))}: {params['trainable']:,} trainable of "
-            f"{params['total']:,} parameters (built in {time.perf_counter() - build_start:.1f}s)"
-            + (f", {world.size} processes" if world.is_distributed else "")
-        )
 
         def save_best(model: ForecastModel, record: EpochLog) -> None:
             directory.write_weights(snapshot(model), record.epoch)
 
-        result = train(
-            model,
+        fitted = fit_model(
+            config,
             splits.train,
             splits.val,
-            config.training,
-            seed=config.seed,
             device=device,
             log=log,
+            tracker=tracker,
             on_improvement=save_best,
             checkpoint=checkpoint,
-            on_epoch_end=tracker.log_epoch,
             world=world,
         )
+        model, result, params = fitted.model, fitted.result, fitted.parameters
         test = evaluate(
             model,
             splits.test,
@@ -296,29 +269,8 @@ def quickstart(
     return run_experiment(config, output_dir, echo=echo, resume=True)
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> tuple[RunConfig, ForecastModel]:
-    """Rebuild a run's model from its directory: config, seeded backbone, best trained weights."""
-    directory = RunDirectory(run_dir)
-    config = directory.read_config()
-    model = build_model(config)
-    state = directory.read_weights()
-    weights = directory.weights_file
-    expected = snapshot(model)
-    unknown = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    if unknown or missing:
-        raise CheckpointError(
-            f"{weights} does not match the model in {directory.config_file} "
-            f"(unexpected: {unknown[:3]}, missing: {missing[:3]}); it belongs to another model or config"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{weights}: {name} has shape {tuple(tensor.shape)}, the config needs "
-                f"{tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(state, strict=False)
-    return config, model
+load_run = load_trained
+"""A finished run's config and model (:func:`ecalf.fitting.load_trained`)."""
 
 
 def evaluate_run(
