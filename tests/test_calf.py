@@ -6,11 +6,11 @@ from torch import nn
 
 from ecalf.backbones import BackboneConfig
 from ecalf.config import run_config_from_dict
+from ecalf.fitting import build_model
 from ecalf.models.alignment import DynamicCrossModalMatch
 from ecalf.models.base import regression_loss
 from ecalf.models.calf import CALF, CALFConfig
 from ecalf.registry import get_entry
-from ecalf.fitting import build_model
 
 L, H, C = 24, 8, 3
 
