@@ -119,7 +119,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     import torch
 
-    from ecalf.config import load_run_config
+    from ecalf.config_files import load_run_config
     from ecalf.data import get_spec
     from ecalf.run import build_model
     from ecalf.training import resolve_device
@@ -272,7 +272,7 @@ def probe_device(args: argparse.Namespace) -> Any:
 
 def official_shapes(args: argparse.Namespace) -> bool:
     """Whether this run has the shapes of the official figures (GPT-2, 6 layers, ETTh1, L = H = 96)."""
-    from ecalf.config import load_run_config
+    from ecalf.config_files import load_run_config
 
     config = load_run_config(args.config, list(args.set or []))
     backbone = getattr(config.model, "backbone", None)

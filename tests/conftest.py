@@ -16,7 +16,8 @@ import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from ecalf.config import RunConfig, load_run_config  # noqa: E402
+from ecalf.config import RunConfig  # noqa: E402
+from ecalf.config_files import load_run_config  # noqa: E402
 from ecalf.data import DATASETS, write_synthetic_csv  # noqa: E402
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ecalf.config import ModelConfig, run_config_from_dict
+from ecalf.config import ModelConfig
+from ecalf.config_files import run_config_from_dict
 from ecalf.errors import ConfigError
 from ecalf.models.base import ForecastModel, count_parameters
 from ecalf.models.dlinear import DLinear, DLinearConfig, decompose, moving_average

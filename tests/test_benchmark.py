@@ -30,7 +30,7 @@ from ecalf.benchmark import (
     run_benchmark,
 )
 from ecalf.cli import main
-from ecalf.config import load_run_config
+from ecalf.config_files import load_run_config
 from ecalf.errors import ConfigError, EcalfError
 from ecalf.histories import write_histories
 from ecalf.report import mse_by_model_bars, per_dataset, write_report
@@ -404,7 +404,7 @@ def test_grids_reuse_each_others_identical_runs_only(synthetic_csv_dir, tmp_path
 def test_a_run_written_before_a_setting_existed_is_not_reused(synthetic_csv_dir, tmp_path, in_repo):
     import yaml
 
-    from ecalf.config import load_run_config
+    from ecalf.config_files import load_run_config
     from ecalf.run import same_training, source_config
 
     grid = _small_grid(tmp_path, models=[GridModel("dlinear", "configs/baselines/dlinear.yaml")], seeds=[1])

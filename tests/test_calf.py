@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ecalf.backbones import BackboneConfig
-from ecalf.config import run_config_from_dict
+from ecalf.config_files import run_config_from_dict
 from ecalf.fitting import build_model
 from ecalf.models.alignment import DynamicCrossModalMatch
 from ecalf.models.base import regression_loss

@@ -8,10 +8,9 @@ from ecalf.config import (
     RunConfig,
     TrainingConfig,
     apply_overrides,
-    load_run_config,
-    run_config_from_dict,
     to_dict,
 )
+from ecalf.config_files import load_run_config, run_config_from_dict
 from ecalf.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ecalf import training
-from ecalf.config import TrainingConfig, load_run_config
+from ecalf.config import TrainingConfig
+from ecalf.config_files import load_run_config
 from ecalf.data import WindowDataset, write_synthetic_csv
 from ecalf.distributed import SINGLE, World, all_reduce_sum, current_world, shard
 from ecalf.errors import ConfigError, EcalfError

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import ecalf.training
-from ecalf.config import ConfigError, TrainingConfig, load_run_config
+from ecalf.config import ConfigError, TrainingConfig
+from ecalf.config_files import load_run_config
 from ecalf.data import write_synthetic_csv
 from ecalf.memory import release_freed_memory
 from ecalf.run import run_experiment

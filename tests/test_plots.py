@@ -11,7 +11,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
 from ecalf.cli import main
-from ecalf.config import run_config_from_dict
+from ecalf.config_files import run_config_from_dict
 from ecalf.data import make_synthetic, write_synthetic_csv
 from ecalf.errors import EcalfError
 from ecalf.plots import (

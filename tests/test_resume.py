@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ecalf.cli import main
-from ecalf.config import load_run_config
+from ecalf.config_files import load_run_config
 from ecalf.data import write_synthetic_csv
 from ecalf.run import run_experiment
 

@@ -10,7 +10,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ecalf.run
-from ecalf.config import RunConfig, run_config_from_dict
+from ecalf.config import RunConfig
+from ecalf.config_files import run_config_from_dict
 from ecalf.data import write_synthetic_csv
 from ecalf.errors import EcalfError
 from ecalf.registry import get_entry

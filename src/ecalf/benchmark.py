@@ -46,13 +46,7 @@ from tqdm.auto import tqdm
 
 from ecalf.artifacts import read_yaml, write_text
 from ecalf.cell_costs import CellCosts, CellKey, Remaining, estimate_from
-from ecalf.config import (
-    RunConfig,
-    apply_overrides,
-    from_dict,
-    load_run_config,
-    run_config_from_dict,
-)
+from ecalf.config import RunConfig, apply_overrides, from_dict
 from ecalf.errors import ConfigError, EcalfError
 
 if TYPE_CHECKING:
@@ -352,6 +346,8 @@ def grid_cells(grid: Grid) -> list[Cell]:
 
 def check_grid(grid: Grid, data_dir: str | None = None) -> None:
     """Load every distinct cell config once, so a typo fails before hours of running, not during."""
+    from ecalf.config_files import load_run_config  # imports every model (torch): not for the CSV helpers
+
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for cell in grid_cells(grid):
         if (cell.config_file, cell.model_overrides) in seen:
@@ -437,6 +433,7 @@ def run_cell(
     """
     import torch
 
+    from ecalf.config_files import load_run_config, run_config_from_dict
     from ecalf.run import source_config, transfer_run
 
     if num_threads:
@@ -614,6 +611,7 @@ def plan_benchmark(
 ) -> tuple[list[PlannedCell], int]:
     """What :func:`run_benchmark` would do, without running anything: the pending cells, each with the
     finished run it would reuse, and how many cells are already in the results file."""
+    from ecalf.config_files import load_run_config
     from ecalf.run import source_config
     from ecalf.run_dir import RunDirectory
 

@@ -27,7 +27,7 @@ def _cmd_list_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ecalf.config import load_run_config
+    from ecalf.config_files import load_run_config
     from ecalf.run import resume_run, run_experiment
 
     echo = None if args.quiet else print

@@ -13,12 +13,10 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from ecalf.artifacts import read_yaml
 from ecalf.errors import ConfigError
 
 T = TypeVar("T")
@@ -32,7 +30,14 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 @dataclass
 class ModelConfig:
-    """Base of every model's config. The shape fields are filled from the data at build time."""
+    """Base of every model's config. The shape fields are filled from the data at build time.
+
+    Each model's config class is named once (:func:`name_model_config`, which
+    :func:`ecalf.registry.register_model` calls): a config file's ``model: {name: ...}`` picks it, and a
+    dumped config carries it."""
+
+    model_name: ClassVar[str] = ""
+    """The registered model name of this config class (empty for the base)."""
 
     context_length: int = 96
     prediction_length: int = 96
@@ -40,6 +45,35 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "context_length", "prediction_length", "num_channels")
+
+
+_NAMED_CONFIGS: dict[str, type[ModelConfig]] = {}
+
+
+def name_model_config(name: str, config_class: type[ModelConfig]) -> None:
+    """Give ``config_class`` the model name ``name`` (once: a name and a class belong to one model)."""
+    if name in _NAMED_CONFIGS:
+        raise ValueError(f"model {name!r} is registered twice")
+    if registered_name(config_class):
+        raise ValueError(f"{config_class.__name__} already belongs to another model; subclass it")
+    config_class.model_name = name
+    _NAMED_CONFIGS[name] = config_class
+
+
+def registered_name(config_class: type[ModelConfig]) -> str:
+    """The model name given to exactly this class (not inherited); empty when it has none."""
+    name = vars(config_class).get("model_name", "")
+    return name if isinstance(name, str) else ""
+
+
+def model_config_named(name: str) -> type[ModelConfig]:
+    """The config class of model ``name``; a KeyError lists the names known (the models imported:
+    ``import ecalf.models`` imports them all; :mod:`ecalf.config_files` does)."""
+    try:
+        return _NAMED_CONFIGS[name]
+    except KeyError:
+        known = ", ".join(sorted(_NAMED_CONFIGS)) or "none (import ecalf.models)"
+        raise KeyError(f"unknown model {name!r}; available: {known}") from None
 
 
 @dataclass
@@ -127,23 +161,6 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read a YAML run config, apply ``key=value`` overrides, and validate everything."""
-    raw = read_yaml(path)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
-    return run_config_from_dict(apply_overrides(raw, overrides), source=str(path))
-
-
-def run_config_from_dict(data: Mapping[str, Any], source: str = "config") -> RunConfig:
-    try:
-        return from_dict(RunConfig, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``dotted.key=value`` set (values parsed as YAML)."""
     result: dict[str, Any] = _deep_copy(data)
@@ -174,9 +191,10 @@ def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         if isinstance(obj, ModelConfig):
-            from ecalf.registry import model_name_for_config
-
-            out["name"] = model_name_for_config(type(obj))
+            name = registered_name(type(obj))
+            if not name:
+                raise ValueError(f"{type(obj).__name__} belongs to no registered model")
+            out["name"] = name
         for f in dataclasses.fields(obj):
             out[f.name] = to_dict(getattr(obj, f.name))
         return out
@@ -217,13 +235,11 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
         raise ConfigError(f"{where} must be a mapping, got {_describe(data)}")
     data = dict(data)
     if cls is ModelConfig or (isinstance(cls, type) and issubclass(cls, ModelConfig) and "name" in data):
-        from ecalf.registry import model_config_class
-
         name = data.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"{_join(path, 'name')} is required: a model name from `ecalf list-models`")
         try:
-            cls = model_config_class(name)  # type: ignore[assignment]
+            cls = model_config_named(name)  # type: ignore[assignment]
         except KeyError as exc:
             raise ConfigError(f"{_join(path, 'name')}: {exc.args[0]}") from None
     hints = typing.get_type_hints(cls)

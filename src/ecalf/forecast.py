@@ -47,7 +47,8 @@ from torch import nn
 
 from ecalf import __version__
 from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_text, write_yaml
-from ecalf.config import RunConfig, apply_overrides, run_config_from_dict, to_dict
+from ecalf.config import RunConfig, apply_overrides, to_dict
+from ecalf.config_files import run_config_from_dict
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
 from ecalf.data.loading import DATE_COLUMN
 from ecalf.data.series import (

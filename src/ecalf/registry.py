@@ -1,6 +1,8 @@
 """The model registry: ``register_model`` / ``create_model`` / ``list_models``.
 
-Models are imported explicitly in :mod:`ecalf.models`; nothing scans directories.
+Models register themselves when their module is imported; :mod:`ecalf.models` imports every model
+explicitly (importing any model module imports that package, hence all of them); nothing scans
+directories. This module imports no model: the registry is below the models, not beside them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from ecalf.config import ModelConfig
+from ecalf.config import ModelConfig, name_model_config, registered_name
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -41,22 +43,14 @@ def register_model(
     """
 
     def decorate(model_class: type[M]) -> type[M]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        if any(e.config_class is config_class for e in _REGISTRY.values()):
-            raise ValueError(f"{config_class.__name__} already belongs to another model; subclass it")
+        name_model_config(name, config_class)  # raises for a second use of the name or the class
         _REGISTRY[name] = ModelEntry(name, model_class, config_class, description, dict(tiny_options or {}))
         return model_class
 
     return decorate
 
 
-def _ensure_loaded() -> None:
-    import ecalf.models  # noqa: F401  (explicit imports register every model)
-
-
 def get_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -68,11 +62,10 @@ def model_config_class(name: str) -> type[ModelConfig]:
 
 
 def model_name_for_config(config_class: type[ModelConfig]) -> str:
-    _ensure_loaded()
-    for entry in _REGISTRY.values():
-        if entry.config_class is config_class:
-            return entry.name
-    raise KeyError(f"{config_class.__name__} belongs to no registered model")
+    name = registered_name(config_class)
+    if not name:
+        raise KeyError(f"{config_class.__name__} belongs to no registered model")
+    return name
 
 
 def create_model(config: ModelConfig) -> nn.Module:
@@ -81,5 +74,5 @@ def create_model(config: ModelConfig) -> nn.Module:
 
 
 def list_models() -> list[ModelEntry]:
-    _ensure_loaded()
+    """Every registered model (all of ecalf's once :mod:`ecalf.models` is imported), by name."""
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]

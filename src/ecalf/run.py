@@ -23,7 +23,8 @@ import torch
 
 from ecalf import __version__
 from ecalf.artifacts import read_yaml
-from ecalf.config import RunConfig, load_run_config, missing_settings, run_config_from_dict
+from ecalf.config import RunConfig, missing_settings
+from ecalf.config_files import load_run_config, run_config_from_dict
 from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError

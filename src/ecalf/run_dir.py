@@ -27,7 +27,8 @@ from typing import IO, Any
 from torch import Tensor
 
 from ecalf.artifacts import load_tensors, read_json, save_tensors, write_json, write_yaml
-from ecalf.config import RunConfig, load_run_config, to_dict
+from ecalf.config import RunConfig, to_dict
+from ecalf.config_files import load_run_config
 from ecalf.errors import CheckpointError
 from ecalf.evaluation import Metrics
 from ecalf.training import EpochLog, TrainingCheckpoint, TrainingProgress

