@@ -112,3 +112,30 @@ def test_the_cycle_finder_finds_a_cycle():
     assert "ecalf.registry" in graph["ecalf.models.calf"]  # the models register themselves
     assert "ecalf.models" in graph["ecalf.config_files"]  # config files name every model
     assert "ecalf.backbones.presets" in graph["ecalf.backbones.config"]  # a lazy import is seen too
+
+
+def test_every_name_the_architecture_page_cites_exists():
+    """docs/architecture.md walks the code by dotted names; each must resolve to a module or an
+    attribute of one (a renamed function would otherwise leave the page pointing at nothing)."""
+    import importlib
+
+    page = (SRC.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    names = sorted(set(re.findall(r"`(ecalf(?:\.\w+)+)`", page)))
+    assert len(names) > 30
+    missing = []
+    for name in names:
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module prefix
+            try:
+                obj: object = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            try:
+                for attribute in parts[cut:]:
+                    obj = getattr(obj, attribute)
+            except AttributeError:
+                missing.append(name)
+            break
+        else:
+            missing.append(name)
+    assert not missing, f"docs/architecture.md cites names that do not exist: {missing}"
