@@ -141,11 +141,11 @@ def test_a_failing_cell_loses_only_itself_and_runs_again_next_time(
             raise RuntimeError("killed")
         return real(cell, *args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "run_cell", flaky)
+    monkeypatch.setattr(benchmark.execute, "run_cell", flaky)
     summary = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
     assert summary.finished == 3 and len(summary.failed) == 1 and "killed" in summary.failed[0][1]
     assert len(read_results(grid.results_path)) == 3
-    monkeypatch.setattr(benchmark, "run_cell", real)
+    monkeypatch.setattr(benchmark.execute, "run_cell", real)
     again = run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
     assert (again.finished, again.skipped) == (1, 3)
 
@@ -159,7 +159,7 @@ def test_a_result_row_is_never_half_written(tmp_path, monkeypatch):
     def broken_write(text_path, text):
         raise KeyboardInterrupt  # a kill while the new file is being written
 
-    monkeypatch.setattr(benchmark, "write_text", broken_write)
+    monkeypatch.setattr(benchmark.results, "write_text", broken_write)
     with pytest.raises(KeyboardInterrupt):
         benchmark.append_result(path, {**row, "seed": "2"})
     assert path.read_bytes() == before
@@ -218,7 +218,7 @@ def test_a_cell_in_a_worker_is_timed_by_its_own_run_not_its_wait(monkeypatch):
         time.sleep(0.05)
         return {"args": args, "kwargs": kwargs}
 
-    monkeypatch.setattr(benchmark, "run_cell", slow_cell)
+    monkeypatch.setattr(benchmark.cells, "run_cell", slow_cell)
     row, seconds = benchmark.timed_cell("cell", reuse_runs=False)
     assert row == {"args": ("cell",), "kwargs": {"reuse_runs": False}}
     assert 0.05 <= seconds < 5
@@ -290,7 +290,7 @@ def test_zero_shot_targets_share_one_training_that_matches_a_zero_shot_run(
     # what the shared training gives is what a zero-shot run trained on its own gives
     cell = next(c for c in grid_cells(grid) if c.model == "calf" and c.target == "ETTm1")
     alone = run_experiment(
-        benchmark.load_run_config(cell.config_file, cell.overrides(grid.set, str(synthetic_csv_dir))),
+        load_run_config(cell.config_file, cell.overrides(grid.set, str(synthetic_csv_dir))),
         tmp_path / "alone",
         echo=None,
     )
@@ -311,7 +311,7 @@ def test_threads_per_cell_leave_the_caller_s_setting(synthetic_csv_dir, tmp_path
         seen.append(torch.get_num_threads())
         return result
 
-    monkeypatch.setattr(benchmark, "run_cell", watching)
+    monkeypatch.setattr(benchmark.execute, "run_cell", watching)
     grid = _small_grid(tmp_path, models=[GridModel("naive", "configs/baselines/naive.yaml")], seeds=[1])
     before = torch.get_num_threads()
     wanted = 2 if before == 1 else 1
@@ -345,7 +345,7 @@ def test_a_process_waiting_for_another_s_run_says_so(tmp_path):
 
     lock = tmp_path / ".seed1.lock"
     said: list[str] = []
-    with benchmark._exclusive(lock, lambda: said.append("uncontended")):
+    with benchmark.results.exclusive(lock, lambda: said.append("uncontended")):
         pass
     assert said == []  # a free lock: nothing to say
     with open(lock, "a") as held:  # another process's hold (flock: per open file, even in one process)
@@ -354,7 +354,7 @@ def test_a_process_waiting_for_another_s_run_says_so(tmp_path):
         told = threading.Event()
 
         def take() -> None:
-            with benchmark._exclusive(lock, lambda: (said.append("waiting"), told.set())):
+            with benchmark.results.exclusive(lock, lambda: (said.append("waiting"), told.set())):
                 said.append("taken")
 
         taker = threading.Thread(target=take)
@@ -463,12 +463,12 @@ def test_a_cell_started_by_older_code_trains_again_from_the_start(
 def test_the_time_left_shares_the_work_over_the_parallel_cells(tmp_path, in_repo, monkeypatch):
     seen = []
 
-    class Recorded(benchmark.Remaining):
+    class Recorded(benchmark.execute.Remaining):
         def describe(self) -> str:
             seen.append(self.parallel)
             return super().describe()
 
-    monkeypatch.setattr(benchmark, "Remaining", Recorded)
+    monkeypatch.setattr(benchmark.execute, "Remaining", Recorded)
     grid = _small_grid(tmp_path, models=[GridModel("naive", "configs/baselines/naive.yaml")], seeds=[1])
     for jobs in (1, 2):
         run_benchmark(grid, jobs=jobs, limit=0, progress=False, echo=lambda line: None)
@@ -846,7 +846,7 @@ def test_run_all_runs_every_published_grid_and_goes_on_after_a_failure(tmp_path)
 
 
 def test_a_started_cell_is_estimated_by_what_is_left_of_it():
-    from ecalf.benchmark import TrainingProgress
+    from ecalf.training import TrainingProgress
 
     started = TrainingProgress(epochs_done=2, best_epoch=1, best_mse=0.2, seconds_per_epoch=200.0)
     assert started.seconds_left(10, None) == 8 * 200.0  # at most its remaining epochs

@@ -74,7 +74,7 @@ def _driver_never_runs_cells(monkeypatch: pytest.MonkeyPatch) -> None:
     def not_here(*args, **kwargs):
         raise AssertionError("a cell ran in the driver process")
 
-    monkeypatch.setattr(benchmark, "run_cell", not_here)
+    monkeypatch.setattr(benchmark.execute, "run_cell", not_here)
 
 
 def test_ray_gives_the_local_rows_and_a_finished_grid_resumes_to_nothing(

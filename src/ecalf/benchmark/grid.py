@@ -1,0 +1,279 @@
+"""The grid file (:class:`Grid`, strict YAML like a run config) and its cells (:class:`Cell`).
+
+A cell is (model, dataset, setting, zero-shot target, horizon, seed); its config is the model's YAML
+with the grid's ``set``, the model's ``set``, its matching ``cases`` and the cell's own values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ecalf.artifacts import read_yaml
+from ecalf.config import from_dict
+from ecalf.errors import ConfigError
+
+if TYPE_CHECKING:
+    pass
+
+
+SettingName = Literal["full", "few_shot", "zero_shot"]
+
+
+@dataclass
+class GridCase:
+    """Overrides for some of a model's cells: those of ``datasets`` (all when empty) at ``horizons``
+    (all when empty), e.g. a published recipe's own learning rate at one horizon."""
+
+    set: list[str]
+    datasets: list[str] = field(default_factory=list)
+    horizons: list[int] = field(default_factory=list)
+
+    def applies(self, dataset: str, horizon: int) -> bool:
+        return (not self.datasets or dataset in self.datasets) and (
+            not self.horizons or horizon in self.horizons
+        )
+
+
+@dataclass
+class GridModel:
+    label: str
+    """The model's name in results and tables (e.g. ``calf``, ``ecalf``, ``calf+dynamic_match``)."""
+    config: str
+    """A run-config YAML; ``{dataset}`` is replaced by the cell's dataset (per-dataset recipes)."""
+    set: list[str] = field(default_factory=list)
+    """Overrides for this model's cells (``key=value``, as ``ecalf train --set``)."""
+    cases: list[GridCase] = field(default_factory=list)
+    """Overrides for some of its cells only, applied after ``set`` in the order listed."""
+    seeds: list[int] | None = None
+    """This model's seeds when not the grid's (a deterministic model, such as ``linear``, needs one);
+    each must be one of the grid's."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", self.label):
+            raise ConfigError(f"model label {self.label!r}: use letters, digits and _ . + - only")
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError(f"model {self.label!r}: seeds is empty; leave it out to use the grid's seeds")
+
+    def overrides(self, dataset: str, horizon: int) -> tuple[str, ...]:
+        """This model's overrides for a cell of ``dataset`` at ``horizon``."""
+        cases = [o for case in self.cases if case.applies(dataset, horizon) for o in case.set]
+        return (*self.set, *cases)
+
+
+@dataclass
+class GridSetting:
+    name: SettingName = "full"
+    few_shot_percent: float | None = None
+    """Percent of training windows kept; default 10 for ``few_shot``, 100 otherwise."""
+    targets: dict[str, list[str]] = field(default_factory=dict)
+    """``zero_shot`` only: source dataset -> the datasets whose test split it is evaluated on."""
+
+    def __post_init__(self) -> None:
+        if self.few_shot_percent is None:
+            self.few_shot_percent = 10.0 if self.name == "few_shot" else 100.0
+        if not 0 < self.few_shot_percent <= 100:
+            raise ConfigError(f"few_shot_percent must be in (0, 100], got {self.few_shot_percent}")
+        if self.name == "zero_shot" and not self.targets:
+            raise ConfigError("a zero_shot setting needs targets: {SOURCE: [TARGET, ...]}")
+        if self.name != "zero_shot" and self.targets:
+            raise ConfigError(f"targets belong to zero_shot settings, not {self.name!r}")
+
+
+@dataclass
+class Grid:
+    name: str
+    models: list[GridModel]
+    datasets: list[str]
+    settings: list[GridSetting] = field(default_factory=lambda: [GridSetting()])
+    horizons: list[int] = field(default_factory=lambda: [96, 192, 336, 720])
+    seeds: list[int] = field(default_factory=lambda: [2021])
+    set: list[str] = field(default_factory=list)
+    """Overrides applied to every cell (before the model's own)."""
+    results: str | None = None
+    """Results CSV; default ``results/<name>.csv``."""
+    runs_dir: str | None = None
+    """Where each cell's run directory goes; default ``runs/benchmark/<name>``."""
+    reuse_runs: bool = True
+    """Take a finished run of exactly a cell's config from a sibling grid's runs directory instead of
+    training it again (:func:`finished_run`); false: this grid trains every model it reports itself
+    (its zero-shot targets still share one training per source)."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
+            raise ConfigError(f"grid name {self.name!r}: use letters, digits and _ . - only")
+        for what in ("models", "datasets", "settings", "horizons", "seeds"):
+            if not getattr(self, what):
+                raise ConfigError(f"the grid's {what} list is empty")
+        labels = [m.label for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"model labels must be unique, got {labels}")
+        if any(h <= 0 for h in self.horizons):
+            raise ConfigError(f"horizons must be positive, got {self.horizons}")
+        for model in self.models:
+            stray = sorted(set(model.seeds or []) - set(self.seeds))
+            if stray:
+                raise ConfigError(
+                    f"model {model.label!r}: seeds {stray} are not among the grid's {self.seeds}"
+                )
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results or f"results/{self.name}.csv")
+
+    @property
+    def runs_path(self) -> Path:
+        return Path(self.runs_dir or f"runs/benchmark/{self.name}")
+
+
+def load_grid(path: str | os.PathLike[str]) -> Grid:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a grid file is a mapping (name, models, datasets, ...)")
+    try:
+        return from_dict(Grid, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def select(
+    grid: Grid,
+    *,
+    models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    horizons: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> Grid:
+    """The part of ``grid`` with only the given models / datasets / horizons / seeds (same cell keys,
+    so its rows fill the same results file as the whole grid's)."""
+
+    def keep(name: str, chosen: Sequence[Any] | None, present: list[Any]) -> list[Any]:
+        if chosen is None:
+            return present
+        unknown = [c for c in chosen if c not in present]
+        if unknown:
+            raise ConfigError(f"{name} {unknown} not in grid {grid.name!r} (it has {present})")
+        return [p for p in present if p in chosen]
+
+    labels = keep("models", models, [m.label for m in grid.models])
+    kept_seeds = keep("seeds", seeds, grid.seeds)
+    chosen = []
+    for model in grid.models:
+        if model.label not in labels:
+            continue
+        if model.seeds is not None:
+            own = [s for s in model.seeds if s in kept_seeds]
+            if not own:
+                continue  # this model runs none of the chosen seeds
+            model = dataclasses.replace(model, seeds=own)
+        chosen.append(model)
+    if not chosen:
+        raise ConfigError(f"models {labels} run none of seeds {kept_seeds} in grid {grid.name!r}")
+    return dataclasses.replace(
+        grid,
+        models=chosen,
+        datasets=keep("datasets", datasets, grid.datasets),
+        horizons=keep("horizons", horizons, grid.horizons),
+        seeds=kept_seeds,
+    )
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    config_file: str
+    model_overrides: tuple[str, ...]
+    dataset: str
+    setting: SettingName
+    few_shot_percent: float
+    target: str
+    """Zero-shot target dataset; empty otherwise."""
+    horizon: int
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (self.model, self.dataset, self.target, self.setting, str(self.horizon), str(self.seed))
+
+    @property
+    def run_id(self) -> str:
+        data = f"{self.dataset}-to-{self.target}" if self.target else self.dataset
+        return f"{self.model}/{data}/{self.setting}/H{self.horizon}/seed{self.seed}"
+
+    def overrides(self, grid_overrides: Sequence[str], data_dir: str | None) -> list[str]:
+        cell = [
+            f"data.dataset={self.dataset}",
+            f"data.prediction_length={self.horizon}",
+            f"data.few_shot_percent={self.few_shot_percent}",
+            f"data.zero_shot_target={self.target or 'null'}",
+            f"seed={self.seed}",
+        ]
+        if data_dir is not None:
+            cell.append(f"data.data_dir={data_dir}")
+        return [*grid_overrides, *self.model_overrides, *cell]
+
+    @property
+    def training_setting(self) -> str:
+        """The setting of the run that trains this cell's model: its own, or a zero-shot cell's source's."""
+        if not self.target:
+            return self.setting
+        return "full" if self.few_shot_percent >= 100 else "few_shot"
+
+    @property
+    def training_run_id(self) -> str:
+        """Where this cell's model is trained: its own run id, or (zero-shot) its source cell's."""
+        return f"{self.model}/{self.dataset}/{self.training_setting}/H{self.horizon}/seed{self.seed}"
+
+    def describe(self) -> str:
+        data = f"{self.dataset}->{self.target}" if self.target else self.dataset
+        return f"{self.model} {data} {self.setting} H={self.horizon} seed={self.seed}"
+
+
+def grid_cells(grid: Grid) -> list[Cell]:
+    """Every cell, in a stable order: settings, datasets, horizons, seeds, models (models innermost,
+    so an interrupted grid has compared models on the same cells)."""
+    cells = []
+    for setting in grid.settings:
+        assert setting.few_shot_percent is not None
+        for dataset in grid.datasets:
+            targets = setting.targets.get(dataset, []) if setting.name == "zero_shot" else [""]
+            for target in targets:
+                for horizon in grid.horizons:
+                    for seed in grid.seeds:
+                        for model in grid.models:
+                            if model.seeds is not None and seed not in model.seeds:
+                                continue
+                            config_file = model.config.replace("{dataset}", dataset)
+                            cells.append(
+                                Cell(
+                                    model.label,
+                                    config_file,
+                                    model.overrides(dataset, horizon),
+                                    dataset,
+                                    setting.name,
+                                    float(setting.few_shot_percent),
+                                    target,
+                                    horizon,
+                                    seed,
+                                )
+                            )
+    return cells
+
+
+def check_grid(grid: Grid, data_dir: str | None = None) -> None:
+    """Load every distinct cell config once, so a typo fails before hours of running, not during."""
+    from ecalf.config_files import load_run_config  # imports every model (torch): not for the CSV helpers
+
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for cell in grid_cells(grid):
+        if (cell.config_file, cell.model_overrides) in seen:
+            continue
+        seen.add((cell.config_file, cell.model_overrides))
+        if not Path(cell.config_file).is_file():
+            raise ConfigError(f"grid model {cell.model!r}: config file {cell.config_file} does not exist")
+        load_run_config(cell.config_file, cell.overrides(grid.set, data_dir))

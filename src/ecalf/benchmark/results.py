@@ -1,0 +1,127 @@
+"""The results CSV: its columns, reading it, and appending one row atomically under a lock.
+
+A row is written whole or not at all (the file is rewritten to a temporary sibling and renamed) and
+once per cell, whichever benchmark processes share the file (a ``filelock`` beside it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ecalf.artifacts import write_text
+from ecalf.errors import EcalfError
+
+if TYPE_CHECKING:
+    pass
+
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "model",
+    "dataset",
+    "target",
+    "setting",
+    "few_shot_percent",
+    "horizon",
+    "seed",
+    "mse",
+    "mae",
+    "naive_mse",
+    "naive_mae",
+    "epochs",
+    "best_epoch",
+    "steps",
+    "stopped",
+    "wall_seconds",
+    "train_windows_per_second",
+    "peak_memory_mb",
+    "trainable_parameters",
+    "total_parameters",
+    "model_name",
+    "backbone",
+    "config_file",
+    "overrides",
+    "run_dir",
+    "device",
+    "git_commit",
+    "ecalf",
+    "torch",
+    "transformers",
+    "peft",
+    "finished_at",
+)
+"""One results row: the cell's identity, test metrics and the provenance fields of protocol.md."""
+
+
+KEY_COLUMNS = ("model", "dataset", "target", "setting", "horizon", "seed")
+
+
+def read_results(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a results CSV ([] when it does not exist)."""
+    source = Path(path)
+    if not source.is_file():
+        return []
+    with open(source, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in (*KEY_COLUMNS, "mse", "mae") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EcalfError(f"{source} is not an ecalf results file (no column {missing[0]!r})")
+        return list(reader)
+
+
+def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
+    """Append one row atomically (the file is rewritten to a temporary sibling and renamed), under a
+    lock, so that benchmark processes sharing one results file neither lose each other's rows nor write
+    one cell twice: False, and nothing written, when a row of the same cell is already there."""
+    target = Path(path)
+    with exclusive(target.with_name(f".{target.name}.lock")):
+        rows = read_results(target)
+        key = row_key({k: _csv_value(row.get(k)) for k in KEY_COLUMNS})
+        if any(row_key(existing) == key for existing in rows):
+            return False
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for existing in rows:
+            writer.writerow(existing)
+        writer.writerow({k: _csv_value(row.get(k)) for k in RESULT_COLUMNS})
+        write_text(target, buffer.getvalue())
+    return True
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[c]) for c in KEY_COLUMNS)
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path, waiting: Callable[[], None] | None = None) -> Generator[None, None, None]:
+    """Hold an exclusive lock on ``lock_path`` across processes (``filelock``: flock on POSIX, msvcrt
+    on Windows); ``waiting`` is called once if another process holds it, before waiting for it."""
+    from filelock import FileLock, Timeout
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # The file stays after release: a process waiting on it keeps locking the same file.
+    lock = FileLock(lock_path, is_singleton=False, preserve_lock_file=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if waiting is not None:
+            waiting()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
