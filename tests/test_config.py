@@ -105,3 +105,27 @@ def test_every_shipped_config_loads():
     for path in files:
         config = load_run_config(path)
         assert config.training.epochs > 0, path
+
+
+def test_the_window_shape_is_set_in_data_only():
+    """data.context_length / prediction_length are the one setting; the model follows them, a config
+    may repeat them in model (saved configs do) but a different value is an error, never overwritten."""
+    base = {"model": {"name": "dlinear"}, "data": {"context_length": 48, "prediction_length": 12}}
+    config = run_config_from_dict(base)
+    assert (config.model.context_length, config.model.prediction_length) == (48, 12)
+    same = {**base, "model": {"name": "dlinear", "context_length": 48}}
+    assert run_config_from_dict(same).model.context_length == 48
+    with pytest.raises(ConfigError, match=r"model\.context_length=96 differs from data\.context_length=48"):
+        run_config_from_dict({**base, "model": {"name": "dlinear", "context_length": 96}})
+    with pytest.raises(
+        ConfigError, match=r"model\.prediction_length=24 differs from data\.prediction_length=96"
+    ):
+        run_config_from_dict({"model": {"name": "dlinear", "prediction_length": 24}})
+    # --set on data moves the model with it.
+    moved = load_run_config(CONFIGS / "baselines" / "dlinear.yaml", ["data.prediction_length=336"])
+    assert moved.model.prediction_length == 336
+    # A RunConfig built in Python follows its data too.
+    from ecalf.models.dlinear import DLinearConfig
+
+    built = RunConfig(data=DataConfig(context_length=24, prediction_length=6), model=DLinearConfig())
+    assert (built.model.context_length, built.model.prediction_length) == (24, 6)

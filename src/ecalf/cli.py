@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ecalf.config import CONTEXT_LENGTH, PREDICTION_LENGTH, VALIDATION_FRACTION
 from ecalf.errors import EcalfError
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
+    import ecalf.models  # noqa: F401  (imports, and so registers, every model)
     from ecalf.registry import list_models
 
     for entry in list_models():
@@ -312,7 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, metavar="DIR", help="where the forecaster is saved")
     p.add_argument("--model", default="ecalf", help="a model of `ecalf list-models` (default ecalf)")
     p.add_argument("--backbone", metavar="PRESET", help="LLM preset of calf/ecalf (default smollm2-135m)")
-    p.add_argument("--context-length", type=int, default=96, metavar="L", help="rows read (default 96)")
+    p.add_argument(
+        "--context-length",
+        type=int,
+        default=CONTEXT_LENGTH,
+        metavar="L",
+        help=f"rows read (default {CONTEXT_LENGTH})",
+    )
     p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default training.epochs, 20)")
     p.add_argument(
         "--batch-size",
@@ -322,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--learning-rate", type=float, metavar="LR", help="learning rate (default 5e-4)")
     p.add_argument(
-        "--validation-fraction", type=float, default=0.1, metavar="F",
-        help="last fraction of rows held out for early stopping (default 0.1; 0: none)",
+        "--validation-fraction", type=float, default=VALIDATION_FRACTION, metavar="F",
+        help=f"last fraction of rows held out for early stopping (default {VALIDATION_FRACTION}; 0: none)",
     )  # fmt: skip
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE",
@@ -457,8 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="a registered dataset (`ecalf data list`) or a CSV path with a date column")
     p.add_argument("--data-dir", help=data_dir_help)
-    p.add_argument("--context-length", type=int, default=96, metavar="L", help="context length (default 96)")
-    p.add_argument("--prediction-length", type=int, default=96, metavar="H", help="horizon (default 96)")
+    p.add_argument(
+        "--context-length", type=int, default=CONTEXT_LENGTH, metavar="L",
+        help=f"context length (default {CONTEXT_LENGTH})",
+    )  # fmt: skip
+    p.add_argument(
+        "--prediction-length", type=int, default=PREDICTION_LENGTH, metavar="H",
+        help=f"horizon (default {PREDICTION_LENGTH})",
+    )  # fmt: skip
     p.add_argument("--few-shot", type=float, default=100.0, metavar="P", help="keep P %% of training windows")
     p.set_defaults(func=_cmd_data_info)
     p = data.add_parser(

@@ -28,6 +28,18 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 # --------------------------------------------------------------------------------------------------
 
 
+CONTEXT_LENGTH = 96
+"""The default context length L: the benchmark protocol's, and the practitioner API's."""
+PREDICTION_LENGTH = 96
+"""The default prediction length H of a run config (the protocol's first horizon)."""
+FORECAST_LENGTH = 24
+"""The default prediction length of the practitioner API (``Forecaster``, ``ecalf fit``)."""
+VALIDATION_FRACTION = 0.1
+"""The default share of a user's rows held out for early stopping (``Forecaster.fit``, ``ecalf fit``)."""
+SHAPE_FIELDS = ("context_length", "prediction_length")
+"""The window shape: set in ``data``, followed by ``model``."""
+
+
 @dataclass
 class ModelConfig:
     """Base of every model's config. The shape fields are filled from the data at build time.
@@ -39,9 +51,13 @@ class ModelConfig:
     model_name: ClassVar[str] = ""
     """The registered model name of this config class (empty for the base)."""
 
-    context_length: int = 96
-    prediction_length: int = 96
+    context_length: int = CONTEXT_LENGTH
+    """L, as the model is built for it. In a run config it follows ``data.context_length`` (the one
+    setting of the window shape): :class:`RunConfig` fills it, and a config file may not set another."""
+    prediction_length: int = PREDICTION_LENGTH
+    """H, likewise following ``data.prediction_length``."""
     num_channels: int = 7
+    """C, filled from the data when the model is built."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "context_length", "prediction_length", "num_channels")
@@ -82,8 +98,10 @@ class DataConfig:
     """A registered dataset name (``ecalf data list``) or the path of a CSV with a ``date`` column."""
     data_dir: str | None = None
     """Directory holding the benchmark CSVs; else ``$ECALF_DATA_DIR``, else ``./datasets``."""
-    context_length: int = 96
-    prediction_length: int = 96
+    context_length: int = CONTEXT_LENGTH
+    """L: rows of history each forecast reads. The window shape is set here only (the model's follows)."""
+    prediction_length: int = PREDICTION_LENGTH
+    """H: rows each forecast predicts."""
     few_shot_percent: float = 100.0
     """Keep the chronologically first p % of training windows (validation and test untouched)."""
     zero_shot_target: str | None = None
@@ -154,6 +172,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if type(self.model) is ModelConfig:
             raise ConfigError("model.name is required (see `ecalf list-models`)")
+        # The window shape is data's: the model is built for the windows the data gives.
+        shape = {name: getattr(self.data, name) for name in SHAPE_FIELDS}
+        if any(getattr(self.model, name) != value for name, value in shape.items()):
+            self.model = dataclasses.replace(self.model, **shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,6 +264,8 @@ def from_dict(cls: type[T], data: Any, path: str = "") -> T:
             cls = model_config_named(name)  # type: ignore[assignment]
         except KeyError as exc:
             raise ConfigError(f"{_join(path, 'name')}: {exc.args[0]}") from None
+    if cls is RunConfig:
+        _check_one_window_shape(data, path)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = [k for k in data if k not in fields]
@@ -319,6 +343,23 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a string, got {_describe(value)}")
         return value
     raise ConfigError(f"{path}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _check_one_window_shape(data: Mapping[str, Any], path: str) -> None:
+    """A run config sets L and H in ``data``; ``model`` may repeat them (saved configs do) but not differ."""
+    model, section = data.get("model"), data.get("data")
+    if not isinstance(model, Mapping):
+        return
+    given = section if isinstance(section, Mapping) else {}
+    for name in SHAPE_FIELDS:
+        if name in model:
+            expected = given.get(name, getattr(DataConfig, name))
+            if model[name] != expected:
+                raise ConfigError(
+                    f"{_join(path, 'model.' + name)}={model[name]} differs from "
+                    f"{_join(path, 'data.' + name)}={expected}: the window shape is set in data only "
+                    f"(the model follows it); set data.{name}"
+                )
 
 
 def _check_positive(obj: Any, *names: str) -> None:

@@ -47,7 +47,14 @@ from torch import nn
 
 from ecalf import __version__
 from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_text, write_yaml
-from ecalf.config import RunConfig, apply_overrides, to_dict
+from ecalf.config import (
+    CONTEXT_LENGTH,
+    FORECAST_LENGTH,
+    VALIDATION_FRACTION,
+    RunConfig,
+    apply_overrides,
+    to_dict,
+)
 from ecalf.config_files import run_config_from_dict
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
 from ecalf.data.loading import DATE_COLUMN
@@ -242,8 +249,8 @@ class Forecaster:
         self,
         model: str = "ecalf",
         backbone: str | None = None,
-        context_length: int = 96,
-        prediction_length: int = 24,
+        context_length: int = CONTEXT_LENGTH,
+        prediction_length: int = FORECAST_LENGTH,
         *,
         model_options: Mapping[str, Any] | None = None,
         training_options: Mapping[str, Any] | None = None,
@@ -307,7 +314,7 @@ class Forecaster:
         self,
         data: SeriesInput,
         *,
-        validation_fraction: float = 0.1,
+        validation_fraction: float = VALIDATION_FRACTION,
         epochs: int | None = None,
         verbose: bool = True,
         tracking_dir: str | os.PathLike[str] | None = None,
@@ -597,12 +604,12 @@ def fit_and_save(
     *,
     model: str = "ecalf",
     backbone: str | None = None,
-    context_length: int = 96,
-    prediction_length: int = 24,
+    context_length: int = CONTEXT_LENGTH,
+    prediction_length: int = FORECAST_LENGTH,
     epochs: int | None = None,
     batch_size: int | None = None,
     learning_rate: float | None = None,
-    validation_fraction: float = 0.1,
+    validation_fraction: float = VALIDATION_FRACTION,
     overrides: Iterable[str] = (),
     verbose: bool = True,
 ) -> Forecaster:

@@ -74,5 +74,6 @@ def create_model(config: ModelConfig) -> nn.Module:
 
 
 def list_models() -> list[ModelEntry]:
-    """Every registered model (all of ecalf's once :mod:`ecalf.models` is imported), by name."""
+    """Every registered model, by name: all of ecalf's once :mod:`ecalf.models` is imported (importing
+    any model module does; this module cannot, as the models import it)."""
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]

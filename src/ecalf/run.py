@@ -51,13 +51,8 @@ def resolve_model_config(config: RunConfig, splits: ForecastSplits) -> RunConfig
 
 
 def _with_shapes(config: RunConfig, num_channels: int) -> RunConfig:
-    model = dataclasses.replace(
-        config.model,
-        context_length=config.data.context_length,
-        prediction_length=config.data.prediction_length,
-        num_channels=num_channels,
-    )
-    return dataclasses.replace(config, model=model)
+    """``config`` with the model's channel count (its window shape already follows ``config.data``)."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, num_channels=num_channels))
 
 
 def with_target(config: RunConfig, target: str | None) -> RunConfig:
