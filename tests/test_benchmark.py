@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -86,7 +87,9 @@ def test_cells_cover_the_product_with_zero_shot_targets(in_repo):
 
 
 def test_the_smoke_grid_runs_resumes_and_reports(in_repo, synthetic_csv_dir, tmp_path):
-    grid = load_grid(SMOKE)
+    # Its runs under tmp_path, not the repository's runs/: a killed test run must not leave a
+    # directory that the next one would find (of another data directory) and refuse.
+    grid = dataclasses.replace(load_grid(SMOKE), runs_dir=str(tmp_path / "runs"))
     results = tmp_path / "smoke.csv"
     first = run_benchmark(
         grid, results=results, data_dir=str(synthetic_csv_dir), limit=5, progress=False, echo=None
@@ -653,6 +656,20 @@ def test_model_cases_and_seeds_shape_the_cells(tmp_path, in_repo):
         benchmark.select(grid, models=["linear"], seeds=[2])
     with pytest.raises(ConfigError, match=r"seeds \[7\] are not among the grid's"):
         _small_grid(tmp_path, models=[GridModel("linear", "configs/baselines/linear.yaml", seeds=[7])])
+
+
+def test_a_cell_s_typed_config_is_its_provenance_overrides_applied(in_repo):
+    """A cell's config is built on the typed config (dataclasses.replace); the override strings of its
+    results row, applied to its YAML, give exactly the same config."""
+    for path in (ROOT / "benchmarks" / "fewshot.yaml", ROOT / "benchmarks" / "zeroshot.yaml"):
+        grid = load_grid(path)
+        for cell in grid_cells(grid)[:: max(1, len(grid_cells(grid)) // 40)]:
+            typed = cell.config(grid.set, "/data")
+            assert typed == load_run_config(cell.config_file, cell.overrides(grid.set, "/data")), (
+                cell.describe()
+            )
+            assert typed.data.data_dir == "/data" and typed.seed == cell.seed
+            assert typed.model.prediction_length == cell.horizon == typed.data.prediction_length
 
 
 def test_the_fewshot_grid_runs_calf_on_its_authors_recipe(in_repo):

@@ -23,7 +23,7 @@ import torch
 
 from ecalf import __version__
 from ecalf.artifacts import read_yaml
-from ecalf.config import RunConfig, missing_settings
+from ecalf.config import RunConfig, missing_settings, to_dict
 from ecalf.config_files import load_run_config, run_config_from_dict
 from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
@@ -339,6 +339,19 @@ def source_config(config: RunConfig) -> RunConfig:
     return with_target(config, None)
 
 
+def config_differences(a: RunConfig, b: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between two configs (``a=...`` against ``b=...``)."""
+
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(data, dict):
+            return {prefix.rstrip("."): data}
+        return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    left, right = flat(to_dict(a)), flat(to_dict(b))
+    return [f"{k}: {left.get(k)!r} against {right.get(k)!r}" for k in sorted(left.keys() | right.keys())
+            if left.get(k) != right.get(k)]  # fmt: skip
+
+
 def same_training(saved: RunConfig, config: RunConfig) -> bool:
     """Whether a run directory's resolved ``saved`` config trains what ``config`` (as loaded from a file,
     shape fields not yet filled from the data) would train."""
@@ -368,9 +381,10 @@ def transfer_run(
     start = time.perf_counter()
     trained, model = load_run(source.path)
     if not same_training(trained, source_config(config)):
+        wanted = _with_shapes(source_config(config), trained.model.num_channels)
         raise EcalfError(
             f"{source.config_file} does not train the model of the zero-shot config given "
-            "(they differ beyond data.zero_shot_target)"
+            f"(they differ beyond data.zero_shot_target: {', '.join(config_differences(trained, wanted))})"
         )
     config = dataclasses.replace(trained, data=config.data)
     splits, device = _placed_for_test(config, model, source.path)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecalf.benchmark.grid import Cell
 from ecalf.benchmark.results import exclusive
-from ecalf.config import RunConfig, apply_overrides
+from ecalf.config import RunConfig
 from ecalf.errors import EcalfError
 
 if TYPE_CHECKING:
@@ -38,16 +38,12 @@ def run_cell(
     """
     import torch
 
-    from ecalf.config_files import load_run_config, run_config_from_dict
     from ecalf.run import source_config, transfer_run
 
     if num_threads:
         torch.set_num_threads(num_threads)
-    overrides = cell.overrides(grid_overrides, data_dir)
-    if config_data is None:
-        config = load_run_config(cell.config_file, overrides)
-    else:
-        config = run_config_from_dict(apply_overrides(config_data, overrides), source=cell.config_file)
+    config = cell.config(grid_overrides, data_dir, config_data)
+    overrides = cell.overrides(grid_overrides, data_dir)  # the provenance column only
     # every training under one lock: a zero-shot cell and its source's cell may run side by side
     trained = trained_run(source_config(config), Path(runs_dir), cell.training_run_id, reuse_runs)
     if cell.target:  # zero-shot: the source's training, evaluated on the target

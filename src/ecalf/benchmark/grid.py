@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ecalf.artifacts import read_yaml
-from ecalf.config import from_dict
+from ecalf.config import RunConfig, apply_overrides, from_dict
 from ecalf.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -205,7 +205,36 @@ class Cell:
         data = f"{self.dataset}-to-{self.target}" if self.target else self.dataset
         return f"{self.model}/{data}/{self.setting}/H{self.horizon}/seed{self.seed}"
 
+    def config(
+        self,
+        grid_overrides: Sequence[str],
+        data_dir: str | None,
+        config_data: Mapping[str, Any] | None = None,
+    ) -> RunConfig:
+        """This cell's typed run config: its model's YAML (``config_data``: that file already parsed, as a
+        Ray worker gets it) with the grid's and the model's overrides (strings from the grid file), then
+        the cell's own place in the grid (dataset, horizon, setting, seed, data directory) set on the
+        typed config."""
+        from ecalf.config_files import load_run_config, run_config_from_dict  # every model (torch)
+
+        given = [*grid_overrides, *self.model_overrides]
+        if config_data is None:
+            config = load_run_config(self.config_file, given)
+        else:
+            config = run_config_from_dict(apply_overrides(config_data, given), source=self.config_file)
+        data = dataclasses.replace(
+            config.data,
+            dataset=self.dataset,
+            prediction_length=self.horizon,
+            few_shot_percent=float(self.few_shot_percent),
+            zero_shot_target=self.target or None,
+            data_dir=data_dir if data_dir is not None else config.data.data_dir,
+        )
+        return dataclasses.replace(config, data=data, seed=self.seed)
+
     def overrides(self, grid_overrides: Sequence[str], data_dir: str | None) -> list[str]:
+        """The cell's config as ``key=value`` overrides of its YAML, for the results CSV's provenance
+        column (and the recipe that estimates compare); :meth:`config` builds the config itself."""
         cell = [
             f"data.dataset={self.dataset}",
             f"data.prediction_length={self.horizon}",
@@ -267,8 +296,6 @@ def grid_cells(grid: Grid) -> list[Cell]:
 
 def check_grid(grid: Grid, data_dir: str | None = None) -> None:
     """Load every distinct cell config once, so a typo fails before hours of running, not during."""
-    from ecalf.config_files import load_run_config  # imports every model (torch): not for the CSV helpers
-
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for cell in grid_cells(grid):
         if (cell.config_file, cell.model_overrides) in seen:
@@ -276,4 +303,4 @@ def check_grid(grid: Grid, data_dir: str | None = None) -> None:
         seen.add((cell.config_file, cell.model_overrides))
         if not Path(cell.config_file).is_file():
             raise ConfigError(f"grid model {cell.model!r}: config file {cell.config_file} does not exist")
-        load_run_config(cell.config_file, cell.overrides(grid.set, data_dir))
+        cell.config(grid.set, data_dir)

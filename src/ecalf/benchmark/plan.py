@@ -46,7 +46,6 @@ def plan_benchmark(
 ) -> tuple[list[PlannedCell], int]:
     """What :func:`run_benchmark` would do, without running anything: the pending cells, each with the
     finished run it would reuse, and how many cells are already in the results file."""
-    from ecalf.config_files import load_run_config
     from ecalf.run import source_config
     from ecalf.run_dir import RunDirectory
 
@@ -59,7 +58,7 @@ def plan_benchmark(
     runs_dir = grid.runs_path
     planned, training = [], set()
     for cell in todo:
-        config = source_config(load_run_config(cell.config_file, cell.overrides(grid.set, data_dir)))
+        config = source_config(cell.config(grid.set, data_dir))
         run_id = cell.training_run_id
         found = finished_run(config, runs_dir, run_id, grid.reuse_runs)
         if found is not None:
