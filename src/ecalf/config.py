@@ -143,12 +143,12 @@ class TrainingConfig:
     weights, optimizer state, the loss sums and the metrics stay float32/float64."""
     low_memory: bool = False
     """CPU training: freed activation memory goes back to the operating system at once instead of
-    staying in malloc's heap (``ecalf.memory``, glibc only; process-wide). About 30 % less peak memory
-    for about 20 % less speed on a 2-core CPU (docs/speed.md); no effect on CUDA memory."""
+    staying in malloc's heap (``ecalf.memory``, glibc only; process-wide): less peak memory for less
+    speed (docs/speed.md measures both); no effect on CUDA memory."""
     dropout_masks: Literal["fast", "torch"] = "fast"
     """How training draws dropout masks on the CPU: ``fast`` (ecalf.dropout: a fifth of the random
-    draws, the same dropout distribution) or ``torch`` (``bernoulli_``, bit for bit as rows produced
-    before this option). CUDA always uses torch's fused dropout."""
+    draws, the same dropout distribution) or ``torch`` (``bernoulli_``, torch's own masks). CUDA always
+    uses torch's fused dropout."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "batch_size", "eval_batch_size", "cosine_t_max", "patience")

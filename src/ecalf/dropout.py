@@ -1,9 +1,8 @@
 """Dropout with cheaper random masks on the CPU (``training.dropout_masks: fast``, the default).
 
-torch's CPU dropout draws one Bernoulli sample per element (``bernoulli_``): on the project's 2-core
-machine that is about 7 % of a CALF training step, more than all its layer norms, softmaxes and
-optimizer updates together (docs/speed.md). :class:`FastDropout` draws one 64-bit random word per
-four elements from the same generator (``random_``, a fifth of the time) and keeps an element when
+torch's CPU dropout draws one Bernoulli sample per element (``bernoulli_``), a visible share of a CALF
+training step on a CPU (docs/speed.md measures it). :class:`FastDropout` draws one 64-bit random word
+per four elements from the same generator (``random_``) and keeps an element when
 its 16-bit share is at or above ``round(p * 65536)``: every element is dropped independently with
 probability ``p' = round(p * 65536) / 65536`` (within 8e-6 of ``p``), and the kept ones are scaled by
 ``1 / (1 - p')`` so that the expectation is exactly the input, as in torch's dropout. The mask is

@@ -4,11 +4,11 @@ A CPU training step allocates and frees the same few hundred activation tensors 
 malloc serves a large block from a private mapping (returned to the OS on ``free``) only while it is
 above its *dynamic* mmap threshold, and raises that threshold to the size of every mapped block it
 frees, up to 32 MiB. After the first step, the 2-20 MiB activations of a batch therefore come from the
-heap, which keeps their freed space and fragments: the step's peak resident memory ends up about 40 %
-above the memory actually live at its peak (docs/speed.md measures it). Fixing the threshold
-(``mallopt(M_MMAP_THRESHOLD, ...)``, which also turns the dynamic adjustment off) maps every block of
-``threshold`` bytes or more on its own, so peak RSS is the live peak; the price is a page fault per
-fresh page, about a fifth of the training speed on the project's 2-core CPU.
+heap, which keeps their freed space and fragments: the step's peak resident memory ends up well
+above the memory actually live at its peak. Fixing the threshold (``mallopt(M_MMAP_THRESHOLD, ...)``,
+which also turns the dynamic adjustment off) maps every block of ``threshold`` bytes or more on its
+own, so peak RSS is the live peak; the price is a page fault per fresh page (docs/speed.md measures
+both).
 
 The setting is process-wide and stays for the life of the process; it only exists with glibc
 (Linux). Elsewhere :func:`release_freed_memory` does nothing and says so. CUDA memory is not affected

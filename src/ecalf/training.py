@@ -3,7 +3,9 @@
 Adam over the model's parameter groups; cosine annealing stepped once per epoch (groups marked
 ``fixed_lr`` keep their rate); early stopping on validation MSE with the best weights restored.
 Every window of an epoch is used: the last partial batch is kept, never dropped. The loop knows
-nothing of any particular model: models bring their loss (``ForecastOutput.loss``) and groups.
+nothing of any particular model: models bring their loss (``ForecastOutput.loss``) and groups. A model
+whose weights are computed from the data (``ForecastModel.fits_in_closed_form``, e.g. ``linear``) is
+fitted once by its ``fit_closed_form`` instead, logged and called back as one epoch of 0 steps.
 
 The same loop runs in every process of a data-parallel run (ecalf.distributed, docs/scale-out.md):
 each step takes ``batch_size`` windows per process, DistributedDataParallel averages the gradients,

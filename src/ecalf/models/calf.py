@@ -64,7 +64,7 @@ class CALFConfig(ModelConfig):
     """Alignment-degree predictor a in (degree_min, 1): x_text = a * x_att + (1 - a) * x_time."""
     degree_min: float = 0.5
     """Lower bound of a. At 0 the gate can close (a -> 0, x_text = x_time), which satisfies every
-    alignment term trivially; it did so within 3 epochs on ETTh1 (docs/enhanced-calf.md)."""
+    alignment term trivially (docs/enhanced-calf.md "The alignment-degree gate")."""
     degree_aux_weight: float = 0.0
     """Weight of the auxiliary regression of a onto the branches' detached final cosine similarity."""
     multilevel_distillation: bool = False
