@@ -139,3 +139,32 @@ def test_every_name_the_architecture_page_cites_exists():
         else:
             missing.append(name)
     assert not missing, f"docs/architecture.md cites names that do not exist: {missing}"
+
+
+def test_the_cli_is_one_table_of_commands_with_one_handler_shape():
+    """Every leaf command of ``ecalf`` is a row of ecalf.cli.COMMANDS whose handler takes the parsed
+    arguments and returns an exit status; ``--help`` of each works."""
+    import inspect
+
+    import pytest
+
+    from ecalf.cli import COMMANDS, build_parser
+
+    def leaves(commands, prefix=()):
+        for command in commands:
+            path = (*prefix, command.name)
+            if command.subcommands:
+                assert command.handler is None, path
+                yield from leaves(command.subcommands, path)
+            else:
+                yield path, command
+
+    found = list(leaves(COMMANDS))
+    assert len(found) >= 13
+    parser = build_parser()
+    for path, command in found:
+        assert command.handler is not None, path
+        assert list(inspect.signature(command.handler).parameters) == ["args"], path
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([*path, "--help"])
+        assert exit_.value.code == 0

@@ -8,7 +8,8 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -269,238 +270,362 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------
+# The command table: every command, its handler and its options. build_parser only reads it.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One argparse argument: its flags (or positional name) and ``add_argument``'s keywords."""
+
+    flags: tuple[str, ...]
+    kwargs: Mapping[str, Any]
+
+
+def opt(*flags: str, **kwargs: Any) -> Option:
+    return Option(flags, kwargs)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``handler(args) -> exit status`` (every handler has this one shape), its options,
+    or (a group such as ``data``) its own subcommands."""
+
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], int] | None = None
+    options: tuple[Option, ...] = ()
+    description: str | None = None
+    subcommands: tuple[Command, ...] = ()
+
+
+QUIET = opt("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+QUIET_BAR = opt("--quiet", action="store_true", help="no progress bar")
+DATA_DIR = opt(
+    "--data-dir", help="directory of the benchmark CSVs (default: $ECALF_DATA_DIR if set, else ./datasets)"
+)
+CONTEXT = opt(
+    "--context-length",
+    type=int,
+    default=CONTEXT_LENGTH,
+    metavar="L",
+    help=f"context length (default {CONTEXT_LENGTH})",
+)
+
+COMMANDS: tuple[Command, ...] = (
+    Command("list-models", "list the registered models", _cmd_list_models),
+    Command(
+        "train",
+        "train a model from a YAML config and evaluate it on the test split",
+        _cmd_train,
+        (
+            opt("--config", help="YAML run config (see configs/)"),
+            opt("--resume", metavar="RUN_DIR", help="continue a killed run from its last finished epoch"),
+            opt(
+                "--set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="override a config value, e.g. training.epochs=5",
+            ),
+            opt("--output-dir", help="run directory (default: runs/<model>_<dataset>_<H>_<time>)"),
+            QUIET,
+        ),
+    ),
+    Command(
+        "evaluate",
+        "evaluate a run directory's best checkpoint on its test split",
+        _cmd_evaluate,
+        (
+            opt("run_dir"),
+            opt("--plot", metavar="PNG", help="also draw forecast vs actual on a few test windows"),
+            opt("--windows", type=int, default=3, metavar="N", help="test windows in the plot (default 3)"),
+            opt("--int8", action="store_true", help="evaluate the int8 CPU inference copy (docs/speed.md)"),
+            opt(
+                "--target",
+                metavar="DATASET",
+                help="zero-shot: evaluate on this dataset's test split instead (same number of variables), "
+                "scaled with its own training statistics",
+            ),
+            QUIET_BAR,
+        ),
+    ),
+    Command(
+        "fit",
+        "fit a forecaster on your own CSV and save it (then: ecalf forecast)",
+        _cmd_fit,
+        (
+            opt("--input", required=True, metavar="CSV", help="the series to fit on"),
+            opt("--prediction-length", type=int, required=True, metavar="H", help="steps to forecast"),
+            opt("--output-dir", required=True, metavar="DIR", help="where the forecaster is saved"),
+            opt("--model", default="ecalf", help="a model of `ecalf list-models` (default ecalf)"),
+            opt("--backbone", metavar="PRESET", help="LLM preset of calf/ecalf (default smollm2-135m)"),
+            opt(
+                "--context-length",
+                type=int,
+                default=CONTEXT_LENGTH,
+                metavar="L",
+                help=f"rows read (default {CONTEXT_LENGTH})",
+            ),
+            opt("--epochs", type=int, metavar="N", help="maximum epochs (default training.epochs, 20)"),
+            opt(
+                "--batch-size",
+                type=int,
+                metavar="B",
+                help="training batch size (default 256, smaller for a short series: at least 10 steps "
+                "per epoch)",
+            ),
+            opt("--learning-rate", type=float, metavar="LR", help="learning rate (default 5e-4)"),
+            opt(
+                "--validation-fraction",
+                type=float,
+                default=VALIDATION_FRACTION,
+                metavar="F",
+                help=f"last fraction of rows held out for early stopping (default {VALIDATION_FRACTION}; "
+                "0: none)",
+            ),
+            opt(
+                "--set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="override model.* / training.* / seed, e.g. training.patience=3",
+            ),
+            QUIET,
+        ),
+        "Fit a model on a CSV (wide: a `date` column + one numeric column per series; long: "
+        "unique_id, ds, y), "
+        "holding out the last rows for validation and early stopping, and save it to --output-dir. "
+        "See docs/forecasting.md.",
+    ),
+    Command(
+        "forecast",
+        "forecast the rows after a CSV with a saved forecaster; write a CSV (and a PNG)",
+        _cmd_forecast,
+        (
+            opt("--model", required=True, metavar="DIR", help="directory written by `ecalf fit`"),
+            opt("--input", required=True, metavar="CSV", help="the recent history, same columns"),
+            opt("--output", required=True, metavar="CSV", help="where the forecast is written"),
+            opt("--plot", metavar="PNG", help="also draw history + forecast, one panel per channel"),
+            opt(
+                "--history-rows",
+                type=int,
+                metavar="N",
+                help="history rows drawn (default 4 forecast lengths)",
+            ),
+        ),
+        "Load a forecaster saved by `ecalf fit`, forecast the prediction length after the last row of "
+        "--input "
+        "(its last context-length rows are read) and write the forecast in the input's format, with "
+        "timestamps continuing the fitted frequency.",
+    ),
+    Command(
+        "plot-training",
+        "training curves (loss parts, validation, learning rate, adapted values) as a PNG",
+        _cmd_plot_training,
+        (
+            opt("directory", help="a run directory (`ecalf train`) or a saved forecaster (`ecalf fit`)"),
+            opt("--output", required=True, metavar="PNG", help="the PNG to write"),
+        ),
+    ),
+    Command(
+        "quickstart",
+        "train CALF (SmolLM2-135M) on ETTh1 few-shot 10 %%, H 96, and print test MSE/MAE vs naive",
+        _cmd_quickstart,
+        (
+            opt("--config", default=None, help="run config (default: configs/quickstart.yaml)"),
+            opt("--output-dir", default="runs/quickstart", help="run directory (default runs/quickstart)"),
+            QUIET,
+        ),
+    ),
+    Command(
+        "benchmark",
+        "run a benchmark grid (models x datasets x settings x horizons x seeds), resumable",
+        _cmd_benchmark,
+        (
+            opt("grid", help="grid file, e.g. benchmarks/fewshot.yaml"),
+            opt("--results", help="results CSV (default: the grid's `results`, else results/<name>.csv)"),
+            opt("--data-dir", help="directory of the benchmark CSVs (else $ECALF_DATA_DIR, ./datasets)"),
+            opt("--jobs", type=int, default=1, help="cells run in parallel processes (default 1)"),
+            opt(
+                "--threads",
+                type=int,
+                metavar="N",
+                help="torch threads per cell (default: the cores shared out over --jobs; with one job, "
+                "torch's "
+                "default); e.g. --threads 1 for each of two benchmark commands side by side on 2 cores",
+            ),
+            opt(
+                "--ray",
+                nargs="?",
+                const="local",
+                metavar="ADDRESS",
+                help="run cells as Ray tasks on the cluster at ADDRESS (ray://HOST:10001, auto) or, without "
+                "ADDRESS, on a local Ray instance started for the run (put --ray after GRID); needs "
+                "pip install 'ecalf[ray]'",
+            ),
+            opt("--cpus-per-cell", type=float, metavar="N", help="with --ray: CPUs per cell (default 1)"),
+            opt(
+                "--gpus-per-cell",
+                type=float,
+                metavar="N",
+                help="with --ray: GPUs per cell (default 0); >0 trains on CUDA",
+            ),
+            opt("--limit", type=int, default=None, help="run at most this many pending cells"),
+            opt(
+                "--dry-run",
+                action="store_true",
+                help="list the cells still to run (and which reuse a finished run) without running any",
+            ),
+            opt(
+                "--no-reuse",
+                action="store_true",
+                help="train every cell here, never taking a finished run of the same config from another "
+                "grid's runs directory (runs/benchmark/*/)",
+            ),
+            opt("--models", nargs="+", metavar="LABEL", help="only these models of the grid"),
+            opt("--datasets", nargs="+", metavar="NAME", help="only these datasets of the grid"),
+            opt("--horizons", nargs="+", type=int, metavar="H", help="only these horizons"),
+            opt("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds"),
+            QUIET_BAR,
+        ),
+        "Run every cell of GRID.yaml that has no row in the results CSV yet; each finished cell appends one "
+        "row atomically. Killed? Run the same command again: finished cells are skipped and the cell in "
+        "flight resumes from its last finished epoch. See docs/benchmark.md.",
+    ),
+    Command(
+        "report",
+        "markdown tables and PNG plots from a benchmark results CSV",
+        _cmd_report,
+        (
+            opt("results", help="results CSV written by `ecalf benchmark`"),
+            opt("--output-dir", help="where to write (default: beside the CSV)"),
+            opt(
+                "--compare",
+                nargs="+",
+                default=["calf", "ecalf"],
+                metavar="MODEL",
+                help="models drawn per horizon; of two, the second is compared with the first cell by cell "
+                "(default: calf ecalf)",
+            ),
+            opt(
+                "--pair",
+                nargs=2,
+                action="append",
+                metavar=("BASE", "OTHER"),
+                help="also compare OTHER with BASE cell by cell (repeatable), e.g. --pair linear ecalf; a "
+                "model fitted without seed dependence (closed form) is paired with every seed of the other",
+            ),
+            opt(
+                "--published",
+                metavar="CSV",
+                nargs="?",
+                const="",
+                help="published numbers in italics beside the measured ones: the CALF paper's and the "
+                "baselines' (ecalf's own list) or, with CSV, those of that file (same columns)",
+            ),
+            opt(
+                "--histories",
+                action="store_true",
+                help="also write <stem>_histories.csv: every run's per-epoch history (losses, validation, "
+                "learning rate, adapted values), one row per run and epoch, read from the rows' run "
+                "directories",
+            ),
+        ),
+    ),
+    Command(
+        "data",
+        "benchmark datasets: list, info, download",
+        description="Datasets are looked up in the data directory: --data-dir DIR if given, else "
+        "$ECALF_DATA_DIR if set, else ./datasets. See docs/data.md.",
+        subcommands=(
+            Command("list", "the registered datasets (file, frequency, split rule, target)", _cmd_data_list),
+            Command(
+                "info",
+                "rows, channels, dates and window counts per split of a dataset",
+                _cmd_data_info,
+                (
+                    opt(
+                        "name",
+                        help="a registered dataset (`ecalf data list`) or a CSV path with a date column",
+                    ),
+                    DATA_DIR,
+                    CONTEXT,
+                    opt(
+                        "--prediction-length",
+                        type=int,
+                        default=PREDICTION_LENGTH,
+                        metavar="H",
+                        help=f"horizon (default {PREDICTION_LENGTH})",
+                    ),
+                    opt(
+                        "--few-shot",
+                        type=float,
+                        default=100.0,
+                        metavar="P",
+                        help="keep P %% of training windows",
+                    ),
+                ),
+                "Print a dataset's rows, channels, date range, frequency, split rows and windows per split. "
+                "The data directory is --data-dir, else $ECALF_DATA_DIR, else ./datasets.",
+            ),
+            Command(
+                "download",
+                "download a dataset's public file into the data directory",
+                _cmd_data_download,
+                (opt("name", help="a registered dataset name (`ecalf data list`)"), DATA_DIR),
+                "Download a registered dataset (ETT files from github.com/zhouhaoyi/ETDataset) into "
+                "--data-dir, else $ECALF_DATA_DIR, else ./datasets. An existing file is kept.",
+            ),
+        ),
+    ),
+    Command(
+        "backbone",
+        "backbone LLMs",
+        subcommands=(
+            Command(
+                "info",
+                "load a backbone and print its shapes, parameter counts, load time",
+                _cmd_backbone_info,
+                (
+                    opt(
+                        "preset",
+                        help="gpt2, smollm2-135m, tiny-gpt2, tiny-llama, a hub id, a directory or a .gguf",
+                    ),
+                    opt("--layers", type=int, default=6, help="number of blocks kept (default 6)"),
+                    opt(
+                        "--principal-embeddings",
+                        type=int,
+                        default=None,
+                        metavar="K",
+                        help="PCA size (default 500, or the backbone's width if smaller)",
+                    ),
+                    opt("--random", action="store_true", help="random weights instead of pretrained ones"),
+                ),
+            ),
+        ),
+    ),
+)
+
+
+def _add_commands(subparsers: Any, commands: Sequence[Command]) -> None:
+    for command in commands:
+        parser = subparsers.add_parser(command.name, help=command.help, description=command.description)
+        for option in command.options:
+            parser.add_argument(*option.flags, **option.kwargs)
+        if command.handler is not None:
+            parser.set_defaults(func=command.handler)
+        if command.subcommands:
+            inner = parser.add_subparsers(dest=f"{command.name}_command", required=True, metavar="COMMAND")
+            _add_commands(inner, command.subcommands)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ecalf`` parser, read from :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="ecalf",
         description="Enhanced CALF: LLM time-series forecasting, its base CALF, baselines, benchmarks.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("list-models", help="list the registered models")
-    p.set_defaults(func=_cmd_list_models)
-
-    p = sub.add_parser("train", help="train a model from a YAML config and evaluate it on the test split")
-    p.add_argument("--config", help="YAML run config (see configs/)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last finished epoch")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. training.epochs=5"
-    )
-    p.add_argument("--output-dir", help="run directory (default: runs/<model>_<dataset>_<H>_<time>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="evaluate a run directory's best checkpoint on its test split")
-    p.add_argument("run_dir")
-    p.add_argument("--plot", metavar="PNG", help="also draw forecast vs actual on a few test windows")
-    p.add_argument("--windows", type=int, default=3, metavar="N", help="test windows in the plot (default 3)")
-    p.add_argument("--int8", action="store_true", help="evaluate the int8 CPU inference copy (docs/speed.md)")
-    p.add_argument(
-        "--target", metavar="DATASET",
-        help="zero-shot: evaluate on this dataset's test split instead (same number of variables), "
-        "scaled with its own training statistics",
-    )  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser(
-        "fit",
-        help="fit a forecaster on your own CSV and save it (then: ecalf forecast)",
-        description="Fit a model on a CSV (wide: a `date` column + one numeric column per series; long: "
-        "unique_id, ds, y), holding out the last rows for validation and early stopping, and save it to "
-        "--output-dir. See docs/forecasting.md.",
-    )
-    p.add_argument("--input", required=True, metavar="CSV", help="the series to fit on")
-    p.add_argument("--prediction-length", type=int, required=True, metavar="H", help="steps to forecast")
-    p.add_argument("--output-dir", required=True, metavar="DIR", help="where the forecaster is saved")
-    p.add_argument("--model", default="ecalf", help="a model of `ecalf list-models` (default ecalf)")
-    p.add_argument("--backbone", metavar="PRESET", help="LLM preset of calf/ecalf (default smollm2-135m)")
-    p.add_argument(
-        "--context-length",
-        type=int,
-        default=CONTEXT_LENGTH,
-        metavar="L",
-        help=f"rows read (default {CONTEXT_LENGTH})",
-    )
-    p.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default training.epochs, 20)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        metavar="B",
-        help="training batch size (default 256, smaller for a short series: at least 10 steps per epoch)",
-    )
-    p.add_argument("--learning-rate", type=float, metavar="LR", help="learning rate (default 5e-4)")
-    p.add_argument(
-        "--validation-fraction", type=float, default=VALIDATION_FRACTION, metavar="F",
-        help=f"last fraction of rows held out for early stopping (default {VALIDATION_FRACTION}; 0: none)",
-    )  # fmt: skip
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE",
-        help="override model.* / training.* / seed, e.g. training.patience=3",
-    )  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.set_defaults(func=_cmd_fit)
-
-    p = sub.add_parser(
-        "forecast",
-        help="forecast the rows after a CSV with a saved forecaster; write a CSV (and a PNG)",
-        description="Load a forecaster saved by `ecalf fit`, forecast the prediction length after the last "
-        "row of --input (its last context-length rows are read) and write the forecast in the input's "
-        "format, with timestamps continuing the fitted frequency.",
-    )
-    p.add_argument("--model", required=True, metavar="DIR", help="directory written by `ecalf fit`")
-    p.add_argument("--input", required=True, metavar="CSV", help="the recent history, same columns")
-    p.add_argument("--output", required=True, metavar="CSV", help="where the forecast is written")
-    p.add_argument("--plot", metavar="PNG", help="also draw history + forecast, one panel per channel")
-    p.add_argument(
-        "--history-rows", type=int, metavar="N", help="history rows drawn (default 4 forecast lengths)"
-    )
-    p.set_defaults(func=_cmd_forecast)
-
-    p = sub.add_parser(
-        "plot-training",
-        help="training curves (loss parts, validation, learning rate, adapted values) as a PNG",
-    )
-    p.add_argument("directory", help="a run directory (`ecalf train`) or a saved forecaster (`ecalf fit`)")
-    p.add_argument("--output", required=True, metavar="PNG", help="the PNG to write")
-    p.set_defaults(func=_cmd_plot_training)
-
-    p = sub.add_parser(
-        "quickstart",
-        help="train CALF (SmolLM2-135M) on ETTh1 few-shot 10 %%, H 96, and print test MSE/MAE vs naive",
-    )
-    p.add_argument("--config", default=None, help="run config (default: configs/quickstart.yaml)")
-    p.add_argument("--output-dir", default="runs/quickstart", help="run directory (default runs/quickstart)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.set_defaults(func=_cmd_quickstart)
-
-    p = sub.add_parser(
-        "benchmark",
-        help="run a benchmark grid (models x datasets x settings x horizons x seeds), resumable",
-        description="Run every cell of GRID.yaml that has no row in the results CSV yet; each finished "
-        "cell appends one row atomically. Killed? Run the same command again: finished cells are "
-        "skipped and the cell in flight resumes from its last finished epoch. See docs/benchmark.md.",
-    )
-    p.add_argument("grid", help="grid file, e.g. benchmarks/fewshot.yaml")
-    p.add_argument("--results", help="results CSV (default: the grid's `results`, else results/<name>.csv)")
-    p.add_argument("--data-dir", help="directory of the benchmark CSVs (else $ECALF_DATA_DIR, ./datasets)")
-    p.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (default 1)")
-    p.add_argument(
-        "--threads", type=int, metavar="N",
-        help="torch threads per cell (default: the cores shared out over --jobs; with one job, torch's "
-        "default); e.g. --threads 1 for each of two benchmark commands side by side on 2 cores",
-    )  # fmt: skip
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="run cells as Ray tasks on the cluster at ADDRESS (ray://HOST:10001, auto) or, without "
-        "ADDRESS, on a local Ray instance started for the run (put --ray after GRID); needs "
-        "pip install 'ecalf[ray]'",
-    )
-    p.add_argument("--cpus-per-cell", type=float, metavar="N", help="with --ray: CPUs per cell (default 1)")
-    p.add_argument(
-        "--gpus-per-cell",
-        type=float,
-        metavar="N",
-        help="with --ray: GPUs per cell (default 0); >0 trains on CUDA",
-    )
-    p.add_argument("--limit", type=int, default=None, help="run at most this many pending cells")
-    p.add_argument(
-        "--dry-run", action="store_true",
-        help="list the cells still to run (and which reuse a finished run) without running any",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-reuse", action="store_true",
-        help="train every cell here, never taking a finished run of the same config from another grid's "
-        "runs directory (runs/benchmark/*/)",
-    )  # fmt: skip
-    p.add_argument("--models", nargs="+", metavar="LABEL", help="only these models of the grid")
-    p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these datasets of the grid")
-    p.add_argument("--horizons", nargs="+", type=int, metavar="H", help="only these horizons")
-    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="only these seeds")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_benchmark)
-
-    p = sub.add_parser("report", help="markdown tables and PNG plots from a benchmark results CSV")
-    p.add_argument("results", help="results CSV written by `ecalf benchmark`")
-    p.add_argument("--output-dir", help="where to write (default: beside the CSV)")
-    p.add_argument(
-        "--compare", nargs="+", default=["calf", "ecalf"], metavar="MODEL",
-        help="models drawn per horizon; of two, the second is compared with the first cell by cell "
-        "(default: calf ecalf)",
-    )  # fmt: skip
-    p.add_argument(
-        "--pair", nargs=2, action="append", metavar=("BASE", "OTHER"),
-        help="also compare OTHER with BASE cell by cell (repeatable), e.g. --pair linear ecalf; a model "
-        "fitted without seed dependence (closed form) is paired with every seed of the other",
-    )  # fmt: skip
-    p.add_argument(
-        "--published", metavar="CSV", nargs="?", const="",
-        help="published numbers in italics beside the measured ones: the CALF paper's and the baselines' "
-        "(ecalf's own list) or, with CSV, those of that file (same columns)",
-    )  # fmt: skip
-    p.add_argument(
-        "--histories", action="store_true",
-        help="also write <stem>_histories.csv: every run's per-epoch history (losses, validation, learning "
-        "rate, adapted values), one row per run and epoch, read from the rows' run directories",
-    )  # fmt: skip
-    p.set_defaults(func=_cmd_report)
-
-    # (subcommands of each area are added below this line)
-    data_dir_help = "directory of the benchmark CSVs (default: $ECALF_DATA_DIR if set, else ./datasets)"
-    data = sub.add_parser(
-        "data",
-        help="benchmark datasets: list, info, download",
-        description="Datasets are looked up in the data directory: --data-dir DIR if given, else "
-        "$ECALF_DATA_DIR if set, else ./datasets. See docs/data.md.",
-    ).add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    p = data.add_parser("list", help="the registered datasets (file, frequency, split rule, target)")
-    p.set_defaults(func=_cmd_data_list)
-    p = data.add_parser(
-        "info",
-        help="rows, channels, dates and window counts per split of a dataset",
-        description="Print a dataset's rows, channels, date range, frequency, split rows and windows per "
-        "split. The data directory is --data-dir, else $ECALF_DATA_DIR, else ./datasets.",
-    )
-    p.add_argument("name", help="a registered dataset (`ecalf data list`) or a CSV path with a date column")
-    p.add_argument("--data-dir", help=data_dir_help)
-    p.add_argument(
-        "--context-length", type=int, default=CONTEXT_LENGTH, metavar="L",
-        help=f"context length (default {CONTEXT_LENGTH})",
-    )  # fmt: skip
-    p.add_argument(
-        "--prediction-length", type=int, default=PREDICTION_LENGTH, metavar="H",
-        help=f"horizon (default {PREDICTION_LENGTH})",
-    )  # fmt: skip
-    p.add_argument("--few-shot", type=float, default=100.0, metavar="P", help="keep P %% of training windows")
-    p.set_defaults(func=_cmd_data_info)
-    p = data.add_parser(
-        "download",
-        help="download a dataset's public file into the data directory",
-        description="Download a registered dataset (ETT files from github.com/zhouhaoyi/ETDataset) into "
-        "--data-dir, else $ECALF_DATA_DIR, else ./datasets. An existing file is kept.",
-    )
-    p.add_argument("name", help="a registered dataset name (`ecalf data list`)")
-    p.add_argument("--data-dir", help=data_dir_help)
-    p.set_defaults(func=_cmd_data_download)
-    backbone = sub.add_parser("backbone", help="backbone LLMs").add_subparsers(
-        dest="backbone_command", required=True, metavar="COMMAND"
-    )
-    p = backbone.add_parser("info", help="load a backbone and print its shapes, parameter counts, load time")
-    p.add_argument(
-        "preset", help="gpt2, smollm2-135m, tiny-gpt2, tiny-llama, a hub id, a directory or a .gguf"
-    )
-    p.add_argument("--layers", type=int, default=6, help="number of blocks kept (default 6)")
-    p.add_argument(
-        "--principal-embeddings",
-        type=int,
-        default=None,
-        metavar="K",
-        help="PCA size (default 500, or the backbone's width if smaller)",
-    )
-    p.add_argument("--random", action="store_true", help="random weights instead of pretrained ones")
-    p.set_defaults(func=_cmd_backbone_info)
+    _add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), COMMANDS)
     return parser
 
 
