@@ -121,7 +121,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     from ecalf.config_files import load_run_config
     from ecalf.data import get_spec
-    from ecalf.run import build_model
+    from ecalf.fitting import build_model
     from ecalf.training import resolve_device
 
     overrides = list(args.set or [])

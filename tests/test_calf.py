@@ -152,13 +152,8 @@ def test_branches_share_one_copy_of_the_frozen_backbone(preset):
     options["backbone"] = {**options["backbone"], "preset": preset}
     config = run_config_from_dict(
         {
-            "model": {
-                "name": "calf",
-                "num_channels": 3,
-                "context_length": 24,
-                "prediction_length": 8,
-                **options,
-            }
+            "data": {"context_length": 24, "prediction_length": 8},
+            "model": {"name": "calf", "num_channels": 3, **options},
         }
     )
     model = build_model(config)
