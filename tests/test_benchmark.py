@@ -70,7 +70,7 @@ def test_every_grid_file_loads_and_its_configs_exist(in_repo):
         grid = load_grid(path)
         benchmark.check_grid(grid)
         cells = grid_cells(grid)
-        assert len({c.key for c in cells}) == len(cells), path
+        assert len({c.id for c in cells}) == len(cells), path
 
 
 def test_cells_cover_the_product_with_zero_shot_targets(in_repo):
@@ -624,7 +624,7 @@ def test_select_narrows_the_grid_and_keeps_cell_keys(in_repo):
     part = benchmark.select(grid, models=["calf"], horizons=[48], seeds=[2])
     cells = grid_cells(part)
     assert {c.model for c in cells} == {"calf"} and {c.horizon for c in cells} == {48}
-    assert {c.key for c in cells} <= {c.key for c in grid_cells(grid)}
+    assert {c.id for c in cells} <= {c.id for c in grid_cells(grid)}
     assert len(cells) == 2  # two settings
     with pytest.raises(ConfigError, match="not in grid"):
         benchmark.select(grid, datasets=["Traffic"])
@@ -656,6 +656,21 @@ def test_model_cases_and_seeds_shape_the_cells(tmp_path, in_repo):
         benchmark.select(grid, models=["linear"], seeds=[2])
     with pytest.raises(ConfigError, match=r"seeds \[7\] are not among the grid's"):
         _small_grid(tmp_path, models=[GridModel("linear", "configs/baselines/linear.yaml", seeds=[7])])
+
+
+def test_a_cell_has_one_identity():
+    """Its results row's key, its run directory and its name all come from its CellId; a row read back
+    from the CSV gives the same CellId."""
+    from ecalf.benchmark import CellId
+
+    cell_id = CellId("calf", "ETTh1", "ETTm1", "zero_shot", 96, 2021)
+    row = cell_id.as_row()
+    assert list(row) == list(KEY_COLUMNS) and row["horizon"] == "96"
+    assert CellId.of_row({**row, "mse": "0.5"}) == cell_id
+    assert cell_id.run_id == "calf/ETTh1-to-ETTm1/zero_shot/H96/seed2021"
+    assert str(cell_id) == "calf ETTh1->ETTm1 zero_shot H=96 seed=2021"
+    with pytest.raises(EcalfError, match="valid cell key"):
+        CellId.of_row({**row, "horizon": "ninety-six"})
 
 
 def test_a_cell_s_typed_config_is_its_provenance_overrides_applied(in_repo):
@@ -771,7 +786,7 @@ class _FakeRay:
 def _fake_cell_task(cell, grid_overrides, runs_dir, data_dir, num_threads, gpus, config_data, reuse_runs):
     if cell.seed == 2:
         raise RuntimeError("worker lost")
-    keys = dict(zip(KEY_COLUMNS, cell.key, strict=True))
+    keys = cell.id.as_row()
     return {**keys, "mse": 1.0, "mae": 1.0, "naive_mse": 2.0, "run_dir": runs_dir}, 0.5
 
 

@@ -97,7 +97,7 @@ def test_ray_gives_the_local_rows_and_a_finished_grid_resumes_to_nothing(
     assert scheduler.parallel == 2  # the instance's 2 CPUs, 1 per cell: the time left is shared by 2
 
     expected, got = _rows(local_csv), _rows(ray_csv)
-    assert set(got) == {c.key for c in grid_cells(grid)}
+    assert set(got) == {tuple(c.id.as_row().values()) for c in grid_cells(grid)}
     assert got == expected  # same keys, test metrics, epochs, parameters, config, overrides, provenance
     assert {row["model"] for row in got.values()} == {"naive", "dlinear", "calf"}
     for row in read_results(ray_csv):
@@ -145,7 +145,7 @@ def test_a_failed_ray_cell_is_reported_once_gets_no_row_and_runs_next_time(
     shutil.copy(ett_dir / DATASETS["ETTh2"].file_name, data)
     second = run_benchmark(grid, progress=False, echo=None, scheduler=scheduler)
     assert (second.finished, second.skipped, second.failed) == (1, 1, [])
-    assert sorted(_rows(grid.results_path)) == sorted(c.key for c in grid_cells(grid))
+    assert sorted(_rows(grid.results_path)) == sorted(tuple(c.id.as_row().values()) for c in grid_cells(grid))
 
 
 def test_cli_benchmark_on_ray(ray_instance, ett_dir, tmp_path, in_repo, capsys):

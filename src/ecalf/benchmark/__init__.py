@@ -48,13 +48,14 @@ from ecalf.benchmark.grid import (
     select,
 )
 from ecalf.benchmark.plan import PlannedCell, cell_recipe, pending_cells, plan_benchmark
-from ecalf.benchmark.results import KEY_COLUMNS, RESULT_COLUMNS, append_result, read_results, row_key
+from ecalf.benchmark.results import KEY_COLUMNS, RESULT_COLUMNS, CellId, append_result, read_results
 
 __all__ = [
     "KEY_COLUMNS",
     "RESULT_COLUMNS",
     "BenchmarkSummary",
     "Cell",
+    "CellId",
     "CellOutcome",
     "Grid",
     "GridCase",
@@ -73,7 +74,6 @@ __all__ = [
     "pending_cells",
     "plan_benchmark",
     "read_results",
-    "row_key",
     "run_benchmark",
     "run_cell",
     "select",

@@ -12,9 +12,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ecalf.artifacts import read_yaml
+from ecalf.benchmark.results import CellId
 from ecalf.config import RunConfig, apply_overrides, from_dict
 from ecalf.errors import ConfigError
 
@@ -185,25 +186,42 @@ def select(
 
 @dataclass(frozen=True)
 class Cell:
-    model: str
+    """One cell of a grid: its identity (:class:`CellId`) and how it trains (config file, the model's
+    overrides, the setting's few-shot percent)."""
+
+    id: CellId
     config_file: str
     model_overrides: tuple[str, ...]
-    dataset: str
-    setting: SettingName
     few_shot_percent: float
-    target: str
-    """Zero-shot target dataset; empty otherwise."""
-    horizon: int
-    seed: int
 
     @property
-    def key(self) -> tuple[str, ...]:
-        return (self.model, self.dataset, self.target, self.setting, str(self.horizon), str(self.seed))
+    def model(self) -> str:
+        return self.id.model
+
+    @property
+    def dataset(self) -> str:
+        return self.id.dataset
+
+    @property
+    def target(self) -> str:
+        """Zero-shot target dataset; empty otherwise."""
+        return self.id.target
+
+    @property
+    def setting(self) -> SettingName:
+        return cast(SettingName, self.id.setting)
+
+    @property
+    def horizon(self) -> int:
+        return self.id.horizon
+
+    @property
+    def seed(self) -> int:
+        return self.id.seed
 
     @property
     def run_id(self) -> str:
-        data = f"{self.dataset}-to-{self.target}" if self.target else self.dataset
-        return f"{self.model}/{data}/{self.setting}/H{self.horizon}/seed{self.seed}"
+        return self.id.run_id
 
     def config(
         self,
@@ -259,8 +277,7 @@ class Cell:
         return f"{self.model}/{self.dataset}/{self.training_setting}/H{self.horizon}/seed{self.seed}"
 
     def describe(self) -> str:
-        data = f"{self.dataset}->{self.target}" if self.target else self.dataset
-        return f"{self.model} {data} {self.setting} H={self.horizon} seed={self.seed}"
+        return str(self.id)
 
 
 def grid_cells(grid: Grid) -> list[Cell]:
@@ -280,15 +297,10 @@ def grid_cells(grid: Grid) -> list[Cell]:
                             config_file = model.config.replace("{dataset}", dataset)
                             cells.append(
                                 Cell(
-                                    model.label,
+                                    CellId(model.label, dataset, target, setting.name, horizon, seed),
                                     config_file,
                                     model.overrides(dataset, horizon),
-                                    dataset,
-                                    setting.name,
                                     float(setting.few_shot_percent),
-                                    target,
-                                    horizon,
-                                    seed,
                                 )
                             )
     return cells

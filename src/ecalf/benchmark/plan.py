@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ecalf.benchmark.cells import finished_run
 from ecalf.benchmark.grid import Cell, Grid, check_grid, grid_cells
-from ecalf.benchmark.results import read_results, row_key
+from ecalf.benchmark.results import CellId, read_results
 from ecalf.cell_costs import CellCosts, CellKey, estimate_from
 from ecalf.errors import EcalfError
 
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 def pending_cells(grid: Grid, results: Path) -> tuple[list[Cell], int]:
     cells = grid_cells(grid)
-    done = {row_key(r) for r in read_results(results)}
-    todo = [c for c in cells if c.key not in done]
+    done = {CellId.of_row(r) for r in read_results(results)}
+    todo = [c for c in cells if c.id not in done]
     return todo, len(cells) - len(todo)
 
 

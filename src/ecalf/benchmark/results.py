@@ -10,7 +10,8 @@ import contextlib
 import csv
 import io
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +82,8 @@ def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
     target = Path(path)
     with exclusive(target.with_name(f".{target.name}.lock")):
         rows = read_results(target)
-        key = row_key({k: _csv_value(row.get(k)) for k in KEY_COLUMNS})
-        if any(row_key(existing) == key for existing in rows):
+        key = CellId.of_row(row)
+        if any(CellId.of_row(existing) == key for existing in rows):
             return False
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
@@ -94,8 +95,44 @@ def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
     return True
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(row[c]) for c in KEY_COLUMNS)
+@dataclass(frozen=True)
+class CellId:
+    """A cell's one identity: its results row's key (:data:`KEY_COLUMNS`), its run directory and its
+    name in messages all come from these six values."""
+
+    model: str
+    """The grid's label of the model (``calf``, ``calf-longterm-recipe``, ...)."""
+    dataset: str
+    target: str
+    """Zero-shot target dataset; empty otherwise."""
+    setting: str
+    horizon: int
+    seed: int
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, Any]) -> CellId:
+        """The cell a results row (or a row about to be written) belongs to."""
+        try:
+            return cls(
+                str(row["model"]), str(row["dataset"]), str(row.get("target") or ""), str(row["setting"]),
+                int(str(row["horizon"])), int(str(row["seed"])),
+            )  # fmt: skip
+        except (KeyError, ValueError) as exc:
+            raise EcalfError(f"a results row without a valid cell key ({exc}): {dict(row)}") from None
+
+    def as_row(self) -> dict[str, str]:
+        """The key columns of its results row, as the CSV holds them."""
+        return {column: _csv_value(getattr(self, column)) for column in KEY_COLUMNS}
+
+    @property
+    def run_id(self) -> str:
+        """Its run directory below the grid's runs directory."""
+        data = f"{self.dataset}-to-{self.target}" if self.target else self.dataset
+        return f"{self.model}/{data}/{self.setting}/H{self.horizon}/seed{self.seed}"
+
+    def __str__(self) -> str:
+        data = f"{self.dataset}->{self.target}" if self.target else self.dataset
+        return f"{self.model} {data} {self.setting} H={self.horizon} seed={self.seed}"
 
 
 def _csv_value(value: Any) -> str:
