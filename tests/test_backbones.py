@@ -375,7 +375,7 @@ def test_config_errors_name_the_fix():
         ConfigError, match=r"num_layers=4 exceeds the 3 layers of 'tiny-llama'; choose 1\.\.3"
     ):
         BackboneConfig(preset="tiny-llama", pretrained=False, num_layers=4, num_principal_embeddings=8)
-    with pytest.raises(ConfigError, match=r"has no pretrained weights.*pretrained: false"):
+    with pytest.raises(ConfigError, match=r"has no pretrained weights.*pretrained to false"):
         BackboneConfig(preset="tiny-gpt2", num_layers=2, num_principal_embeddings=8)
     with pytest.raises(ConfigError, match="num_layers must be a positive integer"):
         BackboneConfig(preset="tiny-gpt2", pretrained=False, num_layers=0)

@@ -398,3 +398,31 @@ def test_cli_reports_bad_inputs_without_traceback(fitted, tmp_path, capsys):
     assert code == 2
     assert "missing: ['x0'], unexpected: ['price']" in capsys.readouterr().err
     assert not output.exists()
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama", "smollm2-135m"])
+def test_a_backbone_preset_brings_the_settings_its_shape_needs(preset):
+    """Choosing a preset is enough: pretrained weights only where it has them, layers within its depth,
+    K within its width and vocabulary, encoder heads that divide its width; explicit values stay."""
+    from ecalf.backbones.presets import PRESETS
+
+    hf = PRESETS[preset].build_config()
+    model = Forecaster(model="calf", backbone=preset).config.model
+    assert model.backbone.pretrained == PRESETS[preset].has_weights
+    assert model.backbone.num_layers <= hf.num_hidden_layers
+    assert model.backbone.num_principal_embeddings <= min(hf.hidden_size, hf.vocab_size)
+    assert hf.hidden_size % model.encoder_heads == 0
+    kept = Forecaster(
+        model="calf", backbone=preset, model_options={"backbone": {"num_layers": 1}, "encoder_heads": 1}
+    ).config.model
+    assert kept.backbone.num_layers == 1 and kept.encoder_heads == 1
+
+
+def test_the_default_backbone_keeps_the_paper_shapes():
+    model = Forecaster(model="ecalf").config.model
+    assert (model.backbone.num_layers, model.backbone.num_principal_embeddings, model.encoder_heads) == (
+        6,
+        500,
+        12,
+    )
+    assert model.backbone.pretrained

