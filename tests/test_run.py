@@ -214,3 +214,38 @@ def test_cli_output_into_a_file_or_pipe_comes_line_by_line(tmp_path):
         finally:
             worker.kill()
             worker.wait()
+
+
+def test_run_metrics_read_what_earlier_versions_wrote(tmp_path):
+    """metrics.json as ecalf wrote it before RunMetrics (same keys, plus any a later version adds) reads
+    into the typed record; one that lacks a finished run's entries is a clear CheckpointError."""
+    import json
+
+    import pytest
+
+    from ecalf.errors import CheckpointError
+    from ecalf.run_dir import RunDirectory
+
+    written = {
+        "model": "dlinear", "dataset": "ETTh1", "prediction_length": 96, "few_shot_percent": 10.0,
+        "seed": 2021, "test": {"mse": 0.46, "mae": 0.47, "windows": 2785},
+        "naive_test": {"mse": 1.29, "mae": 0.71, "windows": 2785},
+        "windows": {"train": 759, "val": 2785, "test": 2785}, "best_epoch": 3, "best_val_mse": 0.8,
+        "epochs_run": 6, "steps": 144, "stopped": "early_stopping", "train_seconds": 4.0,
+        "wall_seconds": 4.6, "train_windows_per_second": 3184.4, "peak_memory_mb": 428.3,
+        "parameters": {"trainable": 18624, "total": 18624},
+        "history": [{"epoch": 1, "train_loss": 0.5, "loss_parts": {"mse": 0.5}, "val_mse": 0.9,
+                     "val_mae": 0.6, "learning_rate": 5e-3, "windows_per_second": 3000.0,
+                     "seconds": 0.7, "steps": 24, "values": {}}],
+        "environment": {"git_commit": "bc572df"}, "a_key_of_a_later_version": 1,
+    }  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(written))
+    metrics = RunDirectory(tmp_path).read_metrics()
+    assert (
+        metrics.test.mse == 0.46 and metrics.history[0].val_mse == 0.9 and metrics.stopped == "early_stopping"
+    )
+    assert metrics.to_json()["test"] == written["test"]
+    del written["naive_test"]
+    (tmp_path / "metrics.json").write_text(json.dumps(written))
+    with pytest.raises(CheckpointError, match="not the metrics of a finished ecalf run"):
+        RunDirectory(tmp_path).read_metrics()
