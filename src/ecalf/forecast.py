@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -47,6 +48,7 @@ from torch import nn
 from ecalf.artifacts import write_text
 from ecalf.backbones import BackboneConfig
 from ecalf.backbones.presets import dividing_heads, fitting_settings, preset_width
+from ecalf.backtest import cross_validation
 from ecalf.config import (
     CONTEXT_LENGTH,
     FORECAST_LENGTH,
@@ -55,11 +57,13 @@ from ecalf.config import (
     apply_overrides,
 )
 from ecalf.config_files import run_config_from_dict
+from ecalf.conformal import IntervalCalibration, calibrate, check_levels, level_name
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
 from ecalf.data.loading import DATE_COLUMN
 from ecalf.data.series import (
     SeriesInput,
     check_spacing,
+    forecast_to_wide,
     frame_to_wide,
     future_timestamps,
     load_series,
@@ -67,7 +71,9 @@ from ecalf.data.series import (
     wide_to_long,
 )
 from ecalf.errors import ConfigError, DataError, EcalfError
+from ecalf.evaluation import predict as predict_windows
 from ecalf.fitting import fit_model
+from ecalf.floor import FloorComparison, compare_with_floor
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel
 from ecalf.registry import get_entry, list_models, model_config_class, model_name_for_config
@@ -272,7 +278,7 @@ class Forecaster:
         training_options: Mapping[str, Any] | None = None,
         seed: int = 2021,
     ) -> None:
-        self.config = forecaster_config(
+        config = forecaster_config(
             model,
             backbone,
             context_length,
@@ -281,6 +287,11 @@ class Forecaster:
             training_options=training_options,
             seed=seed,
         )
+        self._reset(config, batch_size_given="batch_size" in (training_options or {}))
+
+    def _reset(self, config: RunConfig, *, batch_size_given: bool) -> None:
+        """An unfitted forecaster of ``config`` (``batch_size_given``: keep its batch size as it is)."""
+        self.config = config
         self.module: ForecastModel | None = None
         """The trained network (None until ``fit`` or ``load``)."""
         self.scaler: StandardScaler | None = None
@@ -289,10 +300,14 @@ class Forecaster:
         self.history: list[dict[str, Any]] = []
         """Per-epoch training log (loss parts, validation MSE/MAE, learning rate, adapted values)."""
         self.summary: dict[str, Any] = {}
-        """What ``fit`` did: rows, windows, best epoch, why it stopped, seconds."""
+        """What ``fit`` did: rows, windows, best epoch, why it stopped, seconds, the floor comparison."""
         self.validation_fraction: float | None = None
+        self.calibration: IntervalCalibration | None = None
+        """Split-conformal interval radii from the validation windows (None: fitted without them)."""
+        self.floor: FloorComparison | None = None
+        """Validation MSE of the model beside the naive forecast's and ``linear``'s (None: not scored)."""
         self._int8: tuple[ForecastModel, nn.Module] | None = None  # (module, its int8 copy)
-        self._batch_size_given = "batch_size" in (training_options or {})
+        self._batch_size_given = batch_size_given
         """Whether the caller chose the batch size (else ``fit`` shrinks it for a short series)."""
 
     # -- properties ---------------------------------------------------------------------------------
@@ -334,13 +349,19 @@ class Forecaster:
         epochs: int | None = None,
         verbose: bool = True,
         tracking_dir: str | os.PathLike[str] | None = None,
+        floor: bool = True,
     ) -> Forecaster:
         """Train on ``data`` (the whole series; the last part is held out for early stopping).
 
         ``validation_fraction`` of the rows (at least H) validates; 0 trains on every row and keeps
-        the epoch with the best training-window MSE. ``epochs`` overrides ``training.epochs``.
-        ``verbose=False`` silences progress bars and epoch lines. With ``tracking_dir``, the
-        per-epoch values go there as ``training.tracking`` says (``metrics.jsonl`` by default).
+        the epoch with the best training-window MSE (and gives no intervals). ``epochs`` overrides
+        ``training.epochs``. ``verbose=False`` silences progress bars and epoch lines. With
+        ``tracking_dir``, the per-epoch values go there as ``training.tracking`` says
+        (``metrics.jsonl`` by default).
+
+        After training, the validation windows calibrate the prediction intervals
+        (:mod:`ecalf.conformal`) and, with ``floor``, the naive forecast and the closed-form ``linear``
+        model are scored on them too (:mod:`ecalf.floor`; about a second): :attr:`floor`, printed.
         """
         require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
         frame = load_series(data).frame
@@ -392,8 +413,26 @@ class Forecaster:
         finally:
             tracker.close()
         module.eval()
+        calibration, comparison = None, None
+        if val_set is not train_set:
+            predicted = predict_windows(
+                module,
+                val_set,
+                batch_size=training.eval_batch_size,
+                device=device,
+                precision=training.precision,
+            ).numpy()
+            actual = val_set.get_batch(torch.arange(len(val_set)))[1].numpy()
+            calibration = calibrate(scaler.inverse_transform(predicted), scaler.inverse_transform(actual))
+            if floor:
+                comparison = compare_with_floor(
+                    config, self.model_name, result.best_val_mse, train_set, val_set, device=device
+                )
+                for line in comparison.lines():
+                    log(line)
 
         self.config, self.module, self.scaler = config, module, scaler
+        self.calibration, self.floor = calibration, comparison
         self.columns, self.frequency = list(frame.columns), frequency
         self.validation_fraction = validation_fraction
         self.history = [dataclasses.asdict(r) for r in result.history]
@@ -410,22 +449,26 @@ class Forecaster:
             "epochs_run": result.epochs_run,
             "stopped": result.stopped,
             "train_seconds": result.train_seconds,
+            "interval_windows": calibration.windows if calibration is not None else 0,
         }
+        if comparison is not None:
+            self.summary["floor"] = comparison.as_dict()
         return self
 
-    def predict(self, data: SeriesInput, *, int8: bool = False) -> pd.DataFrame:
+    def predict(
+        self, data: SeriesInput, *, level: Iterable[float] | float | None = None, int8: bool = False
+    ) -> pd.DataFrame:
         """The next ``prediction_length`` rows after the last row of ``data``, in the original units.
 
         Uses the last ``context_length`` rows. Wide input gives a ``date`` + channel columns frame,
-        long input gives ``unique_id, ds, y`` rows. ``int8``: forecast with an int8 copy of the model
+        long input gives ``unique_id, ds, y`` rows. ``level`` (percent, e.g. ``[80, 95]``) adds
+        split-conformal prediction intervals: ``<series>-lo-80`` and ``<series>-hi-80`` columns (long:
+        ``lo-80``, ``hi-80``). ``int8``: forecast with an int8 copy of the model
         (``ecalf.inference.quantized_int8``; CPU only), made on the first such call and kept, for
         low-latency serving; its accuracy cost is measured in docs/speed.md.
         """
-        module, scaler, frequency = self._fitted()
-        if int8:
-            if self._int8 is None or self._int8[0] is not module:
-                self._int8 = (module, quantized_int8(module))
-            module = cast(ForecastModel, self._int8[1])
+        levels = check_levels(level)
+        self._fitted()
         frame, layout, ids = load_series(data)
         frame = self._matching_channels(frame)
         L = self.context_length
@@ -434,17 +477,81 @@ class Forecaster:
                 f"{frame.source}: {frame.num_rows} rows, but the forecaster reads the last {L} "
                 "(its context_length); pass a longer history"
             )
-        check_spacing(frame.timestamps[-L:], frequency, frame.source)
-        past = torch.from_numpy(scaler.transform(frame.values[-L:]))[None]  # (1, L, C)
+        check_spacing(frame.timestamps[-L:], self._fitted()[2], frame.source)
+        radii = {lvl: self.interval_radius(lvl) for lvl in levels}  # errors before any work
+        point = self.forecast_windows(frame.values[None, -L:], int8=int8)[0]  # (H, C) original units
+        dates = future_timestamps(frame.timestamps[-1], self._fitted()[2], self.prediction_length)
+        columns: dict[str, Any] = {DATE_COLUMN: dates}
+        for c, name in enumerate(self.columns):
+            columns[name] = point[:, c]
+            for lvl, radius in radii.items():
+                columns[f"{name}-lo-{level_name(lvl)}"] = point[:, c] - radius[:, c]
+                columns[f"{name}-hi-{level_name(lvl)}"] = point[:, c] + radius[:, c]
+        wide = pd.DataFrame(columns)
+        return wide if layout == "wide" else wide_to_long(wide, ids)
+
+    def forecast_windows(self, contexts: np.ndarray, *, int8: bool = False) -> np.ndarray:
+        """Forecasts from (n, L, C) context windows in the original units: (n, H, C), original units."""
+        module, scaler, _ = self._fitted()
+        if int8:
+            if self._int8 is None or self._int8[0] is not module:
+                self._int8 = (module, quantized_int8(module))
+            module = cast(ForecastModel, self._int8[1])
+        past = torch.from_numpy(np.ascontiguousarray(scaler.transform(contexts.astype(np.float32))))
         device = next(iter(module.parameters()), torch.empty(0)).device
         module.eval()
+        outputs = []
         with merged_lora(module), torch.no_grad():
-            prediction = module(past.to(device)).prediction.float().cpu()[0]  # (H, C)
-        values = scaler.inverse_transform(prediction.numpy())  # (H, C) original units
-        dates = future_timestamps(frame.timestamps[-1], frequency, self.prediction_length)
-        wide = pd.DataFrame(values, columns=self.columns)
-        wide.insert(0, DATE_COLUMN, dates)
-        return wide if layout == "wide" else wide_to_long(wide, ids)
+            for start in range(0, len(past), self.config.training.eval_batch_size):
+                batch = past[start : start + self.config.training.eval_batch_size].to(device)
+                outputs.append(module(batch).prediction.float().cpu())
+        return scaler.inverse_transform(torch.cat(outputs).numpy())
+
+    def interval_radius(self, level: float) -> np.ndarray:
+        """The (H, C) half-width of the level-``level`` prediction interval, in the original units."""
+        if self.calibration is None:
+            raise EcalfError(
+                "this forecaster was fitted without validation rows (validation_fraction 0), so there are no "
+                "held-out residuals to calibrate intervals on; fit it again with validation_fraction > 0 "
+                "(the default 0.1) to get intervals"
+            )
+        return self.calibration.radius(level)
+
+    def cross_validation(
+        self,
+        data: SeriesInput,
+        *,
+        n_windows: int = 5,
+        step_size: int | None = None,
+        refit: bool = False,
+        level: Iterable[float] | float | None = None,
+        verbose: bool = False,
+    ) -> pd.DataFrame:
+        """A rolling-origin backtest over the end of ``data``: ``n_windows`` forecasts from cutoffs
+        ``step_size`` rows apart (default: the horizon), the last one leaving one horizon of rows.
+
+        Returns the long frame ``unique_id, ds, cutoff, y, <model>`` (plus ``<model>-lo-<level>``,
+        ``<model>-hi-<level>`` with ``level``), neuralforecast's schema. ``refit=True`` fits a model
+        with these settings at every cutoff on the rows up to it; otherwise the fitted model forecasts
+        from each cutoff. See :mod:`ecalf.backtest`.
+        """
+        frame, _, ids = load_series(data)
+        if self.is_fitted:
+            frame = self._matching_channels(frame)
+            check_spacing(frame.timestamps, self._fitted()[2], frame.source)
+        else:
+            regular_frequency(frame.timestamps, frame.source)
+        return cross_validation(
+            self, frame, n_windows=n_windows, step_size=step_size, refit=refit, level=check_levels(level),
+            ids=ids, log=print if verbose else None,
+        )  # fmt: skip
+
+    def refitted(self, frame: TimeSeriesFrame) -> Forecaster:
+        """A new forecaster with these settings, fitted on ``frame`` alone (a backtest's refit)."""
+        fresh = Forecaster.__new__(Forecaster)
+        fresh._reset(self.config, batch_size_given=self._batch_size_given)
+        fraction = VALIDATION_FRACTION if self.validation_fraction is None else self.validation_fraction
+        return fresh.fit(frame, validation_fraction=fraction, verbose=False, floor=False)
 
     def plot(
         self,
@@ -453,18 +560,19 @@ class Forecaster:
         path: str | os.PathLike[str] = "forecast.png",
         *,
         history_rows: int | None = None,
+        level: Iterable[float] | float | None = None,
     ) -> Path:
-        """PNG of the recent history and the forecast, one panel per channel (forecast made if None)."""
+        """PNG of the recent history and the forecast, one panel per channel, with the forecast's
+        interval bands (the forecast is made, with ``level``, when None)."""
         from ecalf.plots import plot_forecast
 
         frame = load_series(data).frame
         frame = self._matching_channels(frame)
         if forecast is None:
-            forecast = self.predict(frame)
-        future = load_series(forecast, "forecast").frame
+            forecast = self.predict(frame, level=level)
         return plot_forecast(
             frame_to_wide(frame),
-            frame_to_wide(future),
+            forecast_to_wide(forecast),
             path,
             history_rows=history_rows,
             title=f"{self.model_name}: next {self.prediction_length} steps (frequency {self.frequency!r})",
@@ -478,7 +586,7 @@ class Forecaster:
         module, scaler, frequency = self._fitted()
         saved = SavedForecaster(
             self.config, module, scaler, self.columns, frequency, self.validation_fraction,
-            self.summary, self.history,
+            self.summary, self.history, self.calibration,
         )  # fmt: skip
         return write_forecaster(directory, saved)
 
@@ -487,12 +595,14 @@ class Forecaster:
         """A forecaster saved by :meth:`save` (or ``ecalf fit``); ``device`` overrides training.device."""
         saved = read_forecaster(directory, device=device)
         forecaster = cls.__new__(cls)
-        forecaster.config, forecaster.module, forecaster.scaler = saved.config, saved.module, saved.scaler
+        # the saved config's batch size, as it was fitted
+        forecaster._reset(saved.config, batch_size_given=True)
+        forecaster.module, forecaster.scaler = saved.module, saved.scaler
         forecaster.columns, forecaster.frequency = saved.columns, saved.frequency
         forecaster.validation_fraction = saved.validation_fraction
-        forecaster._int8 = None
-        forecaster._batch_size_given = True  # the saved config's batch size, as it was fitted
         forecaster.history, forecaster.summary = saved.history, saved.summary
+        forecaster.calibration = saved.calibration
+        forecaster.floor = FloorComparison.from_dict(saved.summary.get("floor") or {})
         return forecaster
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -569,14 +679,16 @@ def forecast_to_csv(
     *,
     plot: str | os.PathLike[str] | None = None,
     history_rows: int | None = None,
+    level: Iterable[float] | None = None,
 ) -> pd.DataFrame:
     """``ecalf forecast``: load a saved forecaster, forecast after ``data``, write the CSV (and PNG).
 
-    The CSV has the layout of the input (wide: ``date`` + channels; long: ``unique_id, ds, y``).
+    The CSV has the layout of the input (wide: ``date`` + channels; long: ``unique_id, ds, y``), with
+    interval columns for each ``level``.
     """
     forecaster = Forecaster.load(model_dir)
     frame, layout, ids = load_series(data)
-    forecast = forecaster.predict(frame)  # wide
+    forecast = forecaster.predict(frame, level=level)  # wide
     written = forecast if layout == "wide" else wide_to_long(forecast, ids)
     write_text(output, written.to_csv(index=False, lineterminator="\n"))
     if plot is not None:

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ecalf.artifacts import write_bytes
+from ecalf.data.series import band_suffixes, is_band_column
 from ecalf.errors import EcalfError
 from ecalf.inference import merged_lora
 
@@ -98,12 +99,13 @@ def plot_forecast(
 ) -> Path:
     """Recent history and the forecast after it, one panel per channel (wide frames: ``date`` + channels).
 
+    Interval columns of the forecast (``<channel>-lo-80``, ``<channel>-hi-80``) are drawn as bands.
     ``history_rows`` defaults to four forecast lengths (capped by the history's length).
     """
     for name, df in (("history", history), ("forecast", forecast)):
         if DATE_COLUMN not in df.columns:
             raise EcalfError(f"plot_forecast: the {name} frame needs a `date` column")
-    columns = _channels(forecast)
+    columns = [c for c in _channels(forecast) if not is_band_column(c, forecast)]
     missing = [c for c in columns if c not in history.columns]
     if missing:
         raise EcalfError(f"plot_forecast: the history lacks the forecast's channels {missing}")
@@ -128,7 +130,15 @@ def plot_forecast(
             linewidth=1.8,
             label="forecast",
         )
-        ax.axvspan(future_time.iloc[0], future_time.iloc[-1], color=FORECAST_COLOR, alpha=0.08)
+        levels = sorted({s[3:] for s in band_suffixes(forecast, column)}, key=float, reverse=True)
+        for rank, level in enumerate(levels):  # widest first, each band darker than the one around it
+            lo, hi = forecast[f"{column}-lo-{level}"], forecast[f"{column}-hi-{level}"]
+            ax.fill_between(
+                future_time, lo.to_numpy(dtype=np.float64), hi.to_numpy(dtype=np.float64),
+                color=FORECAST_COLOR, alpha=0.15 + 0.1 * rank, linewidth=0, label=f"{level} % interval",
+            )  # fmt: skip
+        if not levels:
+            ax.axvspan(future_time.iloc[0], future_time.iloc[-1], color=FORECAST_COLOR, alpha=0.08)
         ax.set_title(column, fontsize=10)
         ax.grid(alpha=0.3)
         _date_axis(ax)

@@ -5,6 +5,8 @@ the trained weights, the metrics file, here holding the fit's summary and per-ep
 
 - ``forecaster.json``  format and version, ecalf version, model, columns, frequency, L, H, validation fraction
 - ``scaler.json``      the columns and the standard scaler fitted on the training rows
+- ``intervals.json``   the split-conformal interval radii (:mod:`ecalf.conformal`), when the fit held
+                       out validation rows
 
 and, while fitting, the tracking files (:mod:`ecalf.tracking`). Every file is written atomically and
 ``forecaster.json`` last (it is removed first), so an interrupted save is recognisably incomplete.
@@ -25,6 +27,7 @@ from ecalf import __version__
 from ecalf.artifacts import read_json, read_yaml, save_tensors, write_json, write_yaml
 from ecalf.config import RunConfig, to_dict
 from ecalf.config_files import run_config_from_dict
+from ecalf.conformal import IntervalCalibration
 from ecalf.data import StandardScaler
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
 from ecalf.fitting import load_trained
@@ -38,11 +41,13 @@ FORMAT = "ecalf-forecaster"
 FORMAT_VERSION = 1
 METADATA_FILE = "forecaster.json"
 SCALER_FILE = "scaler.json"
+INTERVALS_FILE = "intervals.json"
 SAVED_FILES = (
     METADATA_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
     SCALER_FILE,
+    INTERVALS_FILE,
     METRICS_FILE,
     JSONL_FILE,
     TENSORBOARD_DIR,
@@ -64,6 +69,8 @@ class SavedForecaster:
     """The fit's summary (rows, windows, best epoch, ...)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """The fit's per-epoch records."""
+    calibration: IntervalCalibration | None = None
+    """The interval radii (None: fitted without validation rows)."""
 
 
 def check_output_dir(directory: str | os.PathLike[str]) -> Path:
@@ -106,6 +113,10 @@ def write_forecaster(directory: str | os.PathLike[str], saved: SavedForecaster) 
     write_json(path / SCALER_FILE, {"columns": saved.columns, **saved.scaler.state_dict()})
     write_yaml(path / CONFIG_FILE, to_dict(saved.config))
     write_json(path / METRICS_FILE, {**saved.summary, "history": saved.history})
+    if saved.calibration is not None:
+        write_json(path / INTERVALS_FILE, saved.calibration.to_dict())
+    else:
+        (path / INTERVALS_FILE).unlink(missing_ok=True)  # an earlier save's radii are not this model's
     write_json(
         path / METADATA_FILE,
         {
@@ -179,9 +190,21 @@ def read_forecaster(directory: str | os.PathLike[str], *, device: str | None = N
     module.eval()
     metrics = _checkpoint_read(read_json, path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
     history = list(metrics.pop("history", [])) if isinstance(metrics, dict) else []
+    calibration = None
+    if (path / INTERVALS_FILE).is_file():
+        try:
+            calibration = IntervalCalibration.from_dict(_checkpoint_read(read_json, path / INTERVALS_FILE))
+        except DataError as exc:
+            raise CheckpointError(f"{path / INTERVALS_FILE}: {exc}; save the forecaster again") from None
+        if calibration.radii.shape[1:] != (config.data.prediction_length, len(columns)):
+            raise CheckpointError(
+                f"{path / INTERVALS_FILE}: radii of shape {calibration.radii.shape[1:]} do not match the "
+                f"horizon {config.data.prediction_length} and {len(columns)} columns; save the forecaster "
+                "again"
+            )
     return SavedForecaster(
         config, module, scaler, list(columns), meta["frequency"], meta.get("validation_fraction"),
-        metrics if isinstance(metrics, dict) else {}, history,
+        metrics if isinstance(metrics, dict) else {}, history, calibration,
     )  # fmt: skip
 
 

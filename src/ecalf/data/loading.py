@@ -46,6 +46,10 @@ class TimeSeriesFrame:
         index = [self.columns.index(c) for c in columns]
         return TimeSeriesFrame(self.values[:, index], self.timestamps, list(columns), self.source)
 
+    def head(self, rows: int) -> TimeSeriesFrame:
+        """The first ``rows`` rows (everything up to a backtest's cutoff)."""
+        return TimeSeriesFrame(self.values[:rows], self.timestamps[:rows], list(self.columns), self.source)
+
 
 # --------------------------------------------------------------------------------------------------
 # Reading and validating

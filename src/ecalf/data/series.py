@@ -9,6 +9,7 @@ the user's own ids.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeAlias
@@ -120,16 +121,61 @@ def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
     return wide.rename_axis(DATE_COLUMN).reset_index()
 
 
+BAND = re.compile(r"^(lo|hi)-\d+(\.\d+)?$")
+"""The suffix of an interval column: ``lo-80``, ``hi-99.5`` (``<series>-lo-80`` in the wide format)."""
+
+
+def band_suffixes(df: pd.DataFrame, series: str) -> list[str]:
+    """The interval suffixes (``lo-80``, ``hi-80``, ...) of ``df``'s ``<series>-<suffix>`` columns."""
+    prefix = f"{series}-"
+    return [
+        str(c)[len(prefix) :]
+        for c in df.columns
+        if str(c).startswith(prefix) and BAND.match(str(c)[len(prefix) :])
+    ]
+
+
 def wide_to_long(df: pd.DataFrame, ids: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """``date`` + channel columns -> ``unique_id, ds, y`` rows (grouped by series, then time).
 
-    ``ids`` maps the column names back to the input's own ``unique_id`` values (integers stay
+    Interval columns ``<series>-lo-80``, ``<series>-hi-80`` become ``lo-80``, ``hi-80`` columns beside
+    ``y``. ``ids`` maps the column names back to the input's own ``unique_id`` values (integers stay
     integers, so the forecast merges back onto the user's frame)."""
-    long = df.melt(id_vars=DATE_COLUMN, var_name="unique_id", value_name="y")
+    channels = [c for c in df.columns if c != DATE_COLUMN and not is_band_column(c, df)]
+    suffixes = band_suffixes(df, str(channels[0])) if channels else []
+    long = df[[DATE_COLUMN, *channels]].melt(id_vars=DATE_COLUMN, var_name="unique_id", value_name="y")
+    for suffix in suffixes:
+        band = df[[DATE_COLUMN, *[f"{c}-{suffix}" for c in channels]]]
+        long[suffix] = band.melt(id_vars=DATE_COLUMN)["value"].to_numpy()
     if ids:
         long["unique_id"] = pd.Series([ids.get(str(v), v) for v in long["unique_id"]], dtype=object)
         long["unique_id"] = long["unique_id"].infer_objects()
-    return long.rename(columns={DATE_COLUMN: "ds"})[list(LONG_COLUMNS)].reset_index(drop=True)
+    return long.rename(columns={DATE_COLUMN: "ds"})[[*LONG_COLUMNS, *suffixes]].reset_index(drop=True)
+
+
+def forecast_to_wide(df: pd.DataFrame) -> pd.DataFrame:
+    """A forecast as :meth:`ecalf.forecast.Forecaster.predict` returns it, wide or long (with its
+    ``lo-*``/``hi-*`` columns), as a wide ``date`` + ``<series>`` (+ ``<series>-lo-80`` ...) frame."""
+    columns = [str(c) for c in df.columns]
+    if DATE_COLUMN in columns or not set(LONG_COLUMNS) <= set(columns):
+        return df
+    suffixes = [c for c in columns if BAND.match(c)]
+    wide = long_to_wide(df[list(LONG_COLUMNS)])
+    for suffix in suffixes:
+        band = long_to_wide(df[["unique_id", "ds", suffix]].rename(columns={suffix: "y"}))
+        for series in band.columns[1:]:
+            wide[f"{series}-{suffix}"] = band[series].to_numpy()
+    return wide
+
+
+def is_band_column(column: Any, df: pd.DataFrame) -> bool:
+    """Whether ``column`` is ``<series>-lo-80``-like for another column ``<series>`` of ``df``."""
+    name = str(column)
+    return any(
+        name.startswith(f"{other}-") and BAND.match(name[len(str(other)) + 1 :])
+        for other in df.columns
+        if other != column
+    )
 
 
 def regular_frequency(timestamps: pd.DatetimeIndex, source: str = "data") -> str:

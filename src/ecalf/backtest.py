@@ -1,0 +1,245 @@
+"""Rolling-origin backtests: forecasts from several past cutoffs, scored against what happened.
+
+:func:`cross_validation` (``Forecaster.cross_validation``) returns neuralforecast's schema, one row per
+series, cutoff and forecast step: ``unique_id, ds, cutoff, y, <model>`` (and ``<model>-lo-<level>``,
+``<model>-hi-<level>`` with intervals). The last cutoff leaves exactly one horizon of rows after it;
+earlier ones are ``step_size`` rows apart (default: the horizon, so the windows tile the end of the
+series). Without ``refit`` the fitted model forecasts from every cutoff, reading only the
+``context_length`` rows up to it; with ``refit`` a model with the same settings is fitted at every
+cutoff on the rows up to it (and its own validation part), so no row after a cutoff is ever read.
+
+:func:`backtest_report` scores a backtest per window and overall with ``utilsforecast.losses``: MSE,
+MAE, MASE (scaled by the in-sample MAE of the seasonal naive forecast on the rows up to each cutoff,
+at the season :func:`season_length` infers from the frequency) and, with intervals, coverage and the
+Winkler score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import numpy as np
+import pandas as pd
+from utilsforecast import losses
+
+from ecalf.conformal import check_levels, level_name
+from ecalf.data import TimeSeriesFrame
+from ecalf.errors import ConfigError, DataError, EcalfError
+
+
+class Backtestable(Protocol):
+    """What a backtest needs of a forecaster (:class:`ecalf.forecast.Forecaster` is one)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def prediction_length(self) -> int: ...
+
+    @property
+    def is_fitted(self) -> bool: ...
+
+    def forecast_windows(self, contexts: np.ndarray) -> np.ndarray:
+        """(n, L, C) contexts in original units -> (n, H, C) forecasts in original units."""
+        ...
+
+    def interval_radius(self, level: float) -> np.ndarray:
+        """The (H, C) half-width of the level-``level`` interval."""
+        ...
+
+    def refitted(self, frame: TimeSeriesFrame) -> Backtestable:
+        """A forecaster with the same settings, fitted on ``frame`` alone."""
+        ...
+
+
+def cutoff_positions(
+    rows: int, context_length: int, horizon: int, n_windows: int, step_size: int
+) -> list[int]:
+    """Row positions of the cutoffs (the last observed row of each window), oldest first."""
+    if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
+        raise ConfigError(f"n_windows must be a positive integer, got {n_windows!r}")
+    if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+        raise ConfigError(
+            f"step_size must be a positive number of rows, got {step_size!r} (None: the horizon, {horizon})"
+        )
+    last = rows - 1 - horizon
+    first = last - (n_windows - 1) * step_size
+    if first < context_length - 1:
+        fits = (last - (context_length - 1)) // step_size + 1 if last >= context_length - 1 else 0
+        need = context_length + horizon + (n_windows - 1) * step_size
+        raise DataError(
+            f"{n_windows} backtest windows {step_size} rows apart need {need} rows (context {context_length} "
+            f"+ horizon {horizon} + {n_windows - 1} steps of {step_size}); the series has {rows}"
+            + (f": use at most {fits} windows or a smaller step_size" if fits else
+               ": it is too short for one window; give a longer series or a shorter context_length")
+        )  # fmt: skip
+    return [first + i * step_size for i in range(n_windows)]
+
+
+def cross_validation(
+    forecaster: Backtestable,
+    frame: TimeSeriesFrame,
+    *,
+    n_windows: int = 5,
+    step_size: int | None = None,
+    refit: bool = False,
+    level: Sequence[float] | float | None = None,
+    ids: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """The backtest of ``forecaster`` on ``frame`` (wide, in the fitted columns), in the long schema
+    ``unique_id, ds, cutoff, y, <model>[, <model>-lo-<level>, <model>-hi-<level>]``; ``ids`` maps
+    column names to the user's ``unique_id`` values."""
+    levels = check_levels(level)
+    L, H = forecaster.context_length, forecaster.prediction_length
+    positions = cutoff_positions(frame.num_rows, L, H, n_windows, H if step_size is None else step_size)
+    if not refit and not forecaster.is_fitted:
+        raise EcalfError(
+            "cross_validation(refit=False) needs a fitted forecaster; fit it first or pass refit=True"
+        )
+    name = forecaster.model_name
+    blocks = []
+    for number, cut in enumerate(positions, 1):
+        model = forecaster
+        if refit:
+            if log is not None:
+                log(
+                    f"backtest window {number}/{len(positions)}: refitting on the {cut + 1} rows up to "
+                    f"{frame.timestamps[cut]}"
+                )
+            model = forecaster.refitted(frame.head(cut + 1))
+        context = frame.values[None, cut + 1 - L : cut + 1]  # (1, L, C)
+        point = model.forecast_windows(context)[0]  # (H, C)
+        columns: dict[str, np.ndarray] = {name: point}
+        for lvl in levels:
+            radius = model.interval_radius(lvl)
+            columns[f"{name}-lo-{level_name(lvl)}"] = point - radius
+            columns[f"{name}-hi-{level_name(lvl)}"] = point + radius
+        blocks.append(_long_block(frame, cut, H, columns))
+    result = pd.concat(blocks, ignore_index=True)
+    order = {c: i for i, c in enumerate(frame.columns)}
+    result = result.sort_values(
+        ["unique_id", "cutoff", "ds"], key=lambda s: s.map(order) if s.name == "unique_id" else s
+    )
+    if ids:
+        result["unique_id"] = (
+            pd.Series([ids.get(v, v) for v in result["unique_id"]], dtype=object).infer_objects().to_numpy()
+        )
+    return result.reset_index(drop=True)
+
+
+def _long_block(
+    frame: TimeSeriesFrame, cut: int, horizon: int, columns: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """One cutoff's rows: every series' H steps after ``cut`` with its actual values and forecasts."""
+    channels = len(frame.columns)
+    ds = frame.timestamps[cut + 1 : cut + 1 + horizon]
+    block = {
+        "unique_id": np.repeat(np.array(frame.columns, dtype=object), horizon),
+        "ds": np.tile(ds, channels),
+        "cutoff": np.repeat(frame.timestamps[cut], horizon * channels),
+        "y": frame.values[cut + 1 : cut + 1 + horizon].T.reshape(-1),
+    }
+    for column, values in columns.items():
+        block[column] = values.T.reshape(-1)  # (H, C) -> series-major
+    return pd.DataFrame(block)
+
+
+def season_length(frequency: str) -> int:
+    """The seasonal period a frequency suggests: a day of sub-daily steps (``h``: 24, ``15min``: 96),
+    a week of days (7; 5 for business days), a year of weeks, months or quarters (52, 12, 4), else 1."""
+    offset = pd.tseries.frequencies.to_offset(frequency)
+    name = offset.name
+    try:
+        step = pd.Timedelta(offset)
+    except (ValueError, TypeError):
+        step = None
+    if step is not None and step < pd.Timedelta("1D"):
+        day = pd.Timedelta("1D")
+        return int(day // step) if day % step == pd.Timedelta(0) else 1
+    if name == "B":
+        return 5
+    if name == "D" and offset.n == 1:
+        return 7
+    if name.startswith("W"):
+        return 52 if offset.n == 1 else 1
+    if name.startswith(("M", "ME", "MS", "BM", "BME", "BMS", "SM")):
+        return 12 // offset.n if 12 % offset.n == 0 else 1
+    if name.startswith(("Q", "BQ")):
+        return 4 if offset.n == 1 else 1
+    return 1
+
+
+@dataclass
+class BacktestReport:
+    """Per-window and overall scores of a backtest."""
+
+    model: str
+    season: int
+    levels: tuple[float, ...]
+    windows: pd.DataFrame
+    """One row per cutoff: ``cutoff``, ``mse``, ``mae``, ``mase`` and ``coverage_<level>``,
+    ``winkler_<level>`` per level (coverage as a fraction)."""
+    overall: dict[str, float] = field(default_factory=dict)
+    """The same scores over every window (their mean: every window has the same points)."""
+
+    def table(self) -> str:
+        """The printed table: one line per window, then ``all``."""
+        columns = [c for c in self.windows.columns if c != "cutoff"]
+        header = f"{'window':>6}  {'cutoff':<19}  " + "  ".join(f"{c:>12}" for c in columns)
+        lines = [header]
+        for number, row in enumerate(self.windows.itertuples(index=False), 1):
+            values = dict(zip(self.windows.columns, row))
+            lines.append(
+                f"{number:>6}  {values['cutoff']!s:<19}  " + "  ".join(f"{values[c]:>12.4f}" for c in columns)
+            )
+        lines.append(f"{'all':>6}  {'':<19}  " + "  ".join(f"{self.overall[c]:>12.4f}" for c in columns))
+        return "\n".join(lines)
+
+
+def backtest_report(
+    cv: pd.DataFrame, history: pd.DataFrame, model: str, season: int, levels: Sequence[float] = ()
+) -> BacktestReport:
+    """Scores of ``cv`` (:func:`cross_validation`'s frame); ``history`` holds the series in the long
+    schema ``unique_id, ds, y`` (the rows before each cutoff scale its MASE)."""
+    levels = check_levels(levels)
+    rows = []
+    for cutoff, window in cv.groupby("cutoff", sort=True):
+        train = history[history["ds"] <= cutoff]
+        scores: dict[str, Any] = {"cutoff": cutoff}
+        frame = window.drop(columns="cutoff")
+        scores["mse"] = float(losses.mse(frame, [model])[model].mean())
+        scores["mae"] = float(losses.mae(frame, [model])[model].mean())
+        scores["mase"] = _mase(frame, train, model, season)
+        for level in levels:
+            name = level_name(level)
+            scores[f"coverage_{name}"] = float(
+                losses.coverage(frame, [model], level=cast(int, _int_level(level)))[model].mean()
+            )
+            scores[f"winkler_{name}"] = float(
+                losses.winkler_score(frame, [model], level=cast(int, _int_level(level)))[model].mean()
+            )
+        rows.append(scores)
+    windows = pd.DataFrame(rows)
+    # Every window has the same points per series, so the mean over windows is the pooled score.
+    overall = {c: float(windows[c].mean()) for c in windows.columns if c != "cutoff"}
+    return BacktestReport(model, season, tuple(levels), windows, overall)
+
+
+def _mase(window: pd.DataFrame, train: pd.DataFrame, model: str, season: int) -> float:
+    """MASE of one window, averaged over series; NaN where a series' seasonal-naive scale is 0 or the
+    rows before the cutoff are fewer than one season."""
+    scores = losses.mase(window, [model], seasonality=season, train_df=train)[model]
+    finite = scores[np.isfinite(scores)]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
+def _int_level(level: float) -> int | float:
+    """utilsforecast names interval columns by the level as given: 80, or 99.5."""
+    return int(level) if float(level).is_integer() else level
