@@ -122,12 +122,24 @@ class TrainingConfig:
     eval_batch_size: int = 256
     learning_rate: float = 5e-4
     weight_decay: float = 0.0
+    """Weight decay of the optimizer: added to the gradient as L2 (``adam``) or decoupled (``adamw``)."""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """``adam`` (torch Adam, CALF's) or ``adamw`` (torch AdamW: ``weight_decay`` decoupled from the
+    adaptive step)."""
+    warmup_steps: int = 0
+    """Linear warm-up: optimizer step s (1, 2, ...) takes ``min(1, s / warmup_steps)`` of the scheduled
+    rate (groups with a fixed rate included); 0: none."""
+    eval_every_steps: int | None = None
+    """Validate before the first step and after every N optimizer steps (and at the end of every
+    epoch): early stopping and the best weights are then chosen by step, and ``patience`` counts
+    validations instead of epochs. Null: once per epoch."""
     scheduler: Literal["cosine", "constant"] = "cosine"
     cosine_t_max: int = 20
     """CosineAnnealingLR period in epochs (official CALF: 20, 10 for Electricity and Traffic)."""
     min_learning_rate: float = 1e-8
     patience: int = 10
-    """Early stopping: epochs without a better validation MSE before stopping."""
+    """Early stopping: epochs (validations, with ``eval_every_steps``) without a better validation MSE
+    before stopping."""
     max_steps: int | None = None
     """Optional optimizer-step budget (few-shot recipe); training stops when it is spent."""
     grad_clip_norm: float | None = None
@@ -156,6 +168,14 @@ class TrainingConfig:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"training.max_steps must be > 0 or null, got {self.max_steps}")
+        if self.eval_every_steps is not None and self.eval_every_steps <= 0:
+            raise ConfigError(f"training.eval_every_steps must be > 0 or null, got {self.eval_every_steps}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"training.optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"training.precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.dropout_masks not in ("fast", "torch"):

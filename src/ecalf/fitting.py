@@ -64,13 +64,17 @@ def fit_model(
     log: Callable[[str], None] = print,
     tracker: Tracker | None = None,
     on_improvement: Callable[[ForecastModel, EpochLog], None] | None = None,
+    on_epoch_end: Callable[[EpochLog], None] | None = None,
     checkpoint: TrainingCheckpoint | None = None,
     world: World = SINGLE,
 ) -> FittedModel:
     """Build ``config``'s model and train it on ``train_set``, selecting on ``val_set``.
 
-    Logs one line on the model's size, then the training loop's. ``tracker`` receives every epoch;
-    ``on_improvement`` and ``checkpoint`` are the training loop's (ecalf.training.train)."""
+    Logs one line on the model's size, then the training loop's. Weights the model sets from the data
+    before its first step (:meth:`ForecastModel.initialize_from_data`, e.g. a ridge-initialised skip)
+    are set here, from ``train_set`` and ``val_set`` only. ``tracker`` receives every epoch, then
+    ``on_epoch_end``; ``on_improvement`` and ``checkpoint`` are the training loop's
+    (ecalf.training.train)."""
     start = time.perf_counter()
     model = build_model(config)
     parameters = count_parameters(model)
@@ -79,7 +83,18 @@ def fit_model(
         f"{parameters['total']:,} parameters (built in {time.perf_counter() - start:.1f}s)"
         + (f", {world.size} processes" if world.is_distributed else "")
     )
+    initialized = model.initialize_from_data(train_set, val_set)
+    if initialized:
+        log("initialised from the training data: " + " ".join(f"{k}={v:.4g}" for k, v in initialized.items()))
     tracker = tracker or NullTracker()
+    log_epoch = tracker.log_epoch
+    if on_epoch_end is not None:
+        tracked, extra = tracker.log_epoch, on_epoch_end
+
+        def log_epoch(record: EpochLog) -> None:
+            tracked(record)
+            extra(record)
+
     result = train(
         model,
         train_set,
@@ -90,7 +105,7 @@ def fit_model(
         log=log,
         on_improvement=on_improvement,
         checkpoint=checkpoint,
-        on_epoch_end=tracker.log_epoch,
+        on_epoch_end=log_epoch,
         world=world,
     )
     return FittedModel(model, result, parameters)

@@ -1,7 +1,9 @@
 """The training loop: one plain PyTorch loop for every model.
 
-Adam over the model's parameter groups; cosine annealing stepped once per epoch (groups marked
-``fixed_lr`` keep their rate); early stopping on validation MSE with the best weights restored.
+Adam (or AdamW) over the model's parameter groups; an optional linear warm-up over the first
+optimizer steps; cosine annealing stepped once per epoch (groups marked ``fixed_lr`` keep their rate);
+early stopping on validation MSE with the best weights restored, validated once per epoch or, with
+``eval_every_steps``, before the first step and every N steps (the best weights then those of a step).
 Every window of an epoch is used: the last partial batch is kept, never dropped. The loop knows
 nothing of any particular model: models bring their loss (``ForecastOutput.loss``) and groups. A model
 whose weights are computed from the data (``ForecastModel.fits_in_closed_form``, e.g. ``linear``) is
@@ -88,6 +90,8 @@ class TrainingResult:
     """Seconds in epochs (training and validation), over every process of a resumed run."""
     resumed_seconds: float = 0.0
     """The part of ``train_seconds`` spent by earlier processes (a resumed run); 0 for a fresh run."""
+    best_step: int = 0
+    """Optimizer steps taken when the best weights were validated (0: before the first step)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +116,8 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def build_optimizer(model: ForecastModel, config: TrainingConfig) -> torch.optim.Optimizer:
     groups = [g for g in model.parameter_groups(config.learning_rate) if g["params"]]
-    return torch.optim.Adam(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def epoch_lr_factor(config: TrainingConfig, epoch: int, base_lr: float) -> float:
@@ -129,6 +134,19 @@ def set_epoch_learning_rates(optimizer: torch.optim.Optimizer, config: TrainingC
         group.setdefault("initial_lr", group["lr"])
         if not group.get("fixed_lr", False):
             group["lr"] = group["initial_lr"] * epoch_lr_factor(config, epoch, group["initial_lr"])
+        group["epoch_lr"] = group["lr"]
+
+
+def warmup_factor(config: TrainingConfig, step: int) -> float:
+    """Multiplier of the scheduled rate for optimizer step ``step`` (1-based): linear warm-up."""
+    return min(1.0, step / config.warmup_steps) if config.warmup_steps else 1.0
+
+
+def set_step_learning_rates(optimizer: torch.optim.Optimizer, config: TrainingConfig, step: int) -> None:
+    """The rates of optimizer step ``step`` (1-based): each group's epoch rate times the warm-up factor."""
+    factor = warmup_factor(config, step)
+    for group in optimizer.param_groups:
+        group["lr"] = group["epoch_lr"] * factor
 
 
 def snapshot(model: ForecastModel) -> dict[str, Tensor]:
@@ -147,7 +165,10 @@ class LoopState:
     steps: int = 0
     best_mse: float = math.inf
     best_epoch: int = 0
+    best_step: int = 0
+    """Optimizer steps taken when the best weights were validated (0: before the first step)."""
     bad_epochs: int = 0
+    """Validations (epochs, or steps with ``eval_every_steps``) since the best one."""
     stopped: str | None = None
     """Set once training has ended (``early_stopping``, ``epochs`` or ``max_steps``)."""
     train_seconds: float = 0.0
@@ -373,15 +394,46 @@ def train(
             )
         log(f"resumed after epoch {state.epoch} ({state.steps} steps, best epoch {state.best_epoch})")
     resumed_seconds = state.train_seconds
+    every = config.eval_every_steps
+
+    def judge(record: EpochLog, where: str) -> None:
+        """Keep the weights if ``record``'s validation is the best yet; count it towards patience."""
+        nonlocal best_state
+        improved = record.val_mse < state.best_mse
+        log(where + (" *" if improved else ""))
+        if improved:
+            state.best_mse, state.best_epoch, state.best_step = record.val_mse, record.epoch, state.steps
+            state.bad_epochs = 0
+            best_state = snapshot(model)
+            if on_improvement is not None:
+                on_improvement(model, record)
+        else:
+            state.bad_epochs += 1
+
+    def out_of_patience() -> bool:
+        if state.bad_epochs < config.patience:
+            return False
+        state.stopped = "early_stopping"
+        log(f"early stopping: no better validation MSE for {config.patience} {unit}")
+        return True
+
+    unit = "validations" if every else "epochs"
+
+    if every and state.epoch == 0 and state.steps == 0:  # the weights before any step are a candidate
+        metrics = _validate(model, val_set, config, device, world)
+        record = EpochLog(0, math.nan, {}, metrics.mse, metrics.mae, 0.0, 0.0, 0.0, 0)
+        judge(record, _step_line(0, metrics))
     network = data_parallel(model, world, device)  # the model itself in one process
     show = config.progress and world.is_main
     show_batches = show and live_display()  # a log file gets the run's bar and the epoch lines only
     # The whole run's bar: its ETA assumes every epoch runs (early stopping can only end it sooner).
     run_bar = tqdm(total=config.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not show)
-    with dropout_masks(model, config.dropout_masks):  # fast CPU masks (ecalf.dropout)
+    with run_bar, dropout_masks(model, config.dropout_masks):  # fast CPU masks (ecalf.dropout)
         while state.stopped is None:
             epoch = state.epoch + 1
             set_epoch_learning_rates(optimizer, config, epoch - 1)
+            if config.warmup_steps:
+                set_step_learning_rates(optimizer, config, state.steps + 1)
             learning_rate = optimizer.param_groups[0]["lr"]
             model.train()
             if world.is_distributed:  # each rank its own dropout masks, repeated exactly on resume
@@ -399,6 +451,8 @@ def train(
                 global_batches, desc=f"epoch {epoch}", disable=not show_batches, leave=False, position=1
             )
             for step, global_idx in enumerate(bar, start=1):
+                if config.warmup_steps:
+                    set_step_learning_rates(optimizer, config, state.steps + 1)
                 idx = shard(global_idx, world)
                 # A rank whose shard of the last, partial batch is empty still takes part in the
                 # gradient reduction, with a real window and zero weight.
@@ -409,8 +463,8 @@ def train(
                     raise RuntimeError(f"{type(model).__name__} returned no loss for a batch with targets")
                 loss = output.loss.float()
                 losses.add(loss, output.loss_parts, len(idx))
-                # DDP averages the ranks' gradients; this weight makes it the mean over the global batch
-                # when the last batch's shards differ in size (1.0 otherwise, and in one process).
+                # DDP averages the ranks' gradients; this weight makes it the mean over the global
+                # batch when the last batch's shards differ in size (1.0 otherwise, and in one process).
                 weight = len(idx) * world.size / len(global_idx)
                 optimizer.zero_grad(set_to_none=True)
                 (loss if weight == 1.0 else loss * weight).backward()
@@ -423,9 +477,26 @@ def train(
                 if show and time.perf_counter() - shown >= POSTFIX_SECONDS:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                     shown = time.perf_counter()
+                if every and state.steps % every == 0 and step < len(global_batches):
+                    # A validation inside the epoch (the epoch's last step is validated below).
+                    _stop_if_diverged(losses, world, model, best_state, state, epoch)
+                    train_loss, loss_parts, seen = losses.means(world)
+                    metrics = _validate(model, val_set, config, device, world)
+                    model.train()
+                    seconds = time.perf_counter() - epoch_start
+                    record = EpochLog(
+                        epoch, train_loss, loss_parts, metrics.mse, metrics.mae,
+                        optimizer.param_groups[0]["lr"], seen / seconds if seconds > 0 else 0.0,
+                        seconds, state.steps,
+                    )  # fmt: skip
+                    judge(record, _step_line(state.steps, metrics))
+                    if out_of_patience():
+                        break
             train_loss, loss_parts, seen = losses.means(world)
             train_seconds = time.perf_counter() - epoch_start
-            metrics = _validate(model, val_set, config, device, world)
+            stopped_inside = state.stopped is not None
+            if not stopped_inside:
+                metrics = _validate(model, val_set, config, device, world)
             record = EpochLog(
                 epoch=epoch,
                 train_loss=train_loss,
@@ -441,33 +512,24 @@ def train(
             state.history.append(record)
             state.epoch = epoch
             state.train_seconds += record.seconds
-            improved = metrics.mse < state.best_mse
-            log(record.line() + (" *" if improved else ""))
-            if improved:
-                state.best_mse, state.best_epoch, state.bad_epochs = metrics.mse, epoch, 0
-                best_state = snapshot(model)
-                if on_improvement is not None:
-                    on_improvement(model, record)
+            if stopped_inside:  # early stopping at a validation inside the epoch: judged there
+                log(record.line())
             else:
-                state.bad_epochs += 1
-            if config.max_steps is not None and state.steps >= config.max_steps:
-                state.stopped = "max_steps"
-            elif state.bad_epochs >= config.patience:
-                state.stopped = "early_stopping"
-                log(f"early stopping: no better validation MSE for {config.patience} epochs")
-            elif epoch >= config.epochs:
-                state.stopped = "epochs"
+                judge(record, record.line())
+                if config.max_steps is not None and state.steps >= config.max_steps:
+                    state.stopped = "max_steps"
+                elif not out_of_patience() and epoch >= config.epochs:
+                    state.stopped = "epochs"
             if on_epoch_end is not None:
                 on_epoch_end(record)
             if checkpoint is not None and world.is_main:
                 checkpoint.save(model, optimizer, state, best_state)
             run_bar.update(1)
             run_bar.set_postfix(val_mse=f"{metrics.mse:.4f}", best_epoch=state.best_epoch)
-    run_bar.close()
     model.load_state_dict(best_state, strict=False)
     return TrainingResult(
         state.history, state.best_epoch, state.best_mse, state.epoch, state.steps, state.stopped,
-        state.train_seconds, resumed_seconds,
+        state.train_seconds, resumed_seconds, state.best_step,
     )  # fmt: skip
 
 
@@ -540,6 +602,10 @@ def _stop_if_diverged(
         f"the training loss became {value} at epoch {epoch}, step {state.steps - unchecked + position + 1}; "
         f"{kept}. Lower training.learning_rate or set training.grad_clip_norm."
     )
+
+
+def _step_line(steps: int, metrics: Metrics) -> str:
+    return f"step {steps:6d} | val mse {metrics.mse:.4f} mae {metrics.mae:.4f}"
 
 
 def _silent(line: str) -> None:

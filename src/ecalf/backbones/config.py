@@ -32,6 +32,10 @@ class BackboneConfig:
     """Dropout on the trunks' attention probabilities. None: the backbone's own (GPT-2 0.1, as CALF;
     SmolLM2 0.0). On a CPU, 0 lets PyTorch's fused attention keep O(T) instead of a (B, heads, T, T)
     matrix per layer for the backward pass: much less memory with hundreds of channels (docs/speed.md)."""
+    block_dropout: float = 0.0
+    """Dropout on the output of every block of the trunks (the residual stream), in addition to the
+    backbone's own dropout: for backbones that have none (SmolLM2: none at all; GPT-2 has 0.1 in
+    every block already). 0: none, the backbone as published."""
     cache_dir: str | None = None
     """Cache of PCA dictionaries; default ``$ECALF_CACHE_DIR``, else ``~/.cache/ecalf``."""
 
@@ -64,6 +68,8 @@ class BackboneConfig:
                 "backbone.attention_dropout must be null (the backbone's own) or a number in [0, 1), "
                 f"got {self.attention_dropout!r}"
             )
+        if isinstance(self.block_dropout, bool) or not 0.0 <= self.block_dropout < 1.0:
+            raise ConfigError(f"backbone.block_dropout must be in [0, 1), got {self.block_dropout!r}")
         if self.cache_dir is not None and not self.cache_dir.strip():
             raise ConfigError("backbone.cache_dir must be null or a directory path")
 

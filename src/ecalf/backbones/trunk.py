@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
+    from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 class Trunk(nn.Module):
@@ -33,7 +34,9 @@ class Trunk(nn.Module):
     max_positions: int | None
     """Longest sequence the learned position embeddings cover (GPT-2: 1024); None for rotary models."""
 
-    def __init__(self, hf_config: PretrainedConfig) -> None:
+    def __init__(self, hf_config: PretrainedConfig, block_dropout: float = 0.0) -> None:
+        """``block_dropout``: dropout on each block's output (the residual stream), in training mode
+        only, on top of the backbone's own; 0 adds nothing (no module, no hook)."""
         super().__init__()
         from transformers import AutoModel
 
@@ -51,6 +54,10 @@ class Trunk(nn.Module):
         self.num_layers = int(hf_config.num_hidden_layers)
         self.family = str(hf_config.model_type)
         self.max_positions = int(hf_config.max_position_embeddings) if self.position_parameters() else None
+        if block_dropout > 0:  # a module without weights: the state dict is the same as without
+            for block in _blocks(self.decoder):
+                block.ecalf_block_dropout = nn.Dropout(block_dropout)
+                block.register_forward_hook(_drop_block_output)
 
     def forward(self, inputs_embeds: Tensor) -> tuple[Tensor, ...]:
         # inputs_embeds: (B, T, D)
@@ -76,9 +83,8 @@ class Trunk(nn.Module):
         outputs and gradients are those of the plain trunk. Eval mode and ``no_grad`` are unaffected.
         """
         from torch.utils.checkpoint import checkpoint
-        from transformers.modeling_layers import GradientCheckpointingLayer
 
-        blocks = [m for m in self.decoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+        blocks = _blocks(self.decoder)
         if not blocks:  # pragma: no cover - every decoder family in transformers 5 has them
             raise NotImplementedError(f"the {self.family} blocks do not support gradient checkpointing")
         function = functools.partial(checkpoint, use_reentrant=False)
@@ -99,6 +105,21 @@ class Trunk(nn.Module):
 
     def extra_repr(self) -> str:
         return f"family={self.family}, layers={self.num_layers}, hidden={self.hidden_size}"
+
+
+def _blocks(decoder: nn.Module) -> list[GradientCheckpointingLayer]:
+    """The decoder's blocks (every transformers 5 family's are ``GradientCheckpointingLayer``s)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in decoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def _drop_block_output(block: nn.Module, args: object, output: Tensor | tuple[Tensor, ...]) -> object:
+    """Forward hook: dropout on a block's hidden-state output (a tensor, or a tuple's first item)."""
+    dropout: nn.Module = getattr(block, "ecalf_block_dropout")  # noqa: B009 - set by Trunk.__init__
+    if isinstance(output, tuple):
+        return (dropout(output[0]), *output[1:])
+    return dropout(output)
 
 
 def _remove_input_embeddings(decoder: nn.Module) -> None:

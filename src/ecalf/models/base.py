@@ -68,6 +68,12 @@ class ForecastModel(nn.Module):
         """Set the weights from ``train_set``, choosing any setting on ``val_set`` (never a test split)."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form fit")
 
+    def initialize_from_data(self, train_set: WindowDataset, val_set: WindowDataset) -> dict[str, float]:
+        """Set weights that depend on the training data before the first optimizer step (a model whose
+        part starts from a closed-form fit), choosing any setting on ``val_set`` (never a test split).
+        Returns what it chose, for the log ({} when the model has nothing to set, the default)."""
+        return {}
+
     def training_values(self) -> dict[str, float]:
         """Values a model adapts during training (temperatures, loss weights), logged per epoch."""
         return {}

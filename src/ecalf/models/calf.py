@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ecalf.backbones import BackboneConfig, Trunk, apply_role, architecture_config, load_pretrained_weights
 from ecalf.config import ModelConfig
+from ecalf.data import WindowDataset
 from ecalf.errors import ConfigError
 from ecalf.models.alignment import (
     AlignmentScore,
@@ -36,6 +37,7 @@ from ecalf.models.alignment import (
     window_statistics,
 )
 from ecalf.models.base import ForecastModel, ForecastOutput, InstanceNorm, LossName, regression_loss
+from ecalf.models.linear import LinearConfig, LinearForecast
 from ecalf.registry import register_model
 
 
@@ -90,6 +92,12 @@ class CALFConfig(ModelConfig):
     # -- Beyond the paper, off in the paper presets ----------------------------------------------
     linear_skip: bool = False
     """A DLinear-style Linear(L -> H) forecast on the normalised window that the LLM branch corrects."""
+    skip_init: Literal["random", "ridge"] = "random"
+    """How ``linear_skip`` starts. ``random``: torch's Linear init, its bias on the normalised scale.
+    ``ridge``: the skip is the ``linear`` baseline (ecalf.models.linear.LinearForecast), fitted in
+    closed form on the training windows (ridge strength chosen on validation) before the first step,
+    its bias on the data's scale; the LLM's correction (the head) starts at zero, so the model starts
+    as the ``linear`` forecast and training moves it only as far as validation confirms."""
     backbone_mode: Literal["llm", "random", "none", "attention"] = "llm"
     """Ablations (Tan et al., NeurIPS 2024): ``random`` = randomly initialised backbone, ``none`` =
     backbone removed (tokens go straight to the head), ``attention`` = one attention layer instead."""
@@ -118,6 +126,8 @@ class CALFConfig(ModelConfig):
             raise ConfigError("model.encoder_heads and model.encoder_ff_dim must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.skip_init == "ridge" and not self.linear_skip:
+            raise ConfigError("model.skip_init=ridge initialises the linear skip; set model.linear_skip=true")
         for name in (
             "output_weight",
             "feature_weight",
@@ -194,7 +204,7 @@ class CALF(ForecastModel):
         self.time_trunk: nn.Module | None = None
         self.text_trunk: nn.Module | None = None
         if config.backbone_mode in ("llm", "random"):
-            self.time_trunk = apply_role(Trunk(arch), "time", config.backbone)
+            self.time_trunk = apply_role(Trunk(arch, config.backbone.block_dropout), "time", config.backbone)
             limit = self.time_trunk.max_positions
             if limit is not None and config.num_channels > limit:
                 raise ConfigError(
@@ -204,7 +214,9 @@ class CALF(ForecastModel):
                     "or fewer channels"
                 )
             if config.aligns:
-                self.text_trunk = apply_role(Trunk(arch), "text", config.backbone)
+                self.text_trunk = apply_role(
+                    Trunk(arch, config.backbone.block_dropout), "text", config.backbone
+                )
             num_levels = arch.num_hidden_layers + 1
         elif config.backbone_mode == "attention":
             self.time_trunk = AttentionTrunk(hidden, config.encoder_heads, config.dropout)
@@ -227,6 +239,9 @@ class CALF(ForecastModel):
         if config.aligns:
             self._build_alignment(hidden, num_levels)
         self.skip = nn.Linear(config.context_length, config.prediction_length) if config.linear_skip else None
+        if config.skip_init == "ridge":  # the LLM's correction starts at zero: the model is the ridge fit
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self._epoch_sums: dict[str, Tensor | float] = {}
         self._epoch_count = 0
 
@@ -280,6 +295,19 @@ class CALF(ForecastModel):
         if self.config.aligns:
             self.principal_embeddings.copy_(dictionary)
 
+    def initialize_from_data(self, train_set: WindowDataset, val_set: WindowDataset) -> dict[str, float]:
+        """``skip_init: ridge``: the skip becomes the ``linear`` baseline fitted on ``train_set`` (its
+        ridge strength chosen on ``val_set``); returns the strength chosen."""
+        if self.skip is None or self.config.skip_init != "ridge":
+            return {}
+        cfg = self.config
+        ridge = LinearForecast(LinearConfig(cfg.context_length, cfg.prediction_length, cfg.num_channels))
+        fit = ridge.fit_closed_form(train_set, val_set)
+        with torch.no_grad():
+            self.skip.weight.copy_(ridge.weight)  # (H, L)
+            self.skip.bias.copy_(ridge.bias)  # (H,), on the data's scale
+        return {"skip_ridge": fit.values["ridge"], "skip_train_mse": fit.train_loss}
+
     def parameter_groups(self, learning_rate: float) -> list[dict[str, Any]]:
         projections = {id(p) for m in (self.time_projections, self.text_projections) for p in m.parameters()}
         main = [p for p in self.parameters() if p.requires_grad and id(p) not in projections]
@@ -300,7 +328,7 @@ class CALF(ForecastModel):
         self.check_input(past_values, future_values)
         x, stats = self.norm.normalize(past_values)  # (B, L, C)
         tokens = x.transpose(1, 2)  # (B, C, L)
-        base = self.skip(tokens) if self.skip is not None else None  # (B, C, H)
+        base = self._skip(tokens)  # (B, C, H) or None
         x_time = self.encoder(tokens)  # (B, C, D)
         hidden_time = self._branch(self.time_trunk, x_time)  # N + 1 x (B, C, D)
         y_time = self._forecast(hidden_time, x_time, base, stats)  # (B, H, C)
@@ -346,6 +374,15 @@ class CALF(ForecastModel):
             self._accumulate(w_out, w_feat, w_con if contrastive is not None else None, degree)
         return ForecastOutput(prediction=y_time, loss=loss, loss_parts=parts)
 
+    def _skip(self, tokens: Tensor) -> Tensor | None:
+        """The linear skip's forecast on the normalised tokens (B, C, L) -> (B, C, H); a ridge-initialised
+        skip's bias is added after de-normalisation instead (:meth:`_forecast`)."""
+        if self.skip is None:
+            return None
+        if self.config.skip_init == "ridge":
+            return F.linear(tokens, self.skip.weight)
+        return self.skip(tokens)
+
     def _branch(self, trunk: nn.Module | None, tokens: Tensor) -> tuple[Tensor, ...]:
         return (tokens,) if trunk is None else tuple(trunk(tokens))
 
@@ -356,7 +393,11 @@ class CALF(ForecastModel):
         y = self.head(features)  # (B, C, H)
         if base is not None:
             y = y + base
-        return self.norm.denormalize(y.transpose(1, 2), stats)  # (B, H, C)
+        y = self.norm.denormalize(y.transpose(1, 2), stats)  # (B, H, C)
+        if self.skip is not None and self.config.skip_init == "ridge":
+            # W (x - mean) / std * std + mean + b: the linear baseline's forecast, plus the correction.
+            y = y + self.skip.bias[:, None]  # (H, 1) over (B, H, C)
+        return y
 
     def _alignment_terms(
         self, hidden_time: tuple[Tensor, ...], hidden_text: tuple[Tensor, ...]
