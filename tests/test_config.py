@@ -100,7 +100,8 @@ def test_top_level_must_be_mapping(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    files = sorted(CONFIGS.rglob("*.yaml"))
+    """Every run config under configs/ (configs/tune/ holds search spaces: tests/test_tune.py loads them)."""
+    files = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "tune")
     assert len(files) >= 9
     for path in files:
         config = load_run_config(path)

@@ -201,6 +201,28 @@ def _print_plan(grid: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from ecalf.tune import SearchSettings, cells_from, run_search, search_line
+
+    settings = SearchSettings(
+        config=Path(args.config),
+        space=Path(args.space),
+        trials=args.trials,
+        cells=cells_from(args.datasets, args.horizons),
+        few_shot_percent=args.few_shot,
+        seed=args.seed,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        data_dir=args.data_dir,
+        overrides=tuple(args.set or []),
+        sampler_seed=args.sampler_seed,
+    )
+    if args.quiet:
+        settings = dataclasses.replace(settings, overrides=(*settings.overrides, "training.progress=false"))
+    summary = run_search(settings, echo=print, best_config=args.best_config)
+    print(search_line(summary))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ecalf.published import BUILTIN
     from ecalf.report import write_report
@@ -491,6 +513,52 @@ COMMANDS: tuple[Command, ...] = (
         "Run every cell of GRID.yaml that has no row in the results CSV yet; each finished cell appends one "
         "row atomically. Killed? Run the same command again: finished cells are skipped and the cell in "
         "flight resumes from its last finished epoch. See docs/benchmark.md.",
+    ),
+    Command(
+        "tune",
+        "search a model's recipe on the validation split (Optuna TPE, median pruning), resumable",
+        _cmd_tune,
+        (
+            opt(
+                "config", help="the base run config, e.g. configs/ecalf/ETTh1.yaml (each cell sets its data)"
+            ),
+            opt(
+                "--space",
+                required=True,
+                metavar="SPACE.yaml",
+                help="search space, e.g. configs/tune/ecalf.yaml",
+            ),
+            opt(
+                "--trials", type=int, required=True, metavar="N", help="trials finished when the search ends"
+            ),
+            opt(
+                "--datasets",
+                nargs="+",
+                metavar="NAME",
+                help="datasets of the pilot cells (default: the protocol's ETTh1 ETTh2 ETTm1 ETTm2)",
+            ),
+            opt(
+                "--horizons",
+                nargs="+",
+                type=int,
+                metavar="H",
+                help="one horizon for every dataset, or one per dataset (default: 96 336 96 192)",
+            ),
+            opt("--few-shot", type=float, default=10.0, metavar="P", help="percent of training windows (10)"),
+            opt("--seed", type=int, default=2021, help="the run seed of every trial (default 2021)"),
+            opt("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default 0)"),
+            opt(
+                "--set", action="append", metavar="KEY=VALUE", help="override the base config for every trial"
+            ),
+            opt("--output-dir", help="search directory (default runs/tune/<space file name>)"),
+            opt("--best-config", metavar="YAML", help="also write the best trial's run config here"),
+            DATA_DIR,
+            QUIET,
+        ),
+        "Train each trial's recipe on every pilot cell and score it by the mean over cells of its best "
+        "validation MSE / the naive forecast's validation MSE; the test split is never read. The study is "
+        "SQLite in the search directory: run the same command again to continue a killed search. Writes "
+        "trials.csv and best.yaml there. Needs pip install 'ecalf[tune]'. See docs/tuning-protocol.md.",
     ),
     Command(
         "report",

@@ -5,6 +5,8 @@ A run directory (``ecalf train``, one benchmark cell, a saved forecaster) holds:
 - ``config.yaml``       the resolved config (every default written out)
 - ``metrics.json``      :class:`RunMetrics`: test MSE/MAE, the naive forecast's beside it, window counts,
                         epochs, wall time, parameter counts, per-epoch history, provenance
+- ``validation.json``   :class:`ValidationMetrics`, instead of ``metrics.json`` in a run that is
+                        trained and validated but never tested (a trial of ``ecalf tune``)
 - ``train.log``         the per-epoch log
 - ``model.safetensors`` the best weights that training changed (trainable parameters and buffers);
                         frozen backbone weights are rebuilt from the config by the same seeded procedure
@@ -38,6 +40,7 @@ METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model.safetensors"
 LOG_FILE = "train.log"
 STATE_DIR = "state"
+VALIDATION_FILE = "validation.json"
 
 
 @dataclass
@@ -98,6 +101,43 @@ class RunMetrics:
             raise CheckpointError(f"{source}: not the metrics of a finished ecalf run ({exc})") from None
 
 
+@dataclass
+class ValidationMetrics:
+    """What ``validation.json`` holds: a run trained and validated, whose test split was never read."""
+
+    model: str
+    dataset: str
+    prediction_length: int
+    few_shot_percent: float
+    seed: int
+    best_val_mse: float
+    naive_val_mse: float
+    """The last-value forecast's MSE on the same validation windows."""
+    best_epoch: int
+    best_step: int
+    epochs_run: int
+    steps: int
+    stopped: str
+    train_seconds: float
+    history: list[EpochLog] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """The best validation MSE relative to the naive forecast's (below 1: better than naive)."""
+        return self.best_val_mse / self.naive_val_mse
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = VALIDATION_FILE) -> ValidationMetrics:
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"{source}: not a validation mapping")
+        try:
+            values = dict(data)
+            values["history"] = [EpochLog(**record) for record in values.get("history", [])]
+            return cls(**values)
+        except TypeError as exc:
+            raise CheckpointError(f"{source}: not the validation of an ecalf run ({exc})") from None
+
+
 def _metrics(data: Mapping[str, Any]) -> Metrics:
     return Metrics(mse=float(data["mse"]), mae=float(data["mae"]), windows=int(data["windows"]))
 
@@ -128,6 +168,10 @@ class RunDirectory:
     @property
     def log_file(self) -> Path:
         return self.path / LOG_FILE
+
+    @property
+    def validation_file(self) -> Path:
+        return self.path / VALIDATION_FILE
 
     @property
     def checkpoint(self) -> TrainingCheckpoint:
@@ -178,6 +222,16 @@ class RunDirectory:
 
     def write_metrics(self, metrics: RunMetrics) -> None:
         write_json(self.metrics_file, metrics.to_json())
+
+    def has_validation(self) -> bool:
+        """Whether a validation-only run (a search trial's) has finished: its last file is written."""
+        return self.validation_file.is_file()
+
+    def read_validation(self) -> ValidationMetrics:
+        return ValidationMetrics.from_json(read_json(self.validation_file), str(self.validation_file))
+
+    def write_validation(self, metrics: ValidationMetrics) -> None:
+        write_json(self.validation_file, dataclasses.asdict(metrics))
 
     def read_weights(self) -> dict[str, Tensor]:
         return load_tensors(self.weights_file)

@@ -1,0 +1,647 @@
+"""Hyper-parameter search on the validation split (``ecalf tune``): Optuna, resumable, never tested.
+
+One *trial* is one recipe (the base run config with the trial's values) trained on every pilot cell
+(dataset x horizon, few-shot, one seed). Its score is the mean over the cells of the best validation
+MSE divided by the naive forecast's validation MSE on that cell (docs/tuning-protocol.md). The sampler
+is TPE (``sampler_seed``); a trial is pruned by the median rule on its running score, reported after
+every epoch from ``prune_from_epoch`` on through the training loop's epoch callback. No test window
+is ever read: each cell's run is fitted (:func:`ecalf.fitting.fit_model`) and validated only.
+
+A search directory (this module names and writes it; ``runs/tune/<space>`` by default):
+
+- ``study.db``        the Optuna study (SQLite): every trial's values, state and reported scores
+- ``search.yaml``     what is searched (base config, space, cells, seed); a restart must match it
+- ``trials/NNNN/<dataset>-H<horizon>/``  one run directory per trial and cell (:mod:`ecalf.run_dir`
+                      names its files; ``validation.json`` in place of test metrics)
+- ``trials.csv``      the summary table, one row per trial; ``best.yaml`` the best trial's run config
+
+Killed and started again with the same command, a search keeps its finished trials; the trial that
+was running is tried again with the same values in the same directory (its finished cells are kept,
+the cell in flight resumes from its last finished epoch). Optuna is optional:
+``pip install 'ecalf[tune]'``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+
+from ecalf.artifacts import read_yaml, write_text, write_yaml
+from ecalf.benchmark.grid import Cell
+from ecalf.benchmark.results import CellId
+from ecalf.config import RunConfig, apply_overrides
+from ecalf.config_files import load_run_config, run_config_from_dict
+from ecalf.data import ForecastSplits, prepare_splits
+from ecalf.data.specs import find_spec
+from ecalf.errors import ConfigError, EcalfError
+from ecalf.evaluation import evaluate
+from ecalf.fitting import fit_model
+from ecalf.models.base import ForecastModel
+from ecalf.models.naive import NaiveConfig, NaiveForecast
+from ecalf.registry import model_name_for_config
+from ecalf.run import resolve_model_config
+from ecalf.run_dir import RunDirectory, ValidationMetrics
+from ecalf.tracking import open_tracker
+from ecalf.training import EpochLog, TrainingDiverged, resolve_device, snapshot
+
+if TYPE_CHECKING:
+    import optuna
+
+PILOT_CELLS: tuple[tuple[str, int], ...] = (("ETTh1", 96), ("ETTh2", 336), ("ETTm1", 96), ("ETTm2", 192))
+"""The protocol's pilot cells (docs/tuning-protocol.md): one horizon per dataset."""
+STUDY_FILE = "study.db"
+SEARCH_FILE = "search.yaml"
+TRIALS_DIR = "trials"
+SUMMARY_FILE = "trials.csv"
+BEST_FILE = "best.yaml"
+CELL_STEPS = 100_000
+"""Cell i's epoch e is reported to the pruner as step ``i * CELL_STEPS + e``: trials compare like cells."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The search space
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: tuple[str | int | float | bool | None, ...]
+
+
+Distribution = FloatRange | IntRange | Choice
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What a space file holds: ``params`` (dotted config key -> distribution) and ``set`` (overrides
+    every trial shares)::
+
+        set: [training.eval_every_steps=20]
+        params:
+          training.learning_rate: {float: [1.0e-5, 3.0e-3], log: true}
+          training.warmup_steps: {int: [0, 200], step: 50}
+          model.loss: {choice: [mse, l1, smooth_l1]}
+    """
+
+    params: dict[str, Distribution]
+    set: tuple[str, ...] = ()
+
+
+def parse_distribution(key: str, spec: Any) -> Distribution:
+    """One ``params`` entry: ``{float: [low, high], log: bool}``, ``{int: [low, high], step: n, log:
+    bool}`` or ``{choice: [v1, v2, ...]}``; anything else is a ConfigError naming ``key``."""
+    where = f"params.{key}"
+    if not isinstance(spec, Mapping) or len([k for k in ("float", "int", "choice") if k in spec]) != 1:
+        raise ConfigError(
+            f"{where}: give one of {{float: [low, high]}}, {{int: [low, high]}} or {{choice: [...]}}, "
+            f"got {spec!r}"
+        )
+    kind = next(k for k in ("float", "int", "choice") if k in spec)
+    allowed = {"float": {"float", "log"}, "int": {"int", "step", "log"}, "choice": {"choice"}}[kind]
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown entry {unknown[0]!r} for a {kind} (allowed: {sorted(allowed)})")
+    values = spec[kind]
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: choice must be a non-empty list")
+        if any(isinstance(v, (list, dict)) for v in values):
+            raise ConfigError(f"{where}: choices must be single values (numbers, strings, true/false, null)")
+        return Choice(tuple(values))
+    log = spec.get("log", False)
+    number = int if kind == "int" else (int, float)
+    if (
+        not isinstance(values, list)
+        or len(values) != 2
+        or any(isinstance(v, bool) or not isinstance(v, number) for v in values)
+    ):
+        raise ConfigError(f"{where}: {kind} must be [low, high] ({kind} numbers), got {values!r}")
+    low, high = values
+    if not low < high:
+        raise ConfigError(f"{where}: low {low} must be below high {high}")
+    if not isinstance(log, bool) or (log and low <= 0):
+        raise ConfigError(f"{where}: log must be true or false, and a log range needs low > 0")
+    if kind == "float":
+        return FloatRange(float(low), float(high), log)
+    step = spec.get("step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step <= 0 or (log and step != 1):
+        raise ConfigError(f"{where}: step must be a positive integer (1 with log), got {step!r}")
+    return IntRange(low, high, step, log)
+
+
+def load_space(path: str | os.PathLike[str]) -> SearchSpace:
+    """A space file (``configs/tune/*.yaml``), strictly: unknown top-level keys and bad specs are errors."""
+    raw = read_yaml(path)
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("params"), Mapping) or not raw["params"]:
+        raise ConfigError(f"{path}: a search space is a mapping with a non-empty `params` mapping")
+    unknown = sorted(set(raw) - {"params", "set"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known keys here: params, set)")
+    fixed = raw.get("set") or []
+    if not isinstance(fixed, list) or not all(isinstance(s, str) for s in fixed):
+        raise ConfigError(f"{path}: set must be a list of key=value strings")
+    try:
+        params = {str(k): parse_distribution(str(k), v) for k, v in raw["params"].items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return SearchSpace(params, tuple(fixed))
+
+
+def override(key: str, value: Any) -> str:
+    """``key=value`` with ``value`` written so that YAML reads it back as the same value."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).splitlines()[0]}"
+
+
+def check_space(
+    config_file: str | os.PathLike[str], space: SearchSpace, overrides: Sequence[str] = ()
+) -> None:
+    """Every key of ``space`` is a setting of ``config_file``'s run config and every end of its range
+    (every choice) a valid value there: a ConfigError names the first that is not."""
+    base = [*overrides, *space.set]
+    load_run_config(config_file, base)
+    for key, dist in space.params.items():
+        ends = dist.choices if isinstance(dist, Choice) else (dist.low, dist.high)
+        for value in ends:
+            try:
+                load_run_config(config_file, [*base, override(key, value)])
+            except ConfigError as exc:
+                raise ConfigError(f"search space params.{key}={value!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The search
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """One search: a base run config, a space, the pilot cells and the budget."""
+
+    config: Path
+    """The base run config (a preset, ``configs/ecalf/ETTh1.yaml``); each cell sets its data."""
+    space: Path
+    trials: int
+    """Trials to have finished (completed, pruned or diverged) when the search ends."""
+    cells: tuple[tuple[str, int], ...] = PILOT_CELLS
+    """(dataset, horizon) pairs each trial trains on."""
+    few_shot_percent: float = 10.0
+    seed: int = 2021
+    output_dir: Path | None = None
+    """The search directory; default ``runs/tune/<space file stem>``."""
+    data_dir: str | None = None
+    overrides: tuple[str, ...] = ()
+    """``key=value`` overrides of the base config for every trial (before the space's ``set``)."""
+    sampler_seed: int = 0
+    prune_from_epoch: int = 2
+    """Scores are reported (and the median rule applied) from this epoch of each cell on."""
+    startup_trials: int = 5
+    """Finished trials before any trial is pruned."""
+    first_trials: tuple[Mapping[str, Any], ...] = ()
+    """Values tried first in a new search (e.g. the preset's own), before the sampler's."""
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+        if not self.cells:
+            raise ConfigError("a search needs at least one (dataset, horizon) cell")
+        if any(h <= 0 for _, h in self.cells):
+            raise ConfigError(f"horizons must be positive, got {[h for _, h in self.cells]}")
+        if self.prune_from_epoch < 1 or self.startup_trials < 0:
+            raise ConfigError("prune_from_epoch must be >= 1 and startup_trials >= 0")
+
+    @property
+    def directory(self) -> Path:
+        return self.output_dir or Path("runs") / "tune" / self.space.stem
+
+    def describe(self) -> dict[str, Any]:
+        """What ``search.yaml`` holds: everything a continued search must share with the first start."""
+        return {
+            "config": str(self.config),
+            "space": read_yaml(self.space),
+            "cells": [[dataset, horizon] for dataset, horizon in self.cells],
+            "few_shot_percent": self.few_shot_percent,
+            "seed": self.seed,
+            "data_dir": self.data_dir,
+            "overrides": list(self.overrides),
+            "sampler_seed": self.sampler_seed,
+            "prune_from_epoch": self.prune_from_epoch,
+            "startup_trials": self.startup_trials,
+        }
+
+
+def cells_from(datasets: Sequence[str] | None, horizons: Sequence[int] | None) -> tuple[tuple[str, int], ...]:
+    """The cells of ``--datasets`` and ``--horizons``: one horizon for every dataset, or one per dataset
+    (paired in order); neither: :data:`PILOT_CELLS`."""
+    if not datasets and not horizons:
+        return PILOT_CELLS
+    if not datasets or not horizons:
+        raise ConfigError("give --datasets and --horizons together (one horizon, or one per dataset)")
+    if len(horizons) == 1:
+        return tuple((d, horizons[0]) for d in datasets)
+    if len(horizons) != len(datasets):
+        raise ConfigError(
+            f"{len(datasets)} datasets but {len(horizons)} horizons: give one horizon, or one per dataset"
+        )
+    return tuple(zip(datasets, horizons, strict=True))
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str
+    """``complete``, ``pruned`` or ``diverged``."""
+    score: float | None
+    params: dict[str, Any]
+    ratios: dict[str, float] = field(default_factory=dict)
+    """Finished cells: best validation MSE / naive validation MSE."""
+
+
+@dataclass
+class SearchSummary:
+    directory: Path
+    trials: list[TrialOutcome]
+    best: TrialOutcome | None
+    best_config: Path | None
+    """The best trial's run config (``best.yaml``), None while no trial has completed."""
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def require_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise EcalfError("ecalf tune needs Optuna: pip install 'ecalf[tune]'") from None
+    return optuna
+
+
+def run_search(
+    settings: SearchSettings,
+    *,
+    echo: Callable[[str], None] | None = print,
+    best_config: str | os.PathLike[str] | None = None,
+) -> SearchSummary:
+    """Run (or continue) the search until ``settings.trials`` trials have finished; write the summary
+    table and the best config (also to ``best_config`` when given). Prints one line per trial."""
+    optuna = require_optuna()
+    space = load_space(settings.space)
+    check_space(settings.config, space, settings.overrides)
+    for dataset, _ in settings.cells:
+        if find_spec(dataset) is None and not Path(dataset).is_file():
+            raise ConfigError(f"unknown dataset {dataset!r}: a name of `ecalf data list` or a CSV path")
+    directory = settings.directory
+    search = directory / SEARCH_FILE
+    if search.is_file() and read_yaml(search) != settings.describe():
+        raise EcalfError(
+            f"{directory} holds another search (its {SEARCH_FILE} differs: config, space, cells or seed); "
+            "continue it with the same arguments or choose another --output-dir"
+        )
+    write_yaml(search, settings.describe())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(directory / STUDY_FILE).resolve()}")
+    study = optuna.create_study(
+        study_name="search", storage=storage, direction="minimize", load_if_exists=True
+    )
+    retried = _retry_killed_trials(optuna, study, storage)
+    if not study.trials:
+        for values in settings.first_trials:
+            study.enqueue_trial(dict(values))
+    finished = len(_finished(optuna, study))
+    study.sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + len(study.trials))
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials)
+    show = echo or _silent
+    if finished or retried:
+        again = f", {retried} killed trial(s) tried again" if retried else ""
+        show(f"{directory}: {finished} trial(s) finished{again}")
+    distributions = {key: _optuna_distribution(optuna, d) for key, d in space.params.items()}
+    while finished < settings.trials:
+        trial = study.ask(distributions)
+        if "directory" not in trial.user_attrs:
+            trial.set_user_attr("directory", f"{trial.number:04d}")
+        start = time.perf_counter()
+        show(f"trial {trial.number} ({finished + 1}/{settings.trials}): " + " ".join(
+            override(k, v) for k, v in trial.params.items()
+        ))  # fmt: skip
+        outcome = _run_trial(optuna, study, trial, settings, space, show)
+        finished += 1
+        score = "-" if outcome.score is None else f"{outcome.score:.4f}"
+        best = (
+            f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
+            if _completed(optuna, study)
+            else ""
+        )
+        show(
+            f"trial {trial.number} {outcome.state}: score {score}{best} | {time.perf_counter() - start:.0f}s"
+        )
+    return write_summary(settings, study, best_config)
+
+
+def _run_trial(
+    optuna: Any,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    settings: SearchSettings,
+    space: SearchSpace,
+    show: Callable[[str], None],
+) -> TrialOutcome:
+    """Train the trial's recipe on every cell; tell the study how it ended."""
+    params = dict(trial.params)
+    ratios: dict[str, float] = {}
+    trial_dir = settings.directory / TRIALS_DIR / str(trial.user_attrs["directory"])
+    recipe = [*settings.overrides, *space.set, *(override(k, v) for k, v in params.items())]
+    try:
+        for index, (dataset, horizon) in enumerate(settings.cells):
+            config = cell_config(settings, dataset, horizon, recipe)
+            name = cell_name(dataset, horizon)
+
+            report = _reporter(optuna, trial, settings, list(ratios.values()), index, name)
+            metrics = validate_cell(config, trial_dir / name, report)
+            ratios[name] = metrics.ratio
+            trial.set_user_attr(f"ratio {name}", ratios[name])
+            show(
+                f"  {name}: validation mse {metrics.best_val_mse:.4f} / naive {metrics.naive_val_mse:.4f} = "
+                f"{metrics.ratio:.4f} (best epoch {metrics.best_epoch}, step {metrics.best_step})"
+            )
+    except optuna.TrialPruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return TrialOutcome(trial.number, "pruned", None, params, ratios)
+    except TrainingDiverged as exc:
+        trial.set_user_attr("diverged", str(exc))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return TrialOutcome(trial.number, "diverged", None, params, ratios)
+    score = sum(ratios.values()) / len(ratios)
+    study.tell(trial, score)
+    return TrialOutcome(trial.number, "complete", score, params, ratios)
+
+
+def _reporter(
+    optuna: Any, trial: optuna.Trial, settings: SearchSettings, done: list[float], index: int, name: str
+) -> Callable[[float, int], None]:
+    """The epoch report of cell ``index`` (``done``: the ratios of the cells before it): the running
+    score (the cells so far, this one at its best yet) at step ``index * CELL_STEPS + epoch``, from
+    ``settings.prune_from_epoch`` on; raises TrialPruned when the median rule says so."""
+
+    def report(best_ratio: float, epoch: int) -> None:
+        if epoch < settings.prune_from_epoch:
+            return
+        running = (sum(done) + best_ratio) / (index + 1)
+        trial.report(running, index * CELL_STEPS + epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"running score {running:.4f} at {name}, epoch {epoch}")
+
+    return report
+
+
+def cell_config(settings: SearchSettings, dataset: str, horizon: int, recipe: Sequence[str]) -> RunConfig:
+    """A cell's run config as the benchmark grid builds it (:meth:`ecalf.benchmark.Cell.config`): the
+    base config with the recipe's overrides, then the cell's dataset, horizon, few-shot share and seed."""
+    label = model_name_for_config(type(load_run_config(settings.config).model))
+    cell = Cell(
+        CellId(label, dataset, "", "few_shot", horizon, settings.seed),
+        str(settings.config),
+        tuple(recipe),
+        settings.few_shot_percent,
+    )
+    return cell.config((), settings.data_dir)
+
+
+def cell_name(dataset: str, horizon: int) -> str:
+    return f"{Path(dataset).stem}-H{horizon}"
+
+
+def validate_cell(
+    config: RunConfig, run_dir: Path, report: Callable[[float, int], None] | None = None
+) -> ValidationMetrics:
+    """Fit ``config`` into the run directory ``run_dir`` and validate it; the test split is never read.
+
+    ``report(best_ratio, epoch)`` is called after every epoch with the best validation MSE so far
+    relative to the naive forecast's (it may raise to stop the run: a pruned trial). A finished run of
+    the same config is returned as it is; an unfinished one continues from its last finished epoch."""
+    directory = RunDirectory(run_dir)
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
+    splits = prepare_splits(config.data)
+    config = resolve_model_config(config, splits)
+    if directory.has_config() and directory.read_config() != config:
+        raise EcalfError(f"{run_dir} holds a run of another config; remove it or choose another --output-dir")
+    if directory.has_validation():
+        return directory.read_validation()
+    device = resolve_device(config.training.device)
+    naive = naive_validation_mse(splits, config.training.eval_batch_size)
+    progress = directory.progress()
+    best = [progress.best_mse if progress is not None else math.inf]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    directory.remove_temporary_files()
+    directory.write_config(config)
+    tracker = open_tracker(config.training.tracking, run_dir, append=True)
+
+    def save_best(model: ForecastModel, record: EpochLog) -> None:
+        best[0] = record.val_mse
+        directory.write_weights(snapshot(model), record.epoch)
+
+    def on_epoch_end(record: EpochLog) -> None:
+        if report is not None:
+            report(best[0] / naive, record.epoch)
+
+    try:
+        with directory.open_log(append=True) as log_file:
+
+            def log(line: str) -> None:
+                log_file.write(line + "\n")
+
+            log(f"validation only (a search trial): naive validation mse {naive:.4f}")
+            fitted = fit_model(
+                config,
+                splits.train,
+                splits.val,
+                device=device,
+                log=log,
+                tracker=tracker,
+                on_improvement=save_best,
+                on_epoch_end=on_epoch_end,
+                checkpoint=directory.checkpoint,
+            )
+    finally:
+        tracker.close()
+    result = fitted.result
+    metrics = ValidationMetrics(
+        model=model_name_for_config(type(config.model)),
+        dataset=splits.spec.name,
+        prediction_length=config.data.prediction_length,
+        few_shot_percent=config.data.few_shot_percent,
+        seed=config.seed,
+        best_val_mse=result.best_val_mse,
+        naive_val_mse=naive,
+        best_epoch=result.best_epoch,
+        best_step=result.best_step,
+        epochs_run=result.epochs_run,
+        steps=result.steps,
+        stopped=result.stopped,
+        train_seconds=result.train_seconds,
+        history=list(result.history),
+    )
+    if result.stopped in ("untrainable", "closed_form"):
+        directory.write_weights(snapshot(fitted.model), result.best_epoch)
+    directory.write_validation(metrics)
+    directory.checkpoint.remove()
+    return metrics
+
+
+def naive_validation_mse(splits: ForecastSplits, batch_size: int) -> float:
+    """The last-value forecast's MSE on the validation windows (the denominator of a cell's ratio)."""
+    val = splits.val
+    naive = NaiveForecast(NaiveConfig(val.context_length, val.prediction_length, val.num_channels))
+    return evaluate(naive, val, batch_size=batch_size).mse
+
+
+# --------------------------------------------------------------------------------------------------
+# Study bookkeeping, the summary and the best config
+# --------------------------------------------------------------------------------------------------
+
+
+def _optuna_distribution(optuna: Any, dist: Distribution) -> Any:
+    if isinstance(dist, FloatRange):
+        return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
+    if isinstance(dist, IntRange):
+        return optuna.distributions.IntDistribution(dist.low, dist.high, log=dist.log, step=dist.step)
+    return optuna.distributions.CategoricalDistribution(list(dist.choices))
+
+
+def _finished(optuna: Any, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards the budget: completed, pruned, or failed by divergence (not killed)."""
+    states = optuna.trial.TrialState
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (states.COMPLETE, states.PRUNED)
+        or (t.state == states.FAIL and "diverged" in t.user_attrs)
+    ]
+
+
+def _completed(optuna: Any, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def _retry_killed_trials(optuna: Any, study: optuna.Study, storage: Any) -> int:
+    """A trial still RUNNING when a search starts was killed (one search runs in a directory at a
+    time): mark it failed and queue its values again, in its own directory. Returns how many."""
+    states = optuna.trial.TrialState
+    killed = study.get_trials(deepcopy=False, states=(states.RUNNING,))
+    for trial in killed:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "killed", True)
+        storage.set_trial_state_values(trial_id, states.FAIL)
+        study.enqueue_trial(dict(trial.params), user_attrs={"directory": trial.user_attrs.get("directory")})
+    return len(killed)
+
+
+def write_summary(
+    settings: SearchSettings, study: optuna.Study, best_config: str | os.PathLike[str] | None = None
+) -> SearchSummary:
+    """``trials.csv`` (one row per finished trial: number, state, score, each cell's ratio, values) and
+    ``best.yaml`` (also written to ``best_config``): the base config with the best trial's values."""
+    optuna = require_optuna()
+    space = load_space(settings.space)
+    names = [cell_name(d, h) for d, h in settings.cells]
+    outcomes = []
+    for t in _finished(optuna, study):
+        state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(t.state.name, "diverged")
+        ratios = {n: float(t.user_attrs[f"ratio {n}"]) for n in names if f"ratio {n}" in t.user_attrs}
+        outcomes.append(TrialOutcome(t.number, state, t.value, dict(t.params), ratios))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["trial", "state", "score", *names, *space.params])
+    for o in outcomes:
+        cells = [f"{o.ratios[n]:.6f}" if n in o.ratios else "" for n in names]
+        score = "" if o.score is None else f"{o.score:.6f}"
+        writer.writerow([o.number, o.state, score, *cells, *(o.params.get(k, "") for k in space.params)])
+    directory = settings.directory
+    write_text(directory / SUMMARY_FILE, out.getvalue())
+    completed = [o for o in outcomes if o.score is not None]
+    best = min(completed, key=lambda o: (o.score, o.number)) if completed else None
+    written = None
+    if best is not None:
+        recipe = [*settings.overrides, *space.set, *(override(k, v) for k, v in best.params.items())]
+        written = write_best_config(settings, best, recipe, directory / BEST_FILE)
+        if best_config is not None:
+            write_best_config(settings, best, recipe, Path(best_config))
+    return SearchSummary(directory, outcomes, best, written)
+
+
+def write_best_config(
+    settings: SearchSettings, best: TrialOutcome, recipe: Sequence[str], path: Path
+) -> Path:
+    """The base config file with the best recipe applied, as a run config YAML (checked by loading it)."""
+    raw = read_yaml(settings.config) or {}
+    data = apply_overrides(raw, recipe)
+    run_config_from_dict(data, source=str(path))  # every value type-checked before it is written
+    header = (
+        f"# Tuned by `ecalf tune` (docs/tuning-protocol.md): trial {best.number} of {settings.directory}, "
+        f"score {best.score:.4f}\n# (mean validation MSE / naive validation MSE over "
+        + ", ".join(cell_name(d, h) for d, h in settings.cells)
+        + f"; few-shot {settings.few_shot_percent:g} %, seed {settings.seed}).\n"
+        f"# Base: {settings.config}; searched: {settings.space}.\n"
+    )
+    return write_text(path, header + yaml.safe_dump(data, sort_keys=False))
+
+
+def search_line(summary: SearchSummary) -> str:
+    """One line on a search's state: trials by state and the best score."""
+    counts: dict[str, int] = {}
+    for t in summary.trials:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    states = ", ".join(f"{n} {s}" for s, n in counts.items())
+    if summary.best is None or summary.best.score is None:
+        return f"{summary.directory}: {len(summary.trials)} trials ({states}); none completed"
+    return (
+        f"{summary.directory}: {len(summary.trials)} trials ({states}); best trial {summary.best.number}, "
+        f"score {summary.best.score:.4f}; table {summary.directory / SUMMARY_FILE}, "
+        f"best config {summary.best_config}"
+    )
+
+
+__all__ = [
+    "PILOT_CELLS",
+    "Choice",
+    "FloatRange",
+    "IntRange",
+    "SearchSettings",
+    "SearchSpace",
+    "SearchSummary",
+    "TrialOutcome",
+    "cells_from",
+    "check_space",
+    "load_space",
+    "naive_validation_mse",
+    "run_search",
+    "validate_cell",
+    "write_summary",
+]

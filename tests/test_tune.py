@@ -1,0 +1,211 @@
+"""``ecalf tune``: a resumable Optuna search on the validation split that never reads a test window."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+import ecalf.tune
+from ecalf.cli import main
+from ecalf.config_files import load_run_config
+from ecalf.data import WindowDataset
+from ecalf.errors import ConfigError, EcalfError
+from ecalf.run_dir import RunDirectory
+from ecalf.tune import SearchSettings, check_space, load_space, run_search
+
+optuna = pytest.importorskip("optuna")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny" / "calf.yaml"
+SPACE = """\
+set: [training.eval_every_steps=8]
+params:
+  training.learning_rate: {float: [1.0e-4, 3.0e-3], log: true}
+  model.loss: {choice: [mse, l1]}
+"""
+SMALL = (
+    "data.context_length=48",
+    "training.epochs=2",
+    "training.batch_size=64",
+    "training.progress=false",
+    "training.tracking=none",
+)
+
+
+def settings(tmp_path: Path, csv: Path, trials: int, **extra: object) -> SearchSettings:
+    space = tmp_path / "space.yaml"
+    if not space.exists():
+        space.write_text(SPACE)
+    base = SearchSettings(
+        config=TINY,
+        space=space,
+        trials=trials,
+        cells=((str(csv), 12),),
+        few_shot_percent=40.0,
+        output_dir=tmp_path / "search",
+        overrides=SMALL,
+    )
+    return dataclasses.replace(base, **extra)  # type: ignore[arg-type]
+
+
+def trial_dirs(directory: Path) -> list[Path]:
+    return sorted(p for p in (directory / "trials").glob("*/*") if p.is_dir())
+
+
+def test_tune_on_the_tiny_config_with_three_trials_finishes(tmp_path, synthetic_csv, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "search"
+    best = tmp_path / "tuned" / "calf.yaml"
+    args = ["tune", str(TINY), "--space", str(space), "--trials", "3", "--datasets", str(synthetic_csv)]
+    args += ["--horizons", "12", "--few-shot", "40", "--output-dir", str(out), "--best-config", str(best)]
+    args += [f"--set={o}" for o in (*SMALL, "training.epochs=1")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "trial 2 complete" in printed and "best trial" in printed
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,state,score,toy-H12,training.learning_rate,model.loss")
+    assert len(rows) == 4
+    runs = trial_dirs(out)
+    assert len(runs) == 3
+    for run in runs:  # every trial a run directory, validated and never tested
+        directory = RunDirectory(run)
+        assert directory.has_config() and directory.has_validation() and directory.weights_file.is_file()
+        assert not directory.is_finished() and not directory.checkpoint.exists()
+        assert directory.read_validation().ratio > 0
+    # The best config is a preset the grid runs: the base config with the best trial's values.
+    tuned = load_run_config(best)
+    scores = {int(r.split(",")[0]): float(r.split(",")[2]) for r in rows[1:]}
+    winner = min(scores, key=lambda n: scores[n])
+    assert f"trial {winner} " in best.read_text().splitlines()[0]
+    assert tuned.training.eval_every_steps == 8
+    assert load_run_config(out / "best.yaml") == tuned
+
+
+def test_a_killed_search_keeps_its_finished_trials(tmp_path, synthetic_csv, monkeypatch):
+    first = run_search(settings(tmp_path, synthetic_csv, 2), echo=None)
+    assert [t.state for t in first.trials] == ["complete", "complete"]
+    kept = {t.number: (t.score, t.params) for t in first.trials}
+    real_fit = ecalf.tune.fit_model
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ecalf.tune, "fit_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(settings(tmp_path, synthetic_csv, 3), echo=None)
+    fits = []
+
+    def counted(*args, **kwargs):
+        fits.append(args[0])
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(ecalf.tune, "fit_model", counted)
+    lines: list[str] = []
+    again = run_search(settings(tmp_path, synthetic_csv, 3), echo=lines.append)
+    assert "2 trial(s) finished, 1 killed trial(s) tried again" in lines[0]
+    assert len(fits) == 1  # only the killed trial trained again; the finished two were kept
+    assert {t.number: (t.score, t.params) for t in again.trials if t.number in kept} == kept
+    assert len(again.trials) == 3 and all(t.state == "complete" for t in again.trials)
+    killed_trial = next(t for t in optuna.load_study(
+        study_name="search", storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}"
+    ).trials if t.state == optuna.trial.TrialState.FAIL)  # fmt: skip
+    assert again.trials[-1].params == killed_trial.params  # tried again with the same values ...
+    assert len(trial_dirs(tmp_path / "search")) == 3  # ... in the same directory
+
+
+def test_a_search_never_reads_the_test_split(tmp_path, synthetic_csv, monkeypatch):
+    tests: set[int] = set()
+    read: list[int] = []
+    real_prepare = ecalf.tune.prepare_splits
+    real_get_batch = WindowDataset.get_batch
+
+    def prepare(config):
+        splits = real_prepare(config)
+        tests.add(id(splits.test))
+        return splits
+
+    def spy(self, indices):
+        read.append(id(self))
+        return real_get_batch(self, indices)
+
+    monkeypatch.setattr(ecalf.tune, "prepare_splits", prepare)
+    monkeypatch.setattr(WindowDataset, "get_batch", spy)
+    run_search(settings(tmp_path, synthetic_csv, 1), echo=None)
+    assert tests and read
+    assert not tests & set(read), "a search read test windows"
+
+
+def test_a_worse_trial_is_pruned(tmp_path, synthetic_csv):
+    """A recipe that cannot learn (learning rate 1e-12) is pruned at its second epoch, against one that
+    learns, and its second cell is never trained."""
+    csv2 = synthetic_csv.with_name("toy2.csv")
+    csv2.write_bytes(synthetic_csv.read_bytes())
+    search = settings(
+        tmp_path,
+        synthetic_csv,
+        2,
+        cells=((str(synthetic_csv), 12), (str(csv2), 12)),
+        overrides=(*SMALL, "training.epochs=3"),
+        startup_trials=1,
+        first_trials=(
+            {"training.learning_rate": 3e-3, "model.loss": "mse"},
+            {"training.learning_rate": 1e-12, "model.loss": "mse"},
+        ),
+    )
+    (tmp_path / "space.yaml").write_text(SPACE.replace("1.0e-4, 3.0e-3", "1.0e-12, 3.0e-3"))
+    summary = run_search(search, echo=None)
+    assert [t.state for t in summary.trials] == ["complete", "pruned"]
+    pruned = summary.trials[1]
+    assert pruned.ratios == {}  # stopped inside its first cell
+    assert [p.name for p in trial_dirs(tmp_path / "search") if p.parent.name == "0001"] == ["toy-H12"]
+    progress = RunDirectory(tmp_path / "search" / "trials" / "0001" / "toy-H12").progress()
+    assert progress is not None and progress.epochs_done == 1  # pruned at the end of its epoch 2 of 3
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ("params: {training.learning_rat: {float: [0.1, 0.2]}}", "learning_rat"),
+        ("params: {training.learning_rate: {float: [0.2, 0.1]}}", "low 0.2 must be below high 0.1"),
+        ("params: {training.learning_rate: {uniform: [0.1, 0.2]}}", "give one of"),
+        ("params: {training.learning_rate: {float: [0.0, 0.2], log: true}}", "log range needs low > 0"),
+        ("params: {model.loss: {choice: [mse, hinge]}}", "model.loss"),
+        ("params: {}", "non-empty `params`"),
+    ],
+)
+def test_a_bad_space_is_one_clear_error(tmp_path, space, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(space + "\n")
+    with pytest.raises(ConfigError, match=message):
+        check_space(TINY, load_space(path))
+
+
+def test_bad_arguments_are_one_clear_error(tmp_path, synthetic_csv, capsys, monkeypatch):
+    with pytest.raises(ConfigError, match="at least 1"):
+        settings(tmp_path, synthetic_csv, 0)
+    with pytest.raises(ConfigError, match="unknown dataset 'ETTh9'"):
+        run_search(settings(tmp_path, synthetic_csv, 1, cells=(("ETTh9", 96),)), echo=None)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    args = ["tune", str(TINY), "--space", str(tmp_path / "space.yaml"), "--trials", "2"]
+    assert main([*args, "--datasets", "ETTh1", "ETTh2", "--horizons", "96", "192", "336"]) == 2
+    assert "2 datasets but 3 horizons" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(EcalfError, match=r"pip install 'ecalf\[tune\]'"):
+        run_search(settings(tmp_path, synthetic_csv, 1), echo=None)
+
+
+@pytest.mark.parametrize(
+    ("space", "config"),
+    [
+        ("ecalf", "configs/ecalf/ETTh1.yaml"),
+        ("calf", "configs/calf-fewshot/ETTh1.yaml"),
+        ("patchtst", "configs/baselines/patchtst.yaml"),
+        ("dlinear", "configs/baselines/dlinear.yaml"),
+    ],
+)
+def test_every_shipped_space_fits_its_models_config(space, config):
+    check_space(ROOT / config, load_space(ROOT / "configs" / "tune" / f"{space}.yaml"))
