@@ -118,7 +118,7 @@ def cross_validation(
         point = model.forecast_windows(context)[0]  # (H, C)
         columns: dict[str, np.ndarray] = {name: point}
         for lvl in levels:
-            radius = model.interval_radius(lvl)
+            radius = model.interval_radius(lvl).astype(point.dtype)
             columns[f"{name}-lo-{level_name(lvl)}"] = point - radius
             columns[f"{name}-hi-{level_name(lvl)}"] = point + radius
         blocks.append(_long_block(frame, cut, H, columns))
@@ -155,7 +155,7 @@ def season_length(frequency: str) -> int:
     """The seasonal period a frequency suggests: a day of sub-daily steps (``h``: 24, ``15min``: 96),
     a week of days (7; 5 for business days), a year of weeks, months or quarters (52, 12, 4), else 1."""
     offset = pd.tseries.frequencies.to_offset(frequency)
-    name = offset.name
+    name = offset.rule_code
     try:
         step = pd.Timedelta(offset)
     except (ValueError, TypeError):

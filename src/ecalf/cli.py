@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ecalf.config import CONTEXT_LENGTH, PREDICTION_LENGTH, VALIDATION_FRACTION
-from ecalf.errors import EcalfError
+from ecalf.errors import ConfigError, EcalfError
 
 if TYPE_CHECKING:
     from ecalf.run_dir import RunMetrics
@@ -66,10 +66,34 @@ def _print_run_result(run_dir: object, metrics: RunMetrics, echoed: bool = False
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ecalf.run import evaluate_run
 
+    if args.adaptive and not args.level:
+        raise ConfigError(
+            "--adaptive scores adaptive intervals: give their levels with --level, e.g. --level 80 95"
+        )
+    if args.level:
+        from ecalf.conformal import check_levels
+
+        check_levels(args.level)  # before the test pass
     _, metrics = evaluate_run(args.run_dir, progress=not args.quiet, int8=args.int8, target=args.target)
     int8 = ", int8" if args.int8 else ""
     split = f"{args.target} test (zero-shot)" if args.target else "test"
     print(f"{split} mse {metrics.mse:.6f} mae {metrics.mae:.6f} ({metrics.windows} windows{int8})")
+    if args.level:
+        from ecalf.conformal import ADAPTIVE_PREFIX, level_name
+        from ecalf.run import interval_scores
+
+        scores = interval_scores(args.run_dir, args.level, adaptive=args.adaptive, target=args.target)
+        for prefix, what in (("", "split conformal"), (ADAPTIVE_PREFIX, "adaptive conformal")):
+            for level in sorted(set(args.level)):
+                name = level_name(level)
+                if f"{prefix}coverage_{name}" in scores:
+                    cover, width, winkler = (
+                        scores[f"{prefix}{k}_{name}"] for k in ("coverage", "width", "winkler")
+                    )
+                    print(
+                        f"{name} % intervals ({what}): coverage {cover:.4f}, mean width {width:.4f}, "
+                        f"Winkler score {winkler:.4f}"
+                    )
     if args.plot:
         from ecalf.plots import plot_run_test_windows
 
@@ -101,6 +125,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         f"at {forecaster.frequency!r}, best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
         f"validation mse {summary['best_val_mse']:.4f})"
     )
+    if args.quiet and forecaster.floor is not None:  # else fit printed it
+        command = f"ecalf fit --model linear --input {args.input} ..."
+        print("\n".join(forecaster.floor.lines(command)))
     print(f"next: ecalf forecast --model {args.output_dir} --input {args.input} --output forecast.csv")
     return 0
 
@@ -109,9 +136,41 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     from ecalf.forecast import forecast_to_csv
 
     forecast = forecast_to_csv(
-        args.model, args.input, args.output, plot=args.plot, history_rows=args.history_rows
+        args.model,
+        args.input,
+        args.output,
+        plot=args.plot,
+        history_rows=args.history_rows,
+        level=args.level or (),
     )
     print(f"forecast: {args.output} ({len(forecast)} rows)")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from ecalf.forecast import backtest_to_csv
+
+    forecaster, cv, report = backtest_to_csv(
+        args.model, args.input, n_windows=args.windows, step_size=args.step, refit=args.refit,
+        level=args.level or (), output=args.output, plot=args.plot, verbose=not args.quiet,
+    )  # fmt: skip
+    cutoffs = cv["cutoff"].nunique()
+    how = "refitted at every cutoff" if args.refit else "the saved model"
+    print(
+        f"backtest of {forecaster.model_name} ({how}): {cutoffs} windows of {forecaster.prediction_length} "
+        f"steps, {cv['unique_id'].nunique()} series; MASE against the seasonal naive forecast "
+        f"(season {report.season})"
+    )
+    print(report.table())
+    if forecaster.floor is not None:
+        print(
+            "at fit time: "
+            + "\n".join(forecaster.floor.lines(f"ecalf fit --model linear --input {args.input} ..."))
+        )
+    if args.output:
+        print(f"backtest: {args.output} ({len(cv)} rows)")
     if args.plot:
         print(f"plot: {args.plot}")
     return 0
@@ -323,6 +382,13 @@ class Command:
 
 
 QUIET = opt("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+LEVEL = opt(
+    "--level",
+    type=float,
+    nargs="+",
+    metavar="PCT",
+    help="prediction intervals at these levels in percent, e.g. 80 95 (split conformal, docs/forecasting.md)",
+)
 QUIET_BAR = opt("--quiet", action="store_true", help="no progress bar")
 DATA_DIR = opt(
     "--data-dir", help="directory of the benchmark CSVs (default: $ECALF_DATA_DIR if set, else ./datasets)"
@@ -368,6 +434,19 @@ COMMANDS: tuple[Command, ...] = (
                 metavar="DATASET",
                 help="zero-shot: evaluate on this dataset's test split instead (same number of variables), "
                 "scaled with its own training statistics",
+            ),
+            opt(
+                "--level",
+                type=float,
+                nargs="+",
+                metavar="PCT",
+                help="also score prediction intervals at these levels (percent), calibrated on the "
+                "validation split: coverage, mean width, Winkler score",
+            ),
+            opt(
+                "--adaptive",
+                action="store_true",
+                help="with --level: also adaptive conformal intervals (the level adapts window by window)",
             ),
             QUIET_BAR,
         ),
@@ -434,11 +513,37 @@ COMMANDS: tuple[Command, ...] = (
                 metavar="N",
                 help="history rows drawn (default 4 forecast lengths)",
             ),
+            LEVEL,
         ),
         "Load a forecaster saved by `ecalf fit`, forecast the prediction length after the last row of "
         "--input "
         "(its last context-length rows are read) and write the forecast in the input's format, with "
         "timestamps continuing the fitted frequency.",
+    ),
+    Command(
+        "backtest",
+        "backtest a saved forecaster over the end of a CSV: per-window MSE, MAE, MASE, coverage",
+        _cmd_backtest,
+        (
+            opt("--model", required=True, metavar="DIR", help="directory written by `ecalf fit`"),
+            opt("--input", required=True, metavar="CSV", help="the series, same columns as fitted"),
+            opt("--windows", type=int, default=5, metavar="N", help="forecast windows (default 5)"),
+            opt("--step", type=int, metavar="ROWS", help="rows between cutoffs (default: the horizon)"),
+            opt(
+                "--refit",
+                action="store_true",
+                help="refit the model at every cutoff on the rows up to it (default: the saved model)",
+            ),
+            LEVEL,
+            opt(
+                "--output", metavar="CSV", help="write the backtest (unique_id, ds, cutoff, y, <model>, ...)"
+            ),
+            opt("--plot", metavar="PNG", help="draw the backtest forecasts over the actual series"),
+            QUIET,
+        ),
+        "Forecast from --windows cutoffs over the end of --input (the last leaves one horizon of rows), "
+        "score each window against the actual rows and print the table, with the saved floor comparison "
+        "(naive and linear on the fit's validation windows).",
     ),
     Command(
         "plot-training",

@@ -49,10 +49,12 @@ def check_levels(levels: Iterable[float] | float | None) -> tuple[float, ...]:
             raise ConfigError(f"an interval level is a number in percent such as 80 or 95, got {level!r}")
         if not 0 < level < 100:
             raise ConfigError(
-                f"interval level {level:g} is outside (0, 100); give it in percent, e.g. 80 or 95 "
-                "(not 0.8 or 0.95 as a fraction)"
-                if 0 < level < 1
-                else f"interval level {level:g} is outside (0, 100); give it in percent, e.g. 80 or 95"
+                f"interval level {level:g} is outside (0, 100); give it in percent, e.g. 80 or 95"
+            )
+        if level < 1:
+            raise ConfigError(
+                f"interval level {level:g}: give levels in percent, e.g. 80 or 95 (not 0.8 or 0.95 as a "
+                "fraction)"
             )
         if float(level) not in CALIBRATED_LEVELS:
             raise ConfigError(
@@ -163,15 +165,16 @@ class IntervalSums:
         self.width += float(width.sum())
         self.winkler += float((width + 2.0 / alpha * (below + above)).sum())
 
-    def as_dict(self) -> dict[str, float]:
-        """``coverage_<level>`` (fraction of points inside), ``width_<level>``, ``winkler_<level>``."""
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """``coverage_<level>`` (fraction of points inside), ``width_<level>``, ``winkler_<level>``
+        (each name after ``prefix``)."""
         if self.points == 0:
             raise ValueError("no points scored")
         name = level_name(self.level)
         return {
-            f"coverage_{name}": self.covered / self.points,
-            f"width_{name}": self.width / self.points,
-            f"winkler_{name}": self.winkler / self.points,
+            f"{prefix}coverage_{name}": self.covered / self.points,
+            f"{prefix}width_{name}": self.width / self.points,
+            f"{prefix}winkler_{name}": self.winkler / self.points,
         }
 
 
@@ -205,13 +208,49 @@ class AdaptiveLevel:
         if self.alpha_t is None:
             self.alpha_t = 1.0 - self.level / 100.0
 
-    def current(self) -> float:
-        """The calibrated level closest to ``1 - alpha_t``."""
+    def current(self, highest: float = CALIBRATED_LEVELS[-1]) -> float:
+        """The calibrated level closest to ``1 - alpha_t``, at most ``highest``."""
         assert self.alpha_t is not None
         wanted = 100.0 * (1.0 - self.alpha_t)
-        return min(CALIBRATED_LEVELS, key=lambda level: abs(level - wanted))
+        return min((lvl for lvl in CALIBRATED_LEVELS if lvl <= highest), key=lambda lvl: abs(lvl - wanted))
 
     def update(self, missed_fraction: float) -> None:
         """After checking a forecast: ``missed_fraction`` of its points fell outside the interval."""
         assert self.alpha_t is not None
         self.alpha_t += self.gamma * ((1.0 - self.level / 100.0) - missed_fraction)
+
+
+ADAPTIVE_PREFIX = "aci_"
+"""Result columns of adaptive intervals: ``aci_coverage_80``, ..."""
+
+
+def adaptive_interval_sums(
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    calibration: IntervalCalibration,
+    levels: Iterable[float],
+    *,
+    feedback_delay: int,
+    gamma: float = 0.005,
+) -> dict[str, float]:
+    """Like :func:`interval_sums`, with the level adapted window by window in time order
+    (:class:`AdaptiveLevel`). Window t learns whether window ``t - feedback_delay`` was covered (the
+    windows of a test split start one row apart, so with the horizon as delay only outcomes already
+    observed at t's cutoff are used). Levels beyond the largest with a finite radius are clipped to it."""
+    finite = [lvl for i, lvl in enumerate(CALIBRATED_LEVELS) if np.isfinite(calibration.radii[i]).all()]
+    if not finite:
+        raise EcalfError("no interval level has a finite radius: too few calibration windows")
+    scores = {}
+    for level in check_levels(levels):
+        calibration.radius(level)  # a clear error when the level itself is out of reach
+        adaptive, sums = AdaptiveLevel(level, gamma), IntervalSums(level)
+        missed: list[float] = []
+        for t in range(len(predicted)):
+            if t >= feedback_delay:
+                adaptive.update(missed[t - feedback_delay])
+            radius = calibration.radii[CALIBRATED_LEVELS.index(adaptive.current(highest=finite[-1]))]
+            lo, hi = predicted[t] - radius, predicted[t] + radius
+            sums.add(actual[t], lo, hi)
+            missed.append(float(((actual[t] < lo) | (actual[t] > hi)).mean()))
+        scores.update(sums.as_dict(ADAPTIVE_PREFIX))
+    return scores

@@ -48,7 +48,7 @@ from torch import nn
 from ecalf.artifacts import write_text
 from ecalf.backbones import BackboneConfig
 from ecalf.backbones.presets import dividing_heads, fitting_settings, preset_width
-from ecalf.backtest import cross_validation
+from ecalf.backtest import BacktestReport, backtest_report, cross_validation, season_length
 from ecalf.config import (
     CONTEXT_LENGTH,
     FORECAST_LENGTH,
@@ -350,6 +350,7 @@ class Forecaster:
         verbose: bool = True,
         tracking_dir: str | os.PathLike[str] | None = None,
         floor: bool = True,
+        linear_command: str | None = None,
     ) -> Forecaster:
         """Train on ``data`` (the whole series; the last part is held out for early stopping).
 
@@ -361,7 +362,8 @@ class Forecaster:
 
         After training, the validation windows calibrate the prediction intervals
         (:mod:`ecalf.conformal`) and, with ``floor``, the naive forecast and the closed-form ``linear``
-        model are scored on them too (:mod:`ecalf.floor`; about a second): :attr:`floor`, printed.
+        model is scored on them too (:mod:`ecalf.floor`; about a second): :attr:`floor`, printed with
+        ``linear_command`` (how to fit ``linear`` instead) when a floor wins.
         """
         require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
         frame = load_series(data).frame
@@ -428,7 +430,7 @@ class Forecaster:
                 comparison = compare_with_floor(
                     config, self.model_name, result.best_val_mse, train_set, val_set, device=device
                 )
-                for line in comparison.lines():
+                for line in comparison.lines(*([linear_command] if linear_command else [])):
                     log(line)
 
         self.config, self.module, self.scaler = config, module, scaler
@@ -478,7 +480,9 @@ class Forecaster:
                 "(its context_length); pass a longer history"
             )
         check_spacing(frame.timestamps[-L:], self._fitted()[2], frame.source)
-        radii = {lvl: self.interval_radius(lvl) for lvl in levels}  # errors before any work
+        radii = {
+            lvl: self.interval_radius(lvl).astype(np.float32) for lvl in levels
+        }  # errors before any work
         point = self.forecast_windows(frame.values[None, -L:], int8=int8)[0]  # (H, C) original units
         dates = future_timestamps(frame.timestamps[-1], self._fitted()[2], self.prediction_length)
         columns: dict[str, Any] = {DATE_COLUMN: dates}
@@ -667,7 +671,19 @@ def fit_and_save(
         training_options=training_options,
         seed=2021 if seed is None else seed,
     )
-    forecaster.fit(data, validation_fraction=validation_fraction, verbose=verbose, tracking_dir=output_dir)
+    command = None
+    if isinstance(data, (str, os.PathLike)):
+        command = (
+            f"ecalf fit --model linear --input {data} --context-length {context_length} "
+            f"--prediction-length {prediction_length} --output-dir DIR"
+        )
+    forecaster.fit(
+        data,
+        validation_fraction=validation_fraction,
+        verbose=verbose,
+        tracking_dir=output_dir,
+        linear_command=command,
+    )
     forecaster.save(output_dir)
     return forecaster
 
@@ -694,6 +710,45 @@ def forecast_to_csv(
     if plot is not None:
         forecaster.plot(frame, forecast, plot, history_rows=history_rows)
     return written
+
+
+def backtest_to_csv(
+    model_dir: str | os.PathLike[str],
+    data: SeriesInput,
+    *,
+    n_windows: int = 5,
+    step_size: int | None = None,
+    refit: bool = False,
+    level: Iterable[float] = (),
+    output: str | os.PathLike[str] | None = None,
+    plot: str | os.PathLike[str] | None = None,
+    verbose: bool = False,
+) -> tuple[Forecaster, pd.DataFrame, BacktestReport]:
+    """``ecalf backtest``: a saved forecaster's backtest on ``data``, scored (:func:`backtest_report`),
+    written as CSV (``cross_validation``'s long frame, with the input's own ``unique_id`` values) and
+    drawn as PNG when asked. Nothing is written unless the whole backtest succeeded."""
+    levels = check_levels(level)
+    forecaster = Forecaster.load(model_dir)
+    frame, _, ids = load_series(data)
+    frame = forecaster._matching_channels(frame)
+    cv = forecaster.cross_validation(
+        frame, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, verbose=verbose
+    )  # a wide frame: unique_id holds the column names
+    history = wide_to_long(frame_to_wide(frame))
+    report = backtest_report(
+        cv, history, forecaster.model_name, season_length(forecaster._fitted()[2]), levels
+    )
+    if plot is not None:
+        from ecalf.plots import plot_backtest
+
+        plot_backtest(history, cv, forecaster.model_name, plot)
+    if ids:
+        cv["unique_id"] = pd.Series(
+            [ids.get(str(v), v) for v in cv["unique_id"]], dtype=object
+        ).infer_objects()
+    if output is not None:
+        write_text(output, cv.to_csv(index=False, lineterminator="\n"))
+    return forecaster, cv, report
 
 
 def _silent(line: str) -> None:

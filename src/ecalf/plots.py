@@ -149,6 +149,59 @@ def plot_forecast(
     return save_figure(fig, path)
 
 
+def plot_backtest(
+    history: pd.DataFrame,
+    cv: pd.DataFrame,
+    model: str,
+    path: str | os.PathLike[str],
+    *,
+    history_rows: int | None = None,
+    title: str | None = None,
+    max_channels: int = 12,
+) -> Path:
+    """A backtest (``cross_validation``'s long frame) over the actual series (``unique_id, ds, y``):
+    one panel per series, each window's forecast from its cutoff (a dotted line), and the widest
+    interval as a band. ``history_rows`` before the first cutoff are shown too (default: one horizon)."""
+    series = list(pd.unique(cv["unique_id"]))
+    shown = [series[i] for i in pick_channels(len(series), max_channels)]
+    levels = sorted(
+        {str(c).rsplit("-", 1)[1] for c in cv.columns if str(c).startswith(f"{model}-lo-")}, key=float
+    )
+    cutoffs = sorted(pd.unique(cv["cutoff"]))
+    grid_rows, grid_cols = grid_shape(len(shown))
+    fig, axes = new_figure(grid_rows, grid_cols)
+    for ax, uid in zip(axes.flat, shown):
+        mine = cv[cv["unique_id"] == uid]
+        actual = history[history["unique_id"] == uid].sort_values("ds")
+        horizon = int((mine["cutoff"] == cutoffs[0]).sum())
+        before = actual[actual["ds"] <= cutoffs[0]].iloc[
+            -(history_rows if history_rows is not None else horizon) :
+        ]
+        span = pd.concat([before, actual[(actual["ds"] > cutoffs[0]) & (actual["ds"] <= mine["ds"].max())]])
+        ax.plot(pd.to_datetime(span["ds"]), span["y"].to_numpy(dtype=np.float64), color=HISTORY_COLOR,
+                linewidth=1.2, label="actual")  # fmt: skip
+        for k, cutoff in enumerate(cutoffs):
+            window = mine[mine["cutoff"] == cutoff]
+            time = pd.to_datetime(window["ds"])
+            if levels:
+                ax.fill_between(
+                    time, window[f"{model}-lo-{levels[-1]}"].to_numpy(dtype=np.float64),
+                    window[f"{model}-hi-{levels[-1]}"].to_numpy(dtype=np.float64), color=FORECAST_COLOR,
+                    alpha=0.2, linewidth=0, label=f"{levels[-1]} % interval" if k == 0 else None,
+                )  # fmt: skip
+            ax.plot(time, window[model].to_numpy(dtype=np.float64), color=FORECAST_COLOR, linewidth=1.6,
+                    label=model if k == 0 else None)  # fmt: skip
+            ax.axvline(pd.Timestamp(cutoff), color="0.6", linewidth=0.8, linestyle=":")
+        ax.set_title(str(uid), fontsize=10)
+        ax.grid(alpha=0.3)
+        _date_axis(ax)
+    hide_unused(axes, len(shown))
+    axes.flat[0].legend(loc="best", fontsize=8)
+    suffix = f" ({len(shown)} of {len(series)} series)" if len(shown) < len(series) else ""
+    fig.suptitle((title or f"{model}: backtest of {len(cutoffs)} windows (dotted: cutoffs)") + suffix)
+    return save_figure(fig, path)
+
+
 # --------------------------------------------------------------------------------------------------
 # Forecast vs actuals on test windows
 # --------------------------------------------------------------------------------------------------

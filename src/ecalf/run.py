@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,10 +25,11 @@ from ecalf import __version__
 from ecalf.artifacts import read_yaml
 from ecalf.config import RunConfig, missing_settings, to_dict
 from ecalf.config_files import load_run_config, run_config_from_dict
+from ecalf.conformal import adaptive_interval_sums, calibrate, interval_sums
 from ecalf.data import ForecastSplits, prepare_splits
 from ecalf.distributed import World, broadcast_from_main, current_world, on_main, process_group, rank_device
 from ecalf.errors import CheckpointError, DataError, EcalfError
-from ecalf.evaluation import Metrics, evaluate
+from ecalf.evaluation import Metrics, evaluate, predict
 from ecalf.fitting import fit_model, load_trained
 from ecalf.inference import quantized_int8
 from ecalf.models.base import ForecastModel
@@ -282,6 +283,34 @@ def evaluate_run(
     statistics; it needs the run's number of variables). Returns the config evaluated and the metrics."""
     config, model, splits, device = load_for_test(run_dir, target=target, int8=int8)
     return config, _test_metrics(config, model, splits, device, progress=progress, int8=int8)
+
+
+def interval_scores(
+    run_dir: str | os.PathLike[str],
+    levels: Iterable[float],
+    *,
+    adaptive: bool = False,
+    target: str | None = None,
+) -> dict[str, float]:
+    """Prediction intervals of a finished run, calibrated on its validation split and scored on its
+    test split (standardised scale, like the MSE): ``coverage_<level>``, ``width_<level>``,
+    ``winkler_<level>`` for every level, and with ``adaptive`` the same under adaptive conformal
+    inference (``aci_coverage_<level>``, ...; :func:`ecalf.conformal.adaptive_interval_sums`)."""
+    config, model, splits, device = load_for_test(run_dir, target=target)
+    batch, precision = config.training.eval_batch_size, config.training.precision
+    val_predicted = predict(model, splits.val, batch_size=batch, device=device, precision=precision)
+    val_actual = splits.val.get_batch(torch.arange(len(splits.val)))[1]
+    calibration = calibrate(val_predicted.numpy(), val_actual.numpy())
+    test_predicted = predict(model, splits.test, batch_size=batch, device=device, precision=precision).numpy()
+    test_actual = splits.test.get_batch(torch.arange(len(splits.test)))[1].numpy()
+    scores = interval_sums(test_actual, test_predicted, calibration, levels)
+    if adaptive:
+        scores.update(
+            adaptive_interval_sums(
+                test_actual, test_predicted, calibration, levels, feedback_delay=config.data.prediction_length
+            )
+        )
+    return scores
 
 
 def load_for_test(

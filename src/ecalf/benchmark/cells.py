@@ -38,16 +38,23 @@ def run_cell(
     """
     import torch
 
-    from ecalf.run import source_config, transfer_run
+    from ecalf.run import interval_scores, source_config, transfer_run
 
     if num_threads:
         torch.set_num_threads(num_threads)
     config = cell.config(grid_overrides, data_dir, config_data)
     overrides = cell.overrides(grid_overrides, data_dir)  # the provenance column only
     # every training under one lock: a zero-shot cell and its source's cell may run side by side
-    trained = trained_run(source_config(config), Path(runs_dir), cell.training_run_id, reuse_runs)
+    training = trained = trained_run(source_config(config), Path(runs_dir), cell.training_run_id, reuse_runs)
     if cell.target:  # zero-shot: the source's training, evaluated on the target
         trained = transfer_run(trained.run_dir, config, Path(runs_dir) / cell.run_id)
+    intervals = (
+        interval_scores(
+            training.run_dir, cell.levels, adaptive=cell.adaptive_intervals, target=cell.target or None
+        )
+        if cell.levels
+        else {}
+    )
     run_dir, metrics = trained.run_dir, trained.metrics
     env = metrics.environment
     backbone = getattr(config.model, "backbone", None)
@@ -84,6 +91,7 @@ def run_cell(
         "transformers": env.get("transformers", ""),
         "peft": env.get("peft", ""),
         "finished_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **intervals,
     }
 
 

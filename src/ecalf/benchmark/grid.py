@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from ecalf.artifacts import read_yaml
 from ecalf.benchmark.results import CellId
 from ecalf.config import RunConfig, apply_overrides, from_dict
+from ecalf.conformal import check_levels
 from ecalf.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -100,6 +101,12 @@ class Grid:
     """Results CSV; default ``results/<name>.csv``."""
     runs_dir: str | None = None
     """Where each cell's run directory goes; default ``runs/benchmark/<name>``."""
+    levels: list[float] = field(default_factory=list)
+    """Prediction-interval levels (percent) scored on every cell's test split, calibrated on its
+    validation split (:func:`ecalf.run.interval_scores`): the rows gain ``coverage_<level>``,
+    ``width_<level>`` and ``winkler_<level>`` columns."""
+    adaptive_intervals: bool = False
+    """With ``levels``: also the adaptive-conformal scores (``aci_coverage_<level>``, ...)."""
     reuse_runs: bool = True
     """Take a finished run of exactly a cell's config from a sibling grid's runs directory instead of
     training it again (:func:`finished_run`); false: this grid trains every model it reports itself
@@ -116,6 +123,9 @@ class Grid:
             raise ConfigError(f"model labels must be unique, got {labels}")
         if any(h <= 0 for h in self.horizons):
             raise ConfigError(f"horizons must be positive, got {self.horizons}")
+        check_levels(self.levels)
+        if self.adaptive_intervals and not self.levels:
+            raise ConfigError("adaptive_intervals: true needs interval levels (levels: [80, 95])")
         for model in self.models:
             stray = sorted(set(model.seeds or []) - set(self.seeds))
             if stray:
@@ -193,6 +203,9 @@ class Cell:
     config_file: str
     model_overrides: tuple[str, ...]
     few_shot_percent: float
+    levels: tuple[float, ...] = ()
+    """Interval levels scored on its test split (the grid's ``levels``)."""
+    adaptive_intervals: bool = False
 
     @property
     def model(self) -> str:
@@ -301,6 +314,8 @@ def grid_cells(grid: Grid) -> list[Cell]:
                                     config_file,
                                     model.overrides(dataset, horizon),
                                     float(setting.few_shot_percent),
+                                    tuple(grid.levels),
+                                    grid.adaptive_intervals,
                                 )
                             )
     return cells

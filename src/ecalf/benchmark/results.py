@@ -10,7 +10,8 @@ import contextlib
 import csv
 import io
 import os
-from collections.abc import Callable, Generator, Mapping
+import re
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,16 @@ RESULT_COLUMNS: tuple[str, ...] = (
 
 
 KEY_COLUMNS = ("model", "dataset", "target", "setting", "horizon", "seed")
+INTERVAL_COLUMN = re.compile(r"^(aci_)?(coverage|width|winkler)_\d+(\.\d+)?$")
+"""Interval scores a grid with ``levels`` adds after :data:`RESULT_COLUMNS` (``coverage_80``, ...)."""
+
+
+def result_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """:data:`RESULT_COLUMNS` and the interval columns any of ``rows`` has, in order of appearance."""
+    extra: dict[str, None] = {}
+    for row in rows:
+        extra.update((k, None) for k in row if k not in RESULT_COLUMNS and INTERVAL_COLUMN.match(k))
+    return [*RESULT_COLUMNS, *extra]
 
 
 def read_results(path: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -86,11 +97,12 @@ def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
         if any(CellId.of_row(existing) == key for existing in rows):
             return False
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
+        columns = result_columns([*rows, row])
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", restval="")
         writer.writeheader()
         for existing in rows:
             writer.writerow(existing)
-        writer.writerow({k: _csv_value(row.get(k)) for k in RESULT_COLUMNS})
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
         write_text(target, buffer.getvalue())
     return True
 
