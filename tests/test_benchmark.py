@@ -423,6 +423,27 @@ def test_a_run_written_before_a_setting_existed_is_not_reused(synthetic_csv_dir,
     assert benchmark.finished_run(config, run_dir.parent, run_dir.name) is None
 
 
+def test_a_run_written_before_a_neutral_setting_existed_is_still_reused(synthetic_csv_dir, tmp_path, in_repo):
+    import yaml
+
+    from ecalf.config import NEUTRAL_DEFAULTS
+    from ecalf.config_files import load_run_config
+    from ecalf.run import source_config
+
+    grid = _small_grid(tmp_path, models=[GridModel("dlinear", "configs/baselines/dlinear.yaml")], seeds=[1])
+    run_benchmark(grid, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    run_dir = Path(read_results(grid.results_path)[0]["run_dir"])
+    config = source_config(load_run_config(run_dir / "config.yaml"))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key in ("optimizer", "warmup_steps", "eval_every_steps"):  # settings added with their old behaviour
+        assert saved["training"].pop(key) == NEUTRAL_DEFAULTS[f"training.{key}"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert benchmark.finished_run(config, run_dir.parent, run_dir.name) is not None
+    # ... but not for a config that sets another value
+    adamw = dataclasses.replace(config, training=dataclasses.replace(config.training, optimizer="adamw"))
+    assert benchmark.finished_run(adamw, run_dir.parent, run_dir.name) is None
+
+
 def test_a_cell_started_by_older_code_trains_again_from_the_start(
     synthetic_csv_dir, tmp_path, in_repo, monkeypatch
 ):

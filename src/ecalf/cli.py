@@ -150,6 +150,8 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from ecalf.forecast import backtest_to_csv
 
     forecaster, cv, report = backtest_to_csv(
@@ -164,6 +166,12 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         f"(season {report.season})"
     )
     print(report.table())
+    fitted_until = forecaster.summary.get("last_timestamp")
+    if not args.refit and fitted_until and pd.Timestamp(cv["cutoff"].min()) < pd.Timestamp(fitted_until):
+        print(
+            f"note: the saved model was fitted on rows up to {fitted_until}, so the windows before that are "
+            "in-sample (optimistic); --refit fits a model at every cutoff on the rows before it"
+        )
     if forecaster.floor is not None:
         print(
             "at fit time: "

@@ -247,12 +247,25 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "training.optimizer": "adam",
+    "training.warmup_steps": 0,
+    "training.eval_every_steps": None,
+    "model.backbone.block_dropout": 0.0,
+    "model.skip_init": "random",
+}
+"""Settings added after runs were written whose default is exactly what the code before them did
+(the same weights and losses, checked bit for bit when they were added): a run's config.yaml that
+lacks one of them trained with that value, so it still counts as a run of a config holding it."""
+
+
 def missing_settings(saved: Any, config: RunConfig) -> list[str]:
     """Dotted keys of ``config``'s full dump that the mapping ``saved`` (a run's config.yaml) lacks.
 
     A run's config.yaml holds every setting of the code that wrote it; a key it lacks is a setting
     added since, whose default may not be what the older code did. Such a run cannot be taken for,
-    or resumed as, a run of ``config``."""
+    or resumed as, a run of ``config`` (unless the key is one of :data:`NEUTRAL_DEFAULTS` and
+    ``config`` has that default)."""
 
     def missing(written: Any, current: Any, prefix: str) -> list[str]:
         if not isinstance(current, dict):
@@ -261,10 +274,10 @@ def missing_settings(saved: Any, config: RunConfig) -> list[str]:
             return [prefix.rstrip(".")]
         found: list[str] = []
         for key, value in current.items():
-            if key not in written:
-                found.append(prefix + key)
-            else:
+            if key in written:
                 found.extend(missing(written[key], value, f"{prefix}{key}."))
+            elif not (prefix + key in NEUTRAL_DEFAULTS and NEUTRAL_DEFAULTS[prefix + key] == value):
+                found.append(prefix + key)
         return found
 
     return missing(saved, to_dict(config), "")

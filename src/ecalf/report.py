@@ -22,6 +22,7 @@ import pandas as pd
 
 from ecalf.artifacts import write_text
 from ecalf.benchmark import read_results
+from ecalf.benchmark.results import INTERVAL_COLUMN
 from ecalf.errors import EcalfError
 from ecalf.published import BUILTIN, MEAN_HORIZONS, load_published
 
@@ -35,12 +36,67 @@ def load_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not rows:
         raise EcalfError(f"{path} holds no results (or does not exist); run `ecalf benchmark GRID` first")
     df = pd.DataFrame(rows)
-    for column in ("mse", "mae", "naive_mse", "naive_mae", "wall_seconds"):
+    for column in ("mse", "mae", "naive_mse", "naive_mae", "wall_seconds", *interval_columns(df)):
         df[column] = pd.to_numeric(df[column], errors="coerce")
     df["horizon"] = df["horizon"].astype(int)
     df["seed"] = df["seed"].astype(int)
     df["target"] = df["target"].fillna("")
     return df
+
+
+def interval_columns(df: pd.DataFrame) -> list[str]:
+    """The interval-score columns of a results frame (``coverage_80``, ``aci_width_95``, ...)."""
+    return [str(c) for c in df.columns if INTERVAL_COLUMN.match(str(c))]
+
+
+def interval_levels(df: pd.DataFrame) -> list[str]:
+    """The levels a results frame has interval scores of, as their columns spell them, ascending."""
+    return sorted({c.rsplit("_", 1)[1] for c in interval_columns(df)}, key=float)
+
+
+def interval_table(df: pd.DataFrame) -> str:
+    """Coverage and mean width of each level's intervals per cell (split conformal, and adaptive
+    where scored), with how far coverage falls short of or exceeds its level; "" without intervals."""
+    levels = interval_levels(df)
+    if not levels:
+        return ""
+    scored = df.dropna(subset=[f"coverage_{levels[0]}"])
+    adaptive = any(c.startswith("aci_") for c in interval_columns(df))
+    methods = [("", "split")] + ([("aci_", "adaptive")] if adaptive else [])
+    header = ["setting", "dataset", "model", "H", "seed"]
+    header += [f"{what} {level} %: coverage (width)" for _, what in methods for level in levels]
+    lines = ["## Prediction intervals", "",
+             "Coverage of the test points (the level's target in the header) and, in brackets, the mean "
+             "width, standardised scale; split conformal calibrated on the validation split, adaptive "
+             "conformal inference (`aci_*`) moving the level window by window.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    order = {m: i for i, m in enumerate(model_order(scored))}
+    rows = scored.sort_values(
+        ["setting", "dataset", "model", "horizon", "seed"],
+        key=lambda s: s.map(order) if s.name == "model" else s,
+    )
+    gaps: dict[str, list[float]] = {what: [] for _, what in methods}
+    for _, row in rows.iterrows():
+        cells = [
+            row["setting"],
+            _data_label(row["dataset"], row["target"]),
+            row["model"],
+            str(row["horizon"]),
+            str(row["seed"]),
+        ]
+        for prefix, what in methods:
+            for level in levels:
+                coverage, width = row[f"{prefix}coverage_{level}"], row[f"{prefix}width_{level}"]
+                cells.append(f"{100 * coverage:.1f} ({width:.3f})")
+                gaps[what].append(100 * coverage - float(level))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for what, values in gaps.items():
+        lines.append(
+            f"- {what}: coverage minus level from {min(values):+.1f} to {max(values):+.1f} points "
+            f"(mean absolute {np.mean(np.abs(values)):.1f}) over {len(values)} cell-levels."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def model_order(df: pd.DataFrame) -> list[str]:
@@ -451,7 +507,9 @@ def write_report(
         for base, other in dict.fromkeys([*chosen, *pairs])
         for line in paired_comparison_lines(df, base, other)
     ]
-    text = title + markdown_tables(df, quoted) + "\n" + "\n".join([*paired, *provenance_lines(df)])
+    intervals = interval_table(df)
+    text = title + markdown_tables(df, quoted) + "\n" + (intervals + "\n" if intervals else "")
+    text += "\n".join([*paired, *provenance_lines(df)])
     written = [write_text(out / f"{stem}.md", text)]
     written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png", quoted))
     per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare, quoted)
