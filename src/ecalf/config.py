@@ -57,10 +57,23 @@ class ModelConfig:
     prediction_length: int = PREDICTION_LENGTH
     """H, likewise following ``data.prediction_length``."""
     num_channels: int = 7
-    """C, filled from the data when the model is built."""
+    """C, filled from the data when the model is built: targets, then past, then known-future covariates."""
+    num_past_covariates: int = 0
+    """Channels after the targets that are inputs only (never forecast, never in the loss)."""
+    num_future_covariates: int = 0
+    """The last channels: inputs whose horizon values are known when forecasting (calendar features,
+    planned inputs); only models with ``takes_future_covariates`` accept them."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "context_length", "prediction_length", "num_channels")
+        if min(self.num_past_covariates, self.num_future_covariates) < 0 or (
+            self.num_past_covariates + self.num_future_covariates >= self.num_channels
+        ):
+            raise ConfigError(
+                f"model covariates: {self.num_past_covariates} past + {self.num_future_covariates} "
+                f"known-future of {self.num_channels} channels leave no target; at least one channel must be "
+                "a target"
+            )
 
 
 _NAMED_CONFIGS: dict[str, type[ModelConfig]] = {}
@@ -253,6 +266,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = {
     "training.eval_every_steps": None,
     "model.backbone.block_dropout": 0.0,
     "model.skip_init": "random",
+    "model.num_past_covariates": 0,
+    "model.num_future_covariates": 0,
 }
 """Settings added after runs were written whose default is exactly what the code before them did
 (the same weights and losses, checked bit for bit when they were added): a run's config.yaml that

@@ -1,9 +1,10 @@
 """Metrics and the one evaluation pass: every window counted, the whole model in eval mode.
 
 MSE and MAE are averaged over every window, horizon step and channel, on the scale of the data given
-(the standardised scale in the benchmark protocol). Sums are accumulated in float64 on the device and
-read once per pass. In a data-parallel run each process evaluates its own contiguous shard of the
-windows and the sums are added up over the processes, so every window is counted exactly once.
+(the standardised scale in the benchmark protocol); a NaN target (a covariate channel, a missing value
+of a user's series: :mod:`ecalf.models.base`) is left out of both. Sums are accumulated in float64 on
+the device and read once per pass. In a data-parallel run each process evaluates its own contiguous
+shard of the windows and the sums are added up over the processes, so every window is counted exactly once.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def autocast(precision: str, device: torch.device | str) -> AbstractContextManag
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def known_future(dataset: WindowDataset, indices: Tensor, device: torch.device | str) -> dict[str, Tensor]:
+    """The keyword arguments that hand a model the known-future covariates of windows ``indices``
+    (``future_covariates``, (B, H, K)); none when the dataset has no such channels."""
+    if not dataset.num_future_covariates:
+        return {}
+    return {"future_covariates": dataset.future_covariates(indices).to(device)}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -68,7 +77,8 @@ def evaluate(
     indices = shard(torch.arange(len(dataset)), world)
     squared = torch.zeros((), dtype=torch.float64, device=device)
     absolute = torch.zeros((), dtype=torch.float64, device=device)
-    count, windows = 0, 0
+    points = torch.zeros((), dtype=torch.float64, device=device)
+    windows = 0
     try:
         with merged_lora(model):  # one product per adapted matrix (src/ecalf/inference.py)
             for idx in tqdm(
@@ -79,16 +89,20 @@ def evaluate(
             ):
                 past, future = dataset.get_batch(idx)
                 with autocast(precision, device):
-                    prediction = model(past.to(device)).prediction
-                error = prediction.float() - future.to(device)
+                    prediction = model(past.to(device), **known_future(dataset, idx, device)).prediction
+                future = future.to(device)
+                observed = ~torch.isnan(future)
+                error = torch.where(observed, prediction.float() - future, 0.0)
                 squared += error.square().sum(dtype=torch.float64)
                 absolute += error.abs().sum(dtype=torch.float64)
-                count += error.numel()
+                points += observed.sum(dtype=torch.float64)
                 windows += len(idx)
     finally:
         model.train(was_training)
-    sums = torch.stack([squared, absolute, squared.new_tensor(count), squared.new_tensor(windows)])
+    sums = torch.stack([squared, absolute, points, squared.new_tensor(windows)])
     squared, absolute, count_all, windows_all = all_reduce_sum(sums, world).cpu()  # one host sync
+    if count_all == 0:
+        raise ValueError("no target values to evaluate: every future point is missing or a covariate")
     return Metrics(mse=float(squared / count_all), mae=float(absolute / count_all), windows=int(windows_all))
 
 
@@ -109,7 +123,8 @@ def predict(
         with merged_lora(model):
             for idx in batches(len(dataset), batch_size):
                 with autocast(precision, device):
-                    prediction = model(dataset.get_batch(idx)[0].to(device)).prediction
+                    past = dataset.get_batch(idx)[0].to(device)
+                    prediction = model(past, **known_future(dataset, idx, device)).prediction
                 outputs.append(prediction.float().cpu())
     finally:
         model.train(was_training)

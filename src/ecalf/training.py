@@ -38,7 +38,7 @@ from ecalf.data import WindowDataset
 from ecalf.distributed import SINGLE, World, all_reduce_sum, data_parallel, shard
 from ecalf.dropout import dropout_masks
 from ecalf.errors import EcalfError
-from ecalf.evaluation import Metrics, autocast, batches, evaluate
+from ecalf.evaluation import Metrics, autocast, batches, evaluate, known_future
 from ecalf.memory import release_freed_memory
 from ecalf.models.base import ForecastModel
 
@@ -456,9 +456,12 @@ def train(
                 idx = shard(global_idx, world)
                 # A rank whose shard of the last, partial batch is empty still takes part in the
                 # gradient reduction, with a real window and zero weight.
-                past, future = train_set.get_batch(idx if len(idx) else global_idx[:1])
+                batch_idx = idx if len(idx) else global_idx[:1]
+                past, future = train_set.get_batch(batch_idx)
                 with autocast(config.precision, device):
-                    output = network(past.to(device), future.to(device))
+                    output = network(
+                        past.to(device), future.to(device), **known_future(train_set, batch_idx, device)
+                    )
                 if output.loss is None:
                     raise RuntimeError(f"{type(model).__name__} returned no loss for a batch with targets")
                 loss = output.loss.float()

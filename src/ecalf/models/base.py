@@ -3,6 +3,14 @@
 ``forward(past_values (B, L, C), future_values (B, H, C) | None) -> ForecastOutput`` with the
 prediction (B, H, C) on the scale of the inputs, and — when targets are given — the training loss and
 its named parts. Model-specific multi-term losses live beside their model.
+
+Channels are laid out ``[targets | past covariates | known-future covariates]``
+(``ModelConfig.num_past_covariates``, ``num_future_covariates``; both 0 for a plain multivariate
+series, where every channel is a target). A NaN in ``future_values`` is not a target: a covariate's
+future, or a missing value of a target; :func:`regression_loss` and the metrics leave those points
+out, so neither ever becomes a training target. ``past_values`` never holds NaN (gaps are filled
+before windowing). Models with ``takes_future_covariates`` also take
+``future_covariates (B, H, K)``: the horizon values of the last K channels, known when forecasting.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ecalf.config import ModelConfig
+from ecalf.errors import ConfigError
 
 if TYPE_CHECKING:
     from ecalf.data import WindowDataset
@@ -45,13 +54,28 @@ class ForecastModel(nn.Module):
     """Base class: holds the config, offers parameter groups and the pretrained-weights hook."""
 
     config: ModelConfig
+    takes_future_covariates: ClassVar[bool] = False
+    """True for models whose ``forward`` takes ``future_covariates`` (the horizon values of the known-future
+    covariate channels); other models refuse a config with ``num_future_covariates > 0``."""
     fits_in_closed_form: ClassVar[bool] = False
     """True for models whose weights are computed from the data (:meth:`fit_closed_form`) rather than
     trained by gradient steps: the training loop then calls that once instead of running epochs."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.num_future_covariates and not self.takes_future_covariates:
+            name = type(config).model_name or type(self).__name__
+            raise ConfigError(
+                f"model {name!r} cannot use known-future covariates ({config.num_future_covariates} given); "
+                f"models that can: {', '.join(future_covariate_models())}"
+            )
         self.config = config
+
+    @property
+    def num_targets(self) -> int:
+        """The target channels: the first ``num_channels - num_past_covariates - num_future_covariates``."""
+        cfg = self.config
+        return cfg.num_channels - cfg.num_past_covariates - cfg.num_future_covariates
 
     def forward(self, past_values: Tensor, future_values: Tensor | None = None) -> ForecastOutput:
         raise NotImplementedError
@@ -97,13 +121,32 @@ class ForecastModel(nn.Module):
 
 
 def regression_loss(name: LossName, prediction: Tensor, target: Tensor) -> Tensor:
+    """The mean loss over the points of ``target`` that are not NaN (a NaN is not a target).
+
+    Without NaN it is exactly torch's mean-reduced loss (the same value and gradient, bit for bit);
+    with NaN, the mean over the other points, and a NaN point gives no gradient. No host sync."""
+    observed = ~torch.isnan(target)
+    clean = torch.where(observed, target, prediction.detach())  # a NaN point: zero error, zero gradient
+    full = _elementwise_loss(name, prediction, clean, "mean")
+    masked = _elementwise_loss(name, prediction, clean, "sum") / observed.sum().clamp(min=1)
+    return torch.where(observed.all(), full, masked)
+
+
+def _elementwise_loss(name: LossName, prediction: Tensor, target: Tensor, reduction: str) -> Tensor:
     if name == "mse":
-        return nn.functional.mse_loss(prediction, target)
+        return nn.functional.mse_loss(prediction, target, reduction=reduction)
     if name == "l1":
-        return nn.functional.l1_loss(prediction, target)
+        return nn.functional.l1_loss(prediction, target, reduction=reduction)
     if name == "smooth_l1":
-        return nn.functional.smooth_l1_loss(prediction, target, beta=1.0)
+        return nn.functional.smooth_l1_loss(prediction, target, beta=1.0, reduction=reduction)
     raise ValueError(f"unknown loss {name!r}")
+
+
+def future_covariate_models() -> list[str]:
+    """Registered models that take known-future covariates."""
+    from ecalf.registry import list_models
+
+    return [e.name for e in list_models() if getattr(e.model_class, "takes_future_covariates", False)]
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
