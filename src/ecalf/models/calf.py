@@ -11,6 +11,16 @@ instance norm -> channels as tokens, Linear(L -> D) + one encoder layer -> x_tim
 -> time branch (LoRA) and text branch (frozen) of the truncated LLM, N + 1 hidden states each
 -> residual + shared Linear(D -> H) head -> de-normalise.
 Loss = task + w_out * output consistency + w_feat * sum_k decay^(N-k) l(P_time_k h_time_k, P_text_k h_text_k).
+
+Covariates (channels ``[targets | P past | K known-future]``, :mod:`ecalf.models.base`; this K is
+not the dictionary's): every channel is a token, so the LLM attends from the targets' tokens to the
+covariates'. Only the targets' horizon is in the task loss (a covariate's future is NaN there) and in
+the output-consistency term; a covariate's forecast is ignored (feature distillation still aligns
+every token). A known-future covariate's token is built from its context *and* horizon: both
+normalised by the context's statistics (the same instance norm as every token), the L + H values go
+through their own Linear(L + H -> D) (``future_embed``, created only when K > 0 and after every other
+module, so K = 0 is CALF exactly) in place of Linear(L -> D), before the encoder layer; the
+cross-modal match and the text branch take that token sequence as they take any other.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from ecalf.models.alignment import (
     window_statistics,
 )
 from ecalf.models.base import ForecastModel, ForecastOutput, InstanceNorm, LossName, regression_loss
+from ecalf.models.covariates import check_future_covariates
 from ecalf.models.linear import LinearConfig, LinearForecast
 from ecalf.registry import register_model
 
@@ -142,7 +153,8 @@ class CALFConfig(ModelConfig):
 
 
 class TimeTokenEncoder(nn.Module):
-    """Each channel's normalised window becomes one token: Linear(L -> D) + one post-norm encoder layer."""
+    """Each channel's normalised window becomes one token: Linear(L -> D) + one post-norm encoder layer
+    (which also takes the known-future covariates' tokens, embedded by the model)."""
 
     def __init__(self, context_length: int, hidden_size: int, heads: int, ff_dim: int, dropout: float):
         super().__init__()
@@ -151,9 +163,12 @@ class TimeTokenEncoder(nn.Module):
             hidden_size, heads, ff_dim, dropout, activation="relu", batch_first=True
         )
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        # tokens: (B, C, L)
-        return self.layer(self.embed(tokens))  # (B, C, D)
+    def forward(self, tokens: Tensor, future_tokens: Tensor | None = None) -> Tensor:
+        """``tokens`` (B, C, L); ``future_tokens`` (B, K, D), already embedded, replace the last K."""
+        if future_tokens is None:
+            return self.layer(self.embed(tokens))  # (B, C, D)
+        own = self.embed(tokens[:, : tokens.shape[1] - future_tokens.shape[1]])  # (B, C - K, D)
+        return self.layer(torch.cat([own, future_tokens], dim=1))  # (B, C, D)
 
 
 class AttentionTrunk(nn.Module):
@@ -192,6 +207,7 @@ class CALF(ForecastModel):
 
     config: CALFConfig
     principal_embeddings: Tensor
+    takes_future_covariates = True
 
     def __init__(self, config: CALFConfig) -> None:
         super().__init__(config)
@@ -242,6 +258,12 @@ class CALF(ForecastModel):
         if config.skip_init == "ridge":  # the LLM's correction starts at zero: the model is the ridge fit
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        # Created last and only with known-future covariates: without them, CALF's weights and random draws.
+        self.future_embed = (
+            nn.Linear(config.context_length + config.prediction_length, hidden)
+            if config.num_future_covariates
+            else None
+        )
         self._epoch_sums: dict[str, Tensor | float] = {}
         self._epoch_count = 0
 
@@ -324,12 +346,18 @@ class CALF(ForecastModel):
 
     # -- forward ----------------------------------------------------------------------------------
 
-    def forward(self, past_values: Tensor, future_values: Tensor | None = None) -> ForecastOutput:
+    def forward(
+        self,
+        past_values: Tensor,
+        future_values: Tensor | None = None,
+        future_covariates: Tensor | None = None,
+    ) -> ForecastOutput:
         self.check_input(past_values, future_values)
+        check_future_covariates(self.config, past_values, future_covariates)
         x, stats = self.norm.normalize(past_values)  # (B, L, C)
         tokens = x.transpose(1, 2)  # (B, C, L)
         base = self._skip(tokens)  # (B, C, H) or None
-        x_time = self.encoder(tokens)  # (B, C, D)
+        x_time = self.encoder(tokens, self._future_tokens(tokens, future_covariates, stats))  # (B, C, D)
         hidden_time = self._branch(self.time_trunk, x_time)  # N + 1 x (B, C, D)
         y_time = self._forecast(hidden_time, x_time, base, stats)  # (B, H, C)
         if future_values is None:
@@ -344,7 +372,7 @@ class CALF(ForecastModel):
         hidden_text = self._branch(self.text_trunk, x_text)
         y_text = self._forecast(hidden_text, x_text, base, stats)
 
-        output = regression_loss(cfg.loss, y_time, y_text)
+        output = regression_loss(cfg.loss, *self._target_channels(y_time, y_text))
         feature, contrastive = self._alignment_terms(hidden_time, hidden_text)
         w_out: Tensor | float = cfg.output_weight
         w_feat: Tensor | float = cfg.feature_weight
@@ -373,6 +401,25 @@ class CALF(ForecastModel):
         if self.training:
             self._accumulate(w_out, w_feat, w_con if contrastive is not None else None, degree)
         return ForecastOutput(prediction=y_time, loss=loss, loss_parts=parts)
+
+    def _target_channels(self, *forecasts: Tensor) -> tuple[Tensor, ...]:
+        """The target channels of (B, H, C) forecasts: the output-consistency term compares those only
+        (a covariate's forecast is nobody's); all of them, as they are, without covariates."""
+        T = self.num_targets
+        return forecasts if self.config.num_channels == T else tuple(y[..., :T] for y in forecasts)
+
+    def _future_tokens(
+        self, tokens: Tensor, future_covariates: Tensor | None, stats: tuple[Tensor, Tensor]
+    ) -> Tensor | None:
+        """The known-future covariates' tokens (B, K, D) from their normalised context ``tokens[:, -K:]``
+        and horizon (normalised by the context's statistics); None without such covariates."""
+        if self.future_embed is None or future_covariates is None:
+            return None
+        k = future_covariates.shape[-1]
+        mean, std = (s[..., -k:] for s in stats)  # (B, 1, K) each
+        horizon = ((future_covariates.to(tokens.dtype) - mean) / std).transpose(1, 2)  # (B, K, H)
+        series = torch.cat([tokens[:, -k:], horizon], dim=2)  # (B, K, L + H)
+        return self.future_embed(series)  # (B, K, D)
 
     def _skip(self, tokens: Tensor) -> Tensor | None:
         """The linear skip's forecast on the normalised tokens (B, C, L) -> (B, C, H); a ridge-initialised

@@ -5,12 +5,21 @@ of Linear Time Series Forecasting Models"; Tan et al., NeurIPS 2024). Each chann
 mean subtracted; the centred window x (L) maps to the centred horizon by ``y = W x + b`` (W: (H, L),
 b: (H,), the same for every channel); the mean is added back to the forecast.
 
+With covariates (channels ``[targets | P past | K known-future]``, :mod:`ecalf.models.base`) it is an
+ARX model: a row is one (window, target channel), and its features are the target's centred window
+(L), then every past covariate's window (L each), then every known-future covariate's window and
+horizon values (L + H each), the covariates on the scale they are given (not centred), the same for
+every target of a window: ``y = W [x, z] + b`` with W: (H, L + P L + K (L + H)). Only targets are
+forecast; a covariate channel's forecast is its window mean (nothing reads it). Without covariates
+(P = K = 0) the features are the window alone, as above.
+
 Fitting (:meth:`LinearForecast.fit_closed_form`, called by the training loop instead of epochs of SGD)
-is ridge regression in float64 over every training window and channel: the normal equations are summed
-batch by batch, ``W(lambda) = (X'X + lambda I)^-1 X'Y`` is solved for each strength of a logarithmic
-grid (relative to the mean eigenvalue of X'X, so the grid does not depend on the number of windows),
-and the strength with the lowest MSE on the *validation* windows is kept. The intercept is not
-penalised. No test window is read.
+is ridge regression in float64 over every training window and target channel: the normal equations are
+summed batch by batch, ``W(lambda) = (X'X + lambda I)^-1 X'Y`` is solved for each strength of a
+logarithmic grid (relative to the mean eigenvalue of X'X, so the grid does not depend on the number of
+windows; every feature has the same penalty), and the strength with the lowest MSE on the *validation*
+windows is kept. The intercept is not penalised. A row whose horizon has a missing value (NaN) is left
+out of the fit and of the validation score. No test window is read.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ from ecalf.config import ModelConfig
 from ecalf.data import WindowDataset
 from ecalf.errors import ConfigError
 from ecalf.models.base import ClosedFormFit, ForecastModel, ForecastOutput, regression_loss
+from ecalf.models.covariates import check_future_covariates, future_covariate_series
 from ecalf.registry import register_model
 
 FIT_BATCH = 2048
-"""Windows per batch while summing the normal equations and scoring validation (bounded memory)."""
+"""Windows per batch while summing the normal equations and scoring validation (bounded memory); with
+covariates, scaled down by L / (features per row) so that a batch holds as many numbers."""
 
 
 @dataclass
@@ -45,6 +56,12 @@ class LinearConfig(ModelConfig):
                 f"model.ridge_grid must be a non-empty list of values >= 0, got {self.ridge_grid}"
             )
 
+    @property
+    def num_features(self) -> int:
+        """Features per row: L for the target's window, L per past and L + H per known-future covariate."""
+        L, H = self.context_length, self.prediction_length
+        return L + self.num_past_covariates * L + self.num_future_covariates * (L + H)
+
 
 def centred(past_values: Tensor) -> tuple[Tensor, Tensor]:
     """Each channel's window minus its mean: (B, C, L) rows and the (B, C, 1) means."""
@@ -53,74 +70,118 @@ def centred(past_values: Tensor) -> tuple[Tensor, Tensor]:
     return tokens - mean, mean
 
 
+def covariate_features(
+    past_values: Tensor, future_covariates: Tensor | None, num_targets: int, num_past_covariates: int
+) -> Tensor:
+    """Every covariate's features of a window, as given: (B, P L + K (L + H)), past covariates' windows
+    then known-future covariates' windows and horizons (channel by channel)."""
+    batch = past_values.shape[0]
+    past = past_values[..., num_targets : num_targets + num_past_covariates]  # (B, L, P)
+    parts = [past.transpose(1, 2).reshape(batch, -1)]  # (B, P L)
+    if future_covariates is not None and future_covariates.shape[-1]:
+        known = future_covariate_series(past_values, future_covariates)  # (B, K, L + H)
+        parts.append(known.reshape(batch, -1))  # (B, K (L + H))
+    return torch.cat(parts, dim=1)
+
+
 @register_model(
     "linear",
     LinearConfig,
-    "Closed-form ridge map L -> H on mean-removed windows; ridge strength chosen on validation.",
+    "Closed-form ridge map L -> H on mean-removed windows (ARX with covariates); ridge strength chosen "
+    "on validation.",
     tiny_options={},
 )
 class LinearForecast(ForecastModel):
-    """``y = W (x - mean(x)) + b + mean(x)`` per channel; W, b are buffers fitted in closed form."""
+    """``y = W [x - mean(x), z] + b + mean(x)`` per target; W, b are buffers fitted in closed form."""
 
     config: LinearConfig
     weight: Tensor
     bias: Tensor
     fits_in_closed_form = True
+    takes_future_covariates = True
 
     def __init__(self, config: LinearConfig) -> None:
         super().__init__(config)
-        L, H = config.context_length, config.prediction_length
+        H = config.prediction_length
         # Before fitting: the window mean over the horizon (W = 0, b = 0).
-        self.register_buffer("weight", torch.zeros(H, L))
+        self.register_buffer("weight", torch.zeros(H, config.num_features))
         self.register_buffer("bias", torch.zeros(H))
 
-    def forward(self, past_values: Tensor, future_values: Tensor | None = None) -> ForecastOutput:
+    @property
+    def has_covariates(self) -> bool:
+        return bool(self.config.num_past_covariates or self.config.num_future_covariates)
+
+    def forward(
+        self,
+        past_values: Tensor,
+        future_values: Tensor | None = None,
+        future_covariates: Tensor | None = None,
+    ) -> ForecastOutput:
         self.check_input(past_values, future_values)
-        rows, mean = centred(past_values)  # (B, C, L), (B, C, 1)
-        y = rows @ self.weight.T + self.bias + mean  # (B, C, H)
-        prediction = y.transpose(1, 2)  # (B, H, C)
+        check_future_covariates(self.config, past_values, future_covariates)
+        if not self.has_covariates:
+            rows, mean = centred(past_values)  # (B, C, L), (B, C, 1)
+            y = rows @ self.weight.T + self.bias + mean  # (B, C, H)
+            prediction = y.transpose(1, 2)  # (B, H, C)
+        else:
+            prediction = self._forecast_with_covariates(past_values, future_covariates)
         if future_values is None:
             return ForecastOutput(prediction)
         loss = regression_loss("mse", prediction, future_values).detach()
         return ForecastOutput(prediction, loss, {"mse": loss})
 
+    def _forecast_with_covariates(self, past_values: Tensor, future_covariates: Tensor | None) -> Tensor:
+        L, T = self.config.context_length, self.num_targets
+        rows, mean = centred(past_values[..., :T])  # (B, T, L), (B, T, 1)
+        shared = covariate_features(past_values, future_covariates, T, self.config.num_past_covariates)
+        y = rows @ self.weight[:, :L].T + (shared @ self.weight[:, L:].T)[:, None, :]  # (B, T, H)
+        y = y + self.bias + mean
+        others = past_values[..., T:].mean(dim=1, keepdim=True)  # (B, 1, P + K): covariates' window means
+        horizon = others.expand(-1, self.config.prediction_length, -1)  # (B, H, P + K)
+        return torch.cat([y.transpose(1, 2), horizon], dim=2)  # (B, H, C)
+
     @torch.no_grad()
     def fit_closed_form(self, train_set: WindowDataset, val_set: WindowDataset) -> ClosedFormFit:
-        """Fit W, b on every training window and channel; choose the strength on ``val_set``.
+        """Fit W, b on every training window and target channel; choose the strength on ``val_set``.
 
-        Logged values: ``ridge`` (the chosen multiple of the mean eigenvalue of X'X) and
-        ``val_mse@ridge=R`` for every candidate R."""
-        L, H = self.config.context_length, self.config.prediction_length
+        Rows (window, target) with a NaN in the horizon are left out. Logged values: ``ridge`` (the
+        chosen multiple of the mean eigenvalue of X'X) and ``val_mse@ridge=R`` for every candidate R.
+        Raises ValueError when a split has no row without a missing value."""
+        F, H = self.config.num_features, self.config.prediction_length
         device = self.weight.device
-        gram = torch.zeros(L + 1, L + 1, dtype=torch.float64, device=device)  # [x, 1]' [x, 1]
-        cross = torch.zeros(L + 1, H, dtype=torch.float64, device=device)  # [x, 1]' y
+        gram = torch.zeros(F + 1, F + 1, dtype=torch.float64, device=device)  # [x, 1]' [x, 1]
+        cross = torch.zeros(F + 1, H, dtype=torch.float64, device=device)  # [x, 1]' y
         energy = torch.zeros((), dtype=torch.float64, device=device)  # y' y
         entries = 0
-        for x, y in _centred_rows(train_set, device):
-            x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (N, L + 1)
+        for x, y in self._rows(train_set, device):
+            x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (N, F + 1)
             gram += x1.T @ x1
             cross += x1.T @ y
             energy += y.square().sum()
             entries += y.numel()
-        scale = float(torch.diagonal(gram)[:L].mean())
+        if not entries:
+            raise ValueError("no training window has a target horizon without missing values")
+        scale = float(torch.diagonal(gram)[:F].mean())
         candidates = sorted(set(self.config.ridge_grid))
-        # Solved on the CPU (LAPACK's SVD-based least squares; the sums are only (L + 1) x (L + 1)).
-        solutions = torch.stack([_solve(gram.cpu(), cross.cpu(), r * scale, L) for r in candidates]).to(
+        # Solved on the CPU (LAPACK's SVD-based least squares; the sums are only (F + 1) x (F + 1)).
+        solutions = torch.stack([_solve(gram.cpu(), cross.cpu(), r * scale, F) for r in candidates]).to(
             device
         )
 
         squared = torch.zeros(len(candidates), dtype=torch.float64, device=device)
         count = 0
-        for x, y in _centred_rows(val_set, device):
-            x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (N, L + 1)
+        for x, y in self._rows(val_set, device):
+            x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (N, F + 1)
             error = torch.einsum("nl,rlh->rnh", x1, solutions) - y  # (R, N, H)
             squared += error.square().sum(dim=(1, 2))
             count += y.numel()
+        if not count:
+            raise ValueError("no validation window has a target horizon without missing values")
         mse = squared / count
         best = int(torch.argmin(mse))
-        chosen = solutions[best]  # (L + 1, H)
-        self.weight.copy_(chosen[:L].T.to(self.weight.dtype))
-        self.bias.copy_(chosen[L].to(self.bias.dtype))
+        chosen = solutions[best]  # (F + 1, H)
+        self.weight.copy_(chosen[:F].T.to(self.weight.dtype))
+        self.bias.copy_(chosen[F].to(self.bias.dtype))
         # ||X w - y||^2 = y'y - 2 <w, X'y> + <w, X'X w>, from the sums already held.
         train_sse = energy - 2 * (chosen * cross).sum() + (chosen * (gram @ chosen)).sum()
         values = {"ridge": candidates[best]}
@@ -129,18 +190,32 @@ class LinearForecast(ForecastModel):
         )
         return ClosedFormFit(train_loss=float(train_sse) / entries, values=values)
 
+    def _rows(self, dataset: WindowDataset, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of (features (N, F), centred horizon (N, H)) in float64, N = windows x targets, less
+        the rows whose horizon has a NaN."""
+        cfg = self.config
+        T, F = self.num_targets, cfg.num_features
+        per_batch = max(1, FIT_BATCH * cfg.context_length // F)
+        for start in range(0, len(dataset), per_batch):
+            idx = torch.arange(start, min(start + per_batch, len(dataset)))
+            past, future = dataset.get_batch(idx)
+            past = past.to(device, torch.float64)
+            rows, mean = centred(past[..., :T])  # (B, T, L), (B, T, 1)
+            target = future[..., :T].to(device, torch.float64).transpose(1, 2) - mean  # (B, T, H)
+            if self.has_covariates:
+                known = dataset.future_covariates(idx).to(device) if cfg.num_future_covariates else None
+                check_future_covariates(cfg, past, known)
+                shared = covariate_features(past, known, T, cfg.num_past_covariates)  # (B, F - L)
+                rows = torch.cat([rows, shared[:, None, :].expand(-1, T, -1)], dim=2)  # (B, T, F)
+            x, y = rows.reshape(-1, F), target.reshape(-1, target.shape[-1])
+            observed = ~torch.isnan(y).any(dim=1)  # (N,)
+            if not bool(observed.all()):
+                x, y = x[observed], y[observed]
+            yield x, y
 
-def _centred_rows(dataset: WindowDataset, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-    """Batches of (centred window (N, L), centred horizon (N, H)) in float64, N = windows x channels."""
-    for start in range(0, len(dataset), FIT_BATCH):
-        past, future = dataset.get_batch(torch.arange(start, min(start + FIT_BATCH, len(dataset))))
-        rows, mean = centred(past.to(device, torch.float64))  # (B, C, L), (B, C, 1)
-        target = future.to(device, torch.float64).transpose(1, 2) - mean  # (B, C, H)
-        yield rows.reshape(-1, rows.shape[-1]), target.reshape(-1, target.shape[-1])
 
-
-def _solve(gram: Tensor, cross: Tensor, strength: float, context_length: int) -> Tensor:
+def _solve(gram: Tensor, cross: Tensor, strength: float, num_features: int) -> Tensor:
     """(X'X + strength * diag(1, ..., 1, 0))^-1 X'Y: the intercept (last row) is not penalised."""
     penalty = torch.zeros_like(gram)
-    penalty.diagonal()[:context_length] = strength
-    return torch.linalg.lstsq(gram + penalty, cross, rcond=1e-12, driver="gelsd").solution  # (L + 1, H)
+    penalty.diagonal()[:num_features] = strength
+    return torch.linalg.lstsq(gram + penalty, cross, rcond=1e-12, driver="gelsd").solution  # (F + 1, H)
