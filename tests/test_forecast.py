@@ -211,7 +211,7 @@ def test_a_saved_model_refuses_data_with_other_channels(fitted, tmp_path):
     forecaster.save(tmp_path / "model")
     loaded = Forecaster.load(tmp_path / "model")
     other = data.rename(columns={"OT": "load"})
-    with pytest.raises(DataError, match=r"fitted on 2 channels \['x0', 'OT'\].*missing: \['OT'\]"):
+    with pytest.raises(DataError, match=r"fitted on 2 columns \['x0', 'OT'\].*missing: \['OT'\]"):
         loaded.predict(other)
     with pytest.raises(DataError, match="unexpected: \\['x1'\\]"):
         loaded.predict(data.assign(x1=1.0))

@@ -45,8 +45,14 @@ class Backtestable(Protocol):
     @property
     def is_fitted(self) -> bool: ...
 
-    def forecast_windows(self, contexts: np.ndarray) -> np.ndarray:
-        """(n, L, C) contexts in original units -> (n, H, C) forecasts in original units."""
+    @property
+    def targets(self) -> list[str]: ...
+
+    def forecast_after(
+        self, history: TimeSeriesFrame, future: TimeSeriesFrame | None = None
+    ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        """The (H, targets) forecast after ``history`` in original units (``future``: the rows after
+        it, for known-future covariates), and its timestamps."""
         ...
 
     def interval_radius(self, level: float) -> np.ndarray:
@@ -94,8 +100,9 @@ def cross_validation(
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """The backtest of ``forecaster`` on ``frame`` (wide, in the fitted columns), in the long schema
-    ``unique_id, ds, cutoff, y, <model>[, <model>-lo-<level>, <model>-hi-<level>]``; ``ids`` maps
-    column names to the user's ``unique_id`` values."""
+    ``unique_id, ds, cutoff, y, <model>[, <model>-lo-<level>, <model>-hi-<level>]`` for the target
+    series (``y`` NaN where a value is missing); ``ids`` maps column names to the user's ``unique_id``
+    values."""
     levels = check_levels(level)
     L, H = forecaster.context_length, forecaster.prediction_length
     positions = cutoff_positions(frame.num_rows, L, H, n_windows, H if step_size is None else step_size)
@@ -113,17 +120,16 @@ def cross_validation(
                     f"backtest window {number}/{len(positions)}: refitting on the {cut + 1} rows up to "
                     f"{frame.timestamps[cut]}"
                 )
-            model = forecaster.refitted(frame.head(cut + 1))
-        context = frame.values[None, cut + 1 - L : cut + 1]  # (1, L, C)
-        point = model.forecast_windows(context)[0]  # (H, C)
+            model = forecaster.refitted(frame.rows(0, cut + 1))
+        point, _ = model.forecast_after(frame.rows(0, cut + 1), frame.rows(cut + 1, cut + 1 + H))  # (H, T)
         columns: dict[str, np.ndarray] = {name: point}
         for lvl in levels:
             radius = model.interval_radius(lvl).astype(point.dtype)
             columns[f"{name}-lo-{level_name(lvl)}"] = point - radius
             columns[f"{name}-hi-{level_name(lvl)}"] = point + radius
-        blocks.append(_long_block(frame, cut, H, columns))
+        blocks.append(_long_block(frame.select(model.targets), cut, H, columns))
     result = pd.concat(blocks, ignore_index=True)
-    order = {c: i for i, c in enumerate(frame.columns)}
+    order = {c: i for i, c in enumerate(forecaster.targets or frame.columns)}
     result = result.sort_values(
         ["unique_id", "cutoff", "ds"], key=lambda s: s.map(order) if s.name == "unique_id" else s
     )
@@ -210,6 +216,7 @@ def backtest_report(
     schema ``unique_id, ds, y`` (the rows before each cutoff scale its MASE)."""
     levels = check_levels(levels)
     rows = []
+    cv = cv.dropna(subset=["y"])  # a missing actual value is not scored
     for cutoff, window in cv.groupby("cutoff", sort=True):
         train = history[history["ds"] <= cutoff]
         scores: dict[str, Any] = {"cutoff": cutoff}

@@ -127,21 +127,25 @@ def windows_needed(level: float) -> int:
 
 
 def calibrate(predictions: np.ndarray, actuals: np.ndarray) -> IntervalCalibration:
-    """Split-conformal radii from (n, H, C) forecasts of held-out windows and their actual values."""
+    """Split-conformal radii from (n, H, C) forecasts of held-out windows and their actual values.
+
+    A NaN actual value (missing) is left out: each (h, c) uses its own observed windows, and
+    ``windows`` is the fewest of them."""
     if predictions.shape != actuals.shape or predictions.ndim != 3:
         raise ValueError(
             f"calibrate: shapes {predictions.shape} and {actuals.shape} differ or are not (n, H, C)"
         )
-    n = predictions.shape[0]
-    if n == 0:
+    if predictions.shape[0] == 0:
         raise DataError("no calibration windows: intervals need validation windows held out of training")
-    scores = np.sort(np.abs(actuals.astype(np.float64) - predictions.astype(np.float64)), axis=0)
+    scores = np.sort(np.abs(actuals.astype(np.float64) - predictions.astype(np.float64)), axis=0)  # NaN last
+    counts = (~np.isnan(scores)).sum(axis=0)  # (H, C) observed windows
     radii = np.full((len(CALIBRATED_LEVELS), *scores.shape[1:]), np.inf)
     for i, level in enumerate(CALIBRATED_LEVELS):
-        rank = math.ceil((n + 1) * level / 100.0 - 1e-9)  # the corrected order statistic, 1-based
-        if rank <= n:
-            radii[i] = scores[rank - 1]
-    return IntervalCalibration(n, radii)
+        ranks = np.ceil((counts + 1) * level / 100.0 - 1e-9).astype(int)  # the corrected order statistic
+        reachable = ranks <= counts
+        taken = np.take_along_axis(scores, np.clip(ranks - 1, 0, scores.shape[0] - 1)[None], axis=0)[0]
+        radii[i] = np.where(reachable, taken, np.inf)
+    return IntervalCalibration(int(counts.min()), radii)
 
 
 @dataclass

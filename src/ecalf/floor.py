@@ -93,13 +93,19 @@ def compare_with_floor(
     ``val_set``, as always) for ``config``'s window shape; ``model_mse`` is the model's best validation
     MSE on ``val_set``."""
     L, H, C = config.model.context_length, config.model.prediction_length, config.model.num_channels
-    naive = evaluate(NaiveForecast(NaiveConfig(L, H, C)), val_set, batch_size=config.training.eval_batch_size)
+    past, known = config.model.num_past_covariates, config.model.num_future_covariates
+    naive_model = NaiveForecast(
+        NaiveConfig(L, H, C, num_past_covariates=past + known)
+    )  # a target's last value
+    naive = evaluate(
+        naive_model, val_set.without_future_covariates(), batch_size=config.training.eval_batch_size
+    )
     if model == LINEAR:
         linear_mse = model_mse
     else:
         linear_config = RunConfig(
             data=config.data,
-            model=LinearConfig(L, H, C),
+            model=LinearConfig(L, H, C, num_past_covariates=past, num_future_covariates=known),
             training=TrainingConfig(progress=False, tracking="none", device=str(device)),
             seed=config.seed,
         )

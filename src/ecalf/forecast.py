@@ -36,7 +36,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -59,7 +60,9 @@ from ecalf.config import (
 from ecalf.config_files import run_config_from_dict
 from ecalf.conformal import IntervalCalibration, calibrate, check_levels, level_name
 from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
+from ecalf.data.gaps import FillMethod, check_fill, fill_gaps, on_regular_grid
 from ecalf.data.loading import DATE_COLUMN
+from ecalf.data.roles import ColumnRoles, calendar_names, future_inputs, model_inputs, resolve_roles
 from ecalf.data.series import (
     SeriesInput,
     check_spacing,
@@ -75,7 +78,7 @@ from ecalf.evaluation import predict as predict_windows
 from ecalf.fitting import fit_model
 from ecalf.floor import FloorComparison, compare_with_floor
 from ecalf.inference import merged_lora, quantized_int8
-from ecalf.models.base import ForecastModel
+from ecalf.models.base import ForecastModel, future_covariate_models
 from ecalf.registry import get_entry, list_models, model_config_class, model_name_for_config
 from ecalf.saved_forecaster import (
     SavedForecaster,
@@ -258,6 +261,31 @@ def options_from_overrides(
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What a forecaster is asked to read from the data, before it sees any (its roles are resolved
+    against the columns by ``fit``): targets (None: every column that is not a known-future
+    covariate), known-future covariates, calendar features, and how to fill gaps."""
+
+    target: list[str] | None = None
+    future_covariates: list[str] = field(default_factory=list)
+    calendar: bool = False
+    fill: FillMethod | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
+        target = data.get("target")
+        return cls(
+            None if target is None else [str(t) for t in target],
+            [str(c) for c in data.get("future_covariates", [])],
+            bool(data.get("calendar", False)),
+            check_fill(data.get("fill")),
+        )
+
+
 class Forecaster:
     """Fit on your own series, forecast the next ``prediction_length`` rows, save and load.
 
@@ -265,6 +293,12 @@ class Forecaster:
     preset, hub id, local directory or .gguf path ``backbone.preset`` accepts); models without a
     backbone refuse it. ``model_options`` and ``training_options`` are fields of the model's config and
     of :class:`~ecalf.config.TrainingConfig`, validated strictly (a typo is a ConfigError).
+
+    ``target``: the column(s) to forecast; the other columns are then past covariates (inputs, never
+    forecast nor scored). ``future_covariates``: columns whose future values are known and passed to
+    ``predict(df, future_df=...)``; ``calendar=True`` adds calendar features of the timestamps as
+    known-future covariates. ``fill`` (``"ffill"``, ``"interpolate"``): fill missing values and
+    timestamps for the inputs; a missing target is never a training target. See docs/forecasting.md.
     """
 
     def __init__(
@@ -277,6 +311,10 @@ class Forecaster:
         model_options: Mapping[str, Any] | None = None,
         training_options: Mapping[str, Any] | None = None,
         seed: int = 2021,
+        target: str | Sequence[str] | None = None,
+        future_covariates: Sequence[str] = (),
+        calendar: bool = False,
+        fill: str | None = None,
     ) -> None:
         config = forecaster_config(
             model,
@@ -287,15 +325,30 @@ class Forecaster:
             training_options=training_options,
             seed=seed,
         )
-        self._reset(config, batch_size_given="batch_size" in (training_options or {}))
+        targets = [target] if isinstance(target, str) else None if target is None else list(target)
+        if targets is not None and not targets:
+            raise ConfigError("target is an empty list; name at least one column to forecast (or None: all)")
+        future = [future_covariates] if isinstance(future_covariates, str) else list(future_covariates)
+        inputs = InputSpec(targets, future, calendar, check_fill(fill))
+        if (future or calendar) and not getattr(
+            get_entry(model).model_class, "takes_future_covariates", False
+        ):
+            raise ConfigError(
+                f"model {model!r} cannot use known-future covariates"
+                + (f" ({', '.join(future)})" if future else " (calendar features)")
+                + f"; models that can: {', '.join(future_covariate_models())}"
+            )
+        self._reset(config, inputs, batch_size_given="batch_size" in (training_options or {}))
 
-    def _reset(self, config: RunConfig, *, batch_size_given: bool) -> None:
+    def _reset(self, config: RunConfig, inputs: InputSpec, *, batch_size_given: bool) -> None:
         """An unfitted forecaster of ``config`` (``batch_size_given``: keep its batch size as it is)."""
         self.config = config
+        self.inputs = inputs
         self.module: ForecastModel | None = None
         """The trained network (None until ``fit`` or ``load``)."""
         self.scaler: StandardScaler | None = None
-        self.columns: list[str] = []
+        self.roles: ColumnRoles | None = None
+        """The columns by role, once fitted: targets, past and known-future covariates, calendar."""
         self.frequency: str | None = None
         self.history: list[dict[str, Any]] = []
         """Per-epoch training log (loss parts, validation MSE/MAE, learning rate, adapted values)."""
@@ -328,12 +381,23 @@ class Forecaster:
     def is_fitted(self) -> bool:
         return self.module is not None
 
+    @property
+    def columns(self) -> list[str]:
+        """The model's channels once fitted (targets, covariates, calendar features), else []."""
+        return self.roles.channels if self.roles is not None else []
+
+    @property
+    def targets(self) -> list[str]:
+        """The forecast columns once fitted, else []."""
+        return list(self.roles.targets) if self.roles is not None else []
+
     def __repr__(self) -> str:
-        state = (
-            f"fitted on {len(self.columns)} channels at {self.frequency!r}"
-            if self.is_fitted
-            else "not fitted"
-        )
+        state = "not fitted"
+        if self.roles is not None:
+            covariates = len(self.roles.channels) - len(self.roles.targets)
+            state = f"fitted on {len(self.roles.targets)} target(s)"
+            state += f" and {covariates} covariate(s)" if covariates else ""
+            state += f" at {self.frequency!r}"
         return (
             f"Forecaster(model={self.model_name!r}, context_length={self.context_length}, "
             f"prediction_length={self.prediction_length}, {state})"
@@ -366,15 +430,36 @@ class Forecaster:
         ``linear_command`` (how to fit ``linear`` instead) when a floor wins.
         """
         require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
-        frame = load_series(data).frame
-        source = frame.source
-        frequency = regular_frequency(frame.timestamps, source)
+        raw = load_series(data, allow_missing=self.inputs.fill is not None).frame
+        source = raw.source
+        if self.inputs.fill is not None:
+            raw = on_regular_grid(raw)
+        frequency = regular_frequency(raw.timestamps, source)
+        roles = resolve_roles(
+            raw.columns,
+            self.inputs.target,
+            self.inputs.future_covariates,
+            calendar_names(frequency) if self.inputs.calendar else [],
+            source,
+        )
+        frame, observed = self._model_inputs(raw, roles)
         L, H = self.context_length, self.prediction_length
         num_train = training_rows(frame.num_rows, L, H, validation_fraction, source)
-        scaler = StandardScaler().fit(frame.values[:num_train])  # training rows only
-        series = torch.from_numpy(scaler.transform(frame.values))  # (T, C) standardised
-        train_set = WindowDataset(series[:num_train], L, H)
-        val_set = WindowDataset(series[num_train - L :], L, H) if num_train < frame.num_rows else train_set
+        scaler = StandardScaler().fit(np.where(observed, frame.values, np.nan)[:num_train])  # training rows
+        series = torch.from_numpy(scaler.transform(frame.values))  # (T, C) standardised, gaps filled
+        targets = None  # the futures: the series itself, unless a point is not a target
+        if roles.has_covariates or not observed.all():
+            targets = series.clone()
+            targets[torch.from_numpy(~observed)] = float("nan")  # a missing value is never a target
+            targets[:, len(roles.targets) :] = float("nan")  # nor is a covariate
+        known = roles.num_known_future
+
+        def windows(start: int, stop: int) -> WindowDataset:
+            part = None if targets is None else targets[start:stop]
+            return WindowDataset(series[start:stop], L, H, targets=part, num_future_covariates=known)
+
+        train_set = windows(0, num_train)
+        val_set = windows(num_train - L, frame.num_rows) if num_train < frame.num_rows else train_set
 
         training = dataclasses.replace(
             self.config.training,
@@ -382,19 +467,32 @@ class Forecaster:
             progress=self.config.training.progress and verbose,
         )
         log: Callable[[str], None] = print if verbose else _silent
+        model = dataclasses.replace(
+            self.config.model,
+            num_channels=frame.num_channels,
+            num_past_covariates=len(roles.past_covariates),
+            num_future_covariates=known,
+        )
         config = dataclasses.replace(
             self.config,
             data=dataclasses.replace(self.config.data, dataset=source),
-            model=dataclasses.replace(self.config.model, num_channels=frame.num_channels),
+            model=model,
             training=training,
         )
         if training.num_threads:
             torch.set_num_threads(training.num_threads)
         device = resolve_device(training.device)
+        covariates = (
+            f" ({len(roles.targets)} target(s), {frame.num_channels - len(roles.targets)} covariate(s))"
+        )
+        gaps = int((~observed).sum())
         log(
-            f"fit {self.model_name} on {source}: {frame.num_rows} rows x {frame.num_channels} channels at "
-            f"{frequency!r}; windows train {len(train_set)}, validation "
-            f"{len(val_set) if val_set is not train_set else 'none (training windows)'}"
+            f"fit {self.model_name} on {source}: {frame.num_rows} rows x {frame.num_channels} channels"
+            + (covariates if roles.has_covariates else "")
+            + f" at {frequency!r}"
+            + (f", {gaps} missing value(s) filled by {self.inputs.fill}" if gaps else "")
+            + f"; windows train {len(train_set)}, validation "
+            + f"{len(val_set) if val_set is not train_set else 'none (training windows)'}"
         )
         closed_form = getattr(get_entry(self.model_name).model_class, "fits_in_closed_form", False)
         if not self._batch_size_given and not closed_form:  # a closed-form fit takes no steps
@@ -425,7 +523,10 @@ class Forecaster:
                 precision=training.precision,
             ).numpy()
             actual = val_set.get_batch(torch.arange(len(val_set)))[1].numpy()
-            calibration = calibrate(scaler.inverse_transform(predicted), scaler.inverse_transform(actual))
+            n = len(roles.targets)
+            calibration = calibrate(
+                scaler.inverse_transform(predicted)[..., :n], scaler.inverse_transform(actual)[..., :n]
+            )
             if floor:
                 comparison = compare_with_floor(
                     config, self.model_name, result.best_val_mse, train_set, val_set, device=device
@@ -435,7 +536,7 @@ class Forecaster:
 
         self.config, self.module, self.scaler = config, module, scaler
         self.calibration, self.floor = calibration, comparison
-        self.columns, self.frequency = list(frame.columns), frequency
+        self.roles, self.frequency = roles, frequency
         self.validation_fraction = validation_fraction
         self.history = [dataclasses.asdict(r) for r in result.history]
         self.summary = {
@@ -443,6 +544,7 @@ class Forecaster:
             "source": source,
             "rows": frame.num_rows,
             "train_rows": num_train,
+            "missing_values": gaps,
             "first_timestamp": str(frame.timestamps[0]),
             "last_timestamp": str(frame.timestamps[-1]),
             "windows": {"train": len(train_set), "val": len(val_set) if val_set is not train_set else 0},
@@ -458,61 +560,99 @@ class Forecaster:
         return self
 
     def predict(
-        self, data: SeriesInput, *, level: Iterable[float] | float | None = None, int8: bool = False
+        self,
+        data: SeriesInput,
+        *,
+        future_df: SeriesInput | None = None,
+        level: Iterable[float] | float | None = None,
+        int8: bool = False,
     ) -> pd.DataFrame:
-        """The next ``prediction_length`` rows after the last row of ``data``, in the original units.
+        """The next ``prediction_length`` rows of the targets after the last row of ``data``, in the
+        original units.
 
-        Uses the last ``context_length`` rows. Wide input gives a ``date`` + channel columns frame,
-        long input gives ``unique_id, ds, y`` rows. ``level`` (percent, e.g. ``[80, 95]``) adds
-        split-conformal prediction intervals: ``<series>-lo-80`` and ``<series>-hi-80`` columns (long:
-        ``lo-80``, ``hi-80``). ``int8``: forecast with an int8 copy of the model
-        (``ecalf.inference.quantized_int8``; CPU only), made on the first such call and kept, for
-        low-latency serving; its accuracy cost is measured in docs/speed.md.
+        Uses the last ``context_length`` rows (gaps filled as when fitting). Wide input gives a
+        ``date`` + target columns frame, long input gives ``unique_id, ds, y`` rows. ``future_df``:
+        the known-future covariates' values at the forecast timestamps (a ``date`` column + those
+        columns; extra rows are ignored). ``level`` (percent, e.g. ``[80, 95]``) adds split-conformal
+        prediction intervals: ``<series>-lo-80`` and ``<series>-hi-80`` columns (long: ``lo-80``,
+        ``hi-80``). ``int8``: forecast with an int8 copy of the model (``ecalf.inference.quantized_int8``;
+        CPU only), made on the first such call and kept, for low-latency serving; its accuracy cost is
+        measured in docs/speed.md.
         """
         levels = check_levels(level)
         self._fitted()
-        frame, layout, ids = load_series(data)
-        frame = self._matching_channels(frame)
-        L = self.context_length
-        if frame.num_rows < L:
-            raise DataError(
-                f"{frame.source}: {frame.num_rows} rows, but the forecaster reads the last {L} "
-                "(its context_length); pass a longer history"
-            )
-        check_spacing(frame.timestamps[-L:], self._fitted()[2], frame.source)
+        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
         radii = {
             lvl: self.interval_radius(lvl).astype(np.float32) for lvl in levels
         }  # errors before any work
-        point = self.forecast_windows(frame.values[None, -L:], int8=int8)[0]  # (H, C) original units
-        dates = future_timestamps(frame.timestamps[-1], self._fitted()[2], self.prediction_length)
+        future = (
+            load_series(future_df, "future_df", allow_missing=True).frame if future_df is not None else None
+        )
+        point, dates = self.forecast_after(loaded.frame, future, int8=int8)
         columns: dict[str, Any] = {DATE_COLUMN: dates}
-        for c, name in enumerate(self.columns):
+        for c, name in enumerate(self.targets):
             columns[name] = point[:, c]
             for lvl, radius in radii.items():
                 columns[f"{name}-lo-{level_name(lvl)}"] = point[:, c] - radius[:, c]
                 columns[f"{name}-hi-{level_name(lvl)}"] = point[:, c] + radius[:, c]
         wide = pd.DataFrame(columns)
-        return wide if layout == "wide" else wide_to_long(wide, ids)
+        return wide if loaded.layout == "wide" else wide_to_long(wide, loaded.ids)
 
-    def forecast_windows(self, contexts: np.ndarray, *, int8: bool = False) -> np.ndarray:
-        """Forecasts from (n, L, C) context windows in the original units: (n, H, C), original units."""
+    def forecast_after(
+        self, history: TimeSeriesFrame, future: TimeSeriesFrame | None = None, *, int8: bool = False
+    ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        """The (H, targets) forecast after the last row of ``history`` (the data's own columns), in
+        the original units, and its timestamps; ``future`` holds the known-future covariates' values
+        at those timestamps."""
+        _, _, frequency = self._fitted()
+        roles = self._roles()
+        frame = self._matching_channels(history)
+        if self.inputs.fill is not None:
+            frame = on_regular_grid(frame)
+        inputs, _ = self._model_inputs(frame, roles)
+        L = self.context_length
+        if inputs.num_rows < L:
+            raise DataError(
+                f"{frame.source}: {inputs.num_rows} rows, but the forecaster reads the last {L} "
+                "(its context_length); pass a longer history"
+            )
+        check_spacing(inputs.timestamps[-L:], frequency, frame.source)
+        dates = future_timestamps(inputs.timestamps[-1], frequency, self.prediction_length)
+        known = future_inputs(roles, dates, future, future.source if future is not None else "future_df")
+        context = inputs.values[None, -L:]
+        point = self.forecast_windows(context, known[None] if roles.num_known_future else None, int8=int8)
+        return point[0], dates
+
+    def forecast_windows(
+        self, contexts: np.ndarray, future_covariates: np.ndarray | None = None, *, int8: bool = False
+    ) -> np.ndarray:
+        """Forecasts from (n, L, C) context windows of the model's channels (and the (n, H, K)
+        known-future covariates), original units in and out: (n, H, targets)."""
         module, scaler, _ = self._fitted()
         if int8:
             if self._int8 is None or self._int8[0] is not module:
                 self._int8 = (module, quantized_int8(module))
             module = cast(ForecastModel, self._int8[1])
         past = torch.from_numpy(np.ascontiguousarray(scaler.transform(contexts.astype(np.float32))))
+        known = None
+        if future_covariates is not None:
+            k = future_covariates.shape[-1]
+            scaled = (future_covariates.astype(np.float64) - scaler.mean[-k:]) / scaler.std[-k:]
+            known = torch.from_numpy(scaled.astype(np.float32))
         device = next(iter(module.parameters()), torch.empty(0)).device
         module.eval()
         outputs = []
+        step = self.config.training.eval_batch_size
         with merged_lora(module), torch.no_grad():
-            for start in range(0, len(past), self.config.training.eval_batch_size):
-                batch = past[start : start + self.config.training.eval_batch_size].to(device)
-                outputs.append(module(batch).prediction.float().cpu())
-        return scaler.inverse_transform(torch.cat(outputs).numpy())
+            for start in range(0, len(past), step):
+                extra = {} if known is None else {"future_covariates": known[start : start + step].to(device)}
+                outputs.append(
+                    module(past[start : start + step].to(device), **extra).prediction.float().cpu()
+                )
+        return scaler.inverse_transform(torch.cat(outputs).numpy())[..., : len(self.targets)]
 
     def interval_radius(self, level: float) -> np.ndarray:
-        """The (H, C) half-width of the level-``level`` prediction interval, in the original units."""
+        """The (H, targets) half-width of the level-``level`` prediction interval, in the original units."""
         if self.calibration is None:
             raise EcalfError(
                 "this forecaster was fitted without validation rows (validation_fraction 0), so there are no "
@@ -535,25 +675,27 @@ class Forecaster:
         ``step_size`` rows apart (default: the horizon), the last one leaving one horizon of rows.
 
         Returns the long frame ``unique_id, ds, cutoff, y, <model>`` (plus ``<model>-lo-<level>``,
-        ``<model>-hi-<level>`` with ``level``), neuralforecast's schema. ``refit=True`` fits a model
-        with these settings at every cutoff on the rows up to it; otherwise the fitted model forecasts
-        from each cutoff. See :mod:`ecalf.backtest`.
+        ``<model>-hi-<level>`` with ``level``), neuralforecast's schema, for the target series.
+        ``refit=True`` fits a model with these settings at every cutoff on the rows up to it;
+        otherwise the fitted model forecasts from each cutoff, reading only the rows up to it (and
+        the known-future covariates after it). See :mod:`ecalf.backtest`.
         """
-        frame, _, ids = load_series(data)
+        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        frame = loaded.frame
         if self.is_fitted:
             frame = self._matching_channels(frame)
-            check_spacing(frame.timestamps, self._fitted()[2], frame.source)
-        else:
-            regular_frequency(frame.timestamps, frame.source)
+        if self.inputs.fill is not None:
+            frame = on_regular_grid(frame)
+        regular_frequency(frame.timestamps, frame.source)
         return cross_validation(
             self, frame, n_windows=n_windows, step_size=step_size, refit=refit, level=check_levels(level),
-            ids=ids, log=print if verbose else None,
+            ids=loaded.ids, log=print if verbose else None,
         )  # fmt: skip
 
     def refitted(self, frame: TimeSeriesFrame) -> Forecaster:
         """A new forecaster with these settings, fitted on ``frame`` alone (a backtest's refit)."""
         fresh = Forecaster.__new__(Forecaster)
-        fresh._reset(self.config, batch_size_given=self._batch_size_given)
+        fresh._reset(self.config, self.inputs, batch_size_given=self._batch_size_given)
         fraction = VALIDATION_FRACTION if self.validation_fraction is None else self.validation_fraction
         return fresh.fit(frame, validation_fraction=fraction, verbose=False, floor=False)
 
@@ -565,15 +707,16 @@ class Forecaster:
         *,
         history_rows: int | None = None,
         level: Iterable[float] | float | None = None,
+        future_df: SeriesInput | None = None,
     ) -> Path:
-        """PNG of the recent history and the forecast, one panel per channel, with the forecast's
-        interval bands (the forecast is made, with ``level``, when None)."""
+        """PNG of the recent history and the forecast, one panel per target, with the forecast's
+        interval bands (the forecast is made, with ``level`` and ``future_df``, when None)."""
         from ecalf.plots import plot_forecast
 
-        frame = load_series(data).frame
-        frame = self._matching_channels(frame)
+        frame = load_series(data, allow_missing=self.inputs.fill is not None).frame
+        frame = self._matching_channels(frame).select(self.targets)
         if forecast is None:
-            forecast = self.predict(frame, level=level)
+            forecast = self.predict(data, level=level, future_df=future_df)
         return plot_forecast(
             frame_to_wide(frame),
             forecast_to_wide(forecast),
@@ -590,7 +733,7 @@ class Forecaster:
         module, scaler, frequency = self._fitted()
         saved = SavedForecaster(
             self.config, module, scaler, self.columns, frequency, self.validation_fraction,
-            self.summary, self.history, self.calibration,
+            self.summary, self.history, self.calibration, self._roles().as_dict(), self.inputs.as_dict(),
         )  # fmt: skip
         return write_forecaster(directory, saved)
 
@@ -600,9 +743,10 @@ class Forecaster:
         saved = read_forecaster(directory, device=device)
         forecaster = cls.__new__(cls)
         # the saved config's batch size, as it was fitted
-        forecaster._reset(saved.config, batch_size_given=True)
+        forecaster._reset(saved.config, InputSpec.from_dict(saved.inputs), batch_size_given=True)
         forecaster.module, forecaster.scaler = saved.module, saved.scaler
-        forecaster.columns, forecaster.frequency = saved.columns, saved.frequency
+        forecaster.roles = ColumnRoles.from_dict(saved.roles) if saved.roles else ColumnRoles(saved.columns)
+        forecaster.frequency = saved.frequency
         forecaster.validation_fraction = saved.validation_fraction
         forecaster.history, forecaster.summary = saved.history, saved.summary
         forecaster.calibration = saved.calibration
@@ -618,18 +762,33 @@ class Forecaster:
             )
         return self.module, self.scaler, self.frequency
 
+    def _roles(self) -> ColumnRoles:
+        if self.roles is None:
+            raise EcalfError(
+                "this Forecaster is not fitted; call fit(data) first or use Forecaster.load(dir)"
+            )
+        return self.roles
+
+    def _model_inputs(self, frame: TimeSeriesFrame, roles: ColumnRoles) -> tuple[TimeSeriesFrame, np.ndarray]:
+        """The model's channels of ``frame`` with the gaps filled, and the (T, C) mask of observed values."""
+        inputs = model_inputs(frame, roles)
+        if self.inputs.fill is None:
+            return inputs, np.ones(inputs.values.shape, dtype=bool)
+        return fill_gaps(inputs, self.inputs.fill)
+
     def _matching_channels(self, frame: TimeSeriesFrame) -> TimeSeriesFrame:
-        """``frame`` with the fitted channels in the fitted order; other channels are refused."""
-        if frame.columns == self.columns:
+        """``frame`` with the fitted columns in the fitted order; other columns are refused."""
+        expected = self._roles().user_columns
+        if frame.columns == expected:
             return frame
-        got, expected = list(frame.columns), self.columns
+        got = list(frame.columns)
         if sorted(got) == sorted(expected):
             return frame.select(expected)
         missing = [c for c in expected if c not in got]
         unexpected = [c for c in got if c not in expected]
         raise DataError(
-            f"{frame.source}: the forecaster was fitted on {len(expected)} channels {expected}, but the data "
-            f"has {len(got)} channels {got} (missing: {missing}, unexpected: {unexpected}). Pass data with "
+            f"{frame.source}: the forecaster was fitted on {len(expected)} columns {expected}, but the data "
+            f"has {len(got)} columns {got} (missing: {missing}, unexpected: {unexpected}). Pass data with "
             "the same columns (any order), or fit a new forecaster on this data"
         )
 
@@ -729,12 +888,11 @@ def backtest_to_csv(
     drawn as PNG when asked. Nothing is written unless the whole backtest succeeded."""
     levels = check_levels(level)
     forecaster = Forecaster.load(model_dir)
-    frame, _, ids = load_series(data)
-    frame = forecaster._matching_channels(frame)
+    frame, _, ids = load_series(data, allow_missing=forecaster.inputs.fill is not None)
     cv = forecaster.cross_validation(
         frame, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, verbose=verbose
     )  # a wide frame: unique_id holds the column names
-    history = wide_to_long(frame_to_wide(frame))
+    history = wide_to_long(frame_to_wide(forecaster._matching_channels(frame).select(forecaster.targets)))
     report = backtest_report(
         cv, history, forecaster.model_name, season_length(forecaster._fitted()[2]), levels
     )

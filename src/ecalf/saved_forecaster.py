@@ -3,7 +3,9 @@
 A saved forecaster is a run directory (:mod:`ecalf.run_dir` names those files: the resolved config,
 the trained weights, the metrics file, here holding the fit's summary and per-epoch history) plus:
 
-- ``forecaster.json``  format and version, ecalf version, model, columns, frequency, L, H, validation fraction
+- ``forecaster.json``  format and version, ecalf version, model, columns (the model's channels), their
+                       roles (targets, covariates, calendar features), what was asked (target,
+                       covariates, fill), frequency, L, H, validation fraction
 - ``scaler.json``      the columns and the standard scaler fitted on the training rows
 - ``intervals.json``   the split-conformal interval radii (:mod:`ecalf.conformal`), when the fit held
                        out validation rows
@@ -71,6 +73,11 @@ class SavedForecaster:
     """The fit's per-epoch records."""
     calibration: IntervalCalibration | None = None
     """The interval radii (None: fitted without validation rows)."""
+    roles: dict[str, list[str]] = field(default_factory=dict)
+    """The columns by role (``ecalf.data.roles.ColumnRoles.as_dict``); {} in a save from before roles:
+    every column a target."""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """What the forecaster was asked to read (``ecalf.forecast.InputSpec.as_dict``)."""
 
 
 def check_output_dir(directory: str | os.PathLike[str]) -> Path:
@@ -129,6 +136,8 @@ def write_forecaster(directory: str | os.PathLike[str], saved: SavedForecaster) 
             "context_length": saved.config.data.context_length,
             "prediction_length": saved.config.data.prediction_length,
             "validation_fraction": saved.validation_fraction,
+            "roles": saved.roles,
+            "inputs": saved.inputs,
         },
     )
     return path
@@ -196,15 +205,21 @@ def read_forecaster(directory: str | os.PathLike[str], *, device: str | None = N
             calibration = IntervalCalibration.from_dict(_checkpoint_read(read_json, path / INTERVALS_FILE))
         except DataError as exc:
             raise CheckpointError(f"{path / INTERVALS_FILE}: {exc}; save the forecaster again") from None
-        if calibration.radii.shape[1:] != (config.data.prediction_length, len(columns)):
+        targets = len((meta.get("roles") or {}).get("targets") or columns)
+        if calibration.radii.shape[1:] != (config.data.prediction_length, targets):
             raise CheckpointError(
                 f"{path / INTERVALS_FILE}: radii of shape {calibration.radii.shape[1:]} do not match the "
-                f"horizon {config.data.prediction_length} and {len(columns)} columns; save the forecaster "
+                f"horizon {config.data.prediction_length} and {targets} targets; save the forecaster "
                 "again"
             )
+    roles, inputs = meta.get("roles") or {}, meta.get("inputs") or {}
+    if not isinstance(roles, dict) or not isinstance(inputs, dict):
+        raise CheckpointError(
+            f"{path / METADATA_FILE}: roles and inputs must be mappings; save the forecaster again"
+        )
     return SavedForecaster(
         config, module, scaler, list(columns), meta["frequency"], meta.get("validation_fraction"),
-        metrics if isinstance(metrics, dict) else {}, history, calibration,
+        metrics if isinstance(metrics, dict) else {}, history, calibration, roles, inputs,
     )  # fmt: skip
 
 

@@ -46,9 +46,11 @@ class TimeSeriesFrame:
         index = [self.columns.index(c) for c in columns]
         return TimeSeriesFrame(self.values[:, index], self.timestamps, list(columns), self.source)
 
-    def head(self, rows: int) -> TimeSeriesFrame:
-        """The first ``rows`` rows (everything up to a backtest's cutoff)."""
-        return TimeSeriesFrame(self.values[:rows], self.timestamps[:rows], list(self.columns), self.source)
+    def rows(self, start: int, stop: int) -> TimeSeriesFrame:
+        """Rows ``start`` to ``stop`` (a backtest's history up to a cutoff, or the horizon after it)."""
+        return TimeSeriesFrame(
+            self.values[start:stop], self.timestamps[start:stop], list(self.columns), self.source
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,8 +58,9 @@ class TimeSeriesFrame:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_csv(path: str | os.PathLike[str]) -> TimeSeriesFrame:
-    """Read and validate a wide CSV (``date`` + numeric columns) as UTF-8 (bad bytes replaced)."""
+def read_csv(path: str | os.PathLike[str], *, allow_missing: bool = False) -> TimeSeriesFrame:
+    """Read and validate a wide CSV (``date`` + numeric columns) as UTF-8 (bad bytes replaced);
+    ``allow_missing``: keep empty or NaN values as NaN (to be filled, :mod:`ecalf.data.gaps`)."""
     source = Path(path)
     if not source.exists():
         raise DataError(f"{source}: file not found")
@@ -73,14 +76,16 @@ def read_csv(path: str | os.PathLike[str]) -> TimeSeriesFrame:
         raise DataError(f"{source}: not a valid CSV file: {exc}") from None
     except OSError as exc:
         raise DataError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
-    return _validate(df, str(source), file_lines=True)
+    return _validate(df, str(source), file_lines=True, allow_missing=allow_missing)
 
 
-def frame_from_dataframe(df: pd.DataFrame, source: str = "DataFrame") -> TimeSeriesFrame:
+def frame_from_dataframe(
+    df: pd.DataFrame, source: str = "DataFrame", *, allow_missing: bool = False
+) -> TimeSeriesFrame:
     """Validate a wide DataFrame (a ``date`` column + numeric columns) like :func:`read_csv`."""
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}")
-    return _validate(df.reset_index(drop=True), source, file_lines=False)
+    return _validate(df.reset_index(drop=True), source, file_lines=False, allow_missing=allow_missing)
 
 
 def _row(i: int, file_lines: bool) -> str:
@@ -88,7 +93,9 @@ def _row(i: int, file_lines: bool) -> str:
     return f"row {i + 1} (line {i + 2})" if file_lines else f"row {i + 1}"
 
 
-def _validate(df: pd.DataFrame, source: str, *, file_lines: bool) -> TimeSeriesFrame:
+def _validate(
+    df: pd.DataFrame, source: str, *, file_lines: bool, allow_missing: bool = False
+) -> TimeSeriesFrame:
     df = df.rename(columns=lambda c: str(c).strip())
     if df.shape[1] == 0 and df.shape[0] == 0:
         raise DataError(f"{source}: the file is empty; expected a header line `date,...` and data rows")
@@ -123,7 +130,7 @@ def _validate(df: pd.DataFrame, source: str, *, file_lines: bool) -> TimeSeriesF
     if not columns:
         raise DataError(f"{source}: only a `date` column; at least one numeric column is needed")
     timestamps = _parse_dates(df[DATE_COLUMN], source, file_lines)
-    values = _numeric_values(df, columns, source, file_lines)
+    values = _numeric_values(df, columns, source, file_lines, allow_missing)
     _check_order(timestamps, values, source, file_lines)
     return TimeSeriesFrame(values=values, timestamps=timestamps, columns=columns, source=source)
 
@@ -209,7 +216,9 @@ def _check_order(timestamps: pd.DatetimeIndex, values: np.ndarray, source: str, 
     )
 
 
-def _numeric_values(df: pd.DataFrame, columns: list[str], source: str, file_lines: bool) -> np.ndarray:
+def _numeric_values(
+    df: pd.DataFrame, columns: list[str], source: str, file_lines: bool, allow_missing: bool = False
+) -> np.ndarray:
     converted: dict[str, pd.Series] = {}
     for name in columns:
         column = df[name]
@@ -229,18 +238,22 @@ def _numeric_values(df: pd.DataFrame, columns: list[str], source: str, file_line
     if converted:
         df = df.assign(**converted)
     values64 = df[columns].to_numpy(dtype=np.float64)  # (T, C)
-    finite = np.isfinite(values64)
+    finite = np.isfinite(values64) | (np.isnan(values64) if allow_missing else False)
     if not finite.all():
         i, j = (int(k) for k in np.argwhere(~finite)[0])
         value = values64[i, j]
-        what = "missing value (empty or NaN)" if np.isnan(value) else f"infinite value {value}"
-        raise DataError(
-            f"{source}: column {columns[j]!r}, {_row(i, file_lines)}: {what}; "
-            "fill or drop such rows before loading"
+        missing = bool(np.isnan(value))
+        what = "missing value (empty or NaN)" if missing else f"infinite value {value}"
+        how = (
+            "fill or drop such rows before loading, or let the forecaster fill gaps: fill='ffill' or "
+            "'interpolate' (ecalf fit --fill ffill)"
+            if missing
+            else "fix or drop such rows before loading"
         )
+        raise DataError(f"{source}: column {columns[j]!r}, {_row(i, file_lines)}: {what}; {how}")
     with np.errstate(over="ignore"):
         values = values64.astype(np.float32, order="C")  # row-major: a window is one block
-    overflow = ~np.isfinite(values)
+    overflow = ~np.isfinite(values) & ~np.isnan(values64)
     if overflow.any():
         i, j = (int(k) for k in np.argwhere(overflow)[0])
         raise DataError(

@@ -37,14 +37,23 @@ class StandardScaler:
         return int(self.mean.size)
 
     def fit(self, values: np.ndarray | torch.Tensor) -> StandardScaler:
-        """Fit on (T, C) training rows."""
+        """Fit on (T, C) training rows (NaN, a missing value, is left out of the statistics)."""
         data = _as_float64(values)
         if data.ndim != 2 or data.shape[0] == 0:
             raise DataError(
                 f"the scaler is fitted on (rows, channels) data with rows > 0, got shape {data.shape}"
             )
-        self.mean = data.mean(axis=0)
-        std = data.std(axis=0)
+        if np.isnan(data).any():  # a user's series with gaps: the observed values only
+            empty = np.isnan(data).all(axis=0)
+            if empty.any():
+                raise DataError(
+                    f"channel {int(np.argmax(empty))} has no observed value in the training rows; it cannot "
+                    "be scaled"
+                )
+            self.mean, std = np.nanmean(data, axis=0), np.nanstd(data, axis=0)
+        else:
+            self.mean = data.mean(axis=0)
+            std = data.std(axis=0)
         self.std = np.where(std < 10 * np.finfo(np.float64).eps, 1.0, std)
         return self
 

@@ -35,8 +35,9 @@ class LoadedSeries(NamedTuple):
     ids: dict[str, Any]
 
 
-def load_series(data: SeriesInput, source: str | None = None) -> LoadedSeries:
-    """A validated wide series from a CSV path, a wide/long DataFrame or a frame; and its layout."""
+def load_series(data: SeriesInput, source: str | None = None, *, allow_missing: bool = False) -> LoadedSeries:
+    """A validated wide series from a CSV path, a wide/long DataFrame or a frame; and its layout.
+    ``allow_missing``: empty and NaN values stay NaN (to be filled) instead of being an error."""
     if isinstance(data, TimeSeriesFrame):
         return LoadedSeries(data, "wide", {})
     if isinstance(data, (str, os.PathLike)):
@@ -48,27 +49,27 @@ def load_series(data: SeriesInput, source: str | None = None) -> LoadedSeries:
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError):
             header = []  # read_csv below names the problem
         if DATE_COLUMN not in header and set(LONG_COLUMNS) <= set(header):
-            return _from_long(pd.read_csv(path), str(path))
-        return LoadedSeries(read_csv(path), "wide", {})
+            return _from_long(pd.read_csv(path), str(path), allow_missing)
+        return LoadedSeries(read_csv(path, allow_missing=allow_missing), "wide", {})
     if isinstance(data, pd.DataFrame):
         name = source or "DataFrame"
         columns = {str(c).strip() for c in data.columns}
         if DATE_COLUMN not in columns and set(LONG_COLUMNS) <= columns:
-            return _from_long(data, name)
+            return _from_long(data, name, allow_missing)
         if DATE_COLUMN not in columns and (
             isinstance(data.index, pd.DatetimeIndex) or data.index.name == DATE_COLUMN
         ):  # dates as the index (pd.read_csv(path, index_col="date") leaves them as strings)
             data = data.rename_axis(DATE_COLUMN).reset_index()
-        return LoadedSeries(frame_from_dataframe(data, name), "wide", {})
+        return LoadedSeries(frame_from_dataframe(data, name, allow_missing=allow_missing), "wide", {})
     raise DataError(
         f"expected a CSV path or a pandas DataFrame (wide: `date` + one column per series; long: "
         f"unique_id, ds, y), got {type(data).__name__}"
     )
 
 
-def _from_long(df: pd.DataFrame, source: str) -> LoadedSeries:
+def _from_long(df: pd.DataFrame, source: str, allow_missing: bool = False) -> LoadedSeries:
     """Long-format rows, read once: the wide frame and the ``unique_id`` values by their text."""
-    frame = frame_from_dataframe(long_to_wide(df, source), source)
+    frame = frame_from_dataframe(long_to_wide(df, source), source, allow_missing=allow_missing)
     column = df.rename(columns=lambda c: str(c).strip())["unique_id"]
     ids = {str(v): v.item() if isinstance(v, np.generic) else v for v in pd.unique(column)}
     return LoadedSeries(frame, "long", ids)

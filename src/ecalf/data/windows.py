@@ -13,6 +13,7 @@ values that :meth:`WindowDataset.future_covariates` hands to models that take th
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -117,6 +118,12 @@ class WindowDataset(Dataset[tuple[Tensor, Tensor]]):
         idx = self._start_rows(torch.as_tensor(indices, dtype=torch.long).reshape(-1))
         future = self.series[idx[:, None] + self._future_offsets.to(idx.device)]  # (B, H, C)
         return future[..., self.num_channels - self.num_future_covariates :]
+
+    def without_future_covariates(self) -> WindowDataset:
+        """The same windows for a model that takes no known-future covariates (they stay past inputs)."""
+        plain = copy.copy(self)
+        plain.num_future_covariates = 0
+        return plain
 
     def _start_rows(self, idx: Tensor) -> Tensor:
         idx = idx.to(self.series.device)
