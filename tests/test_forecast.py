@@ -190,7 +190,7 @@ def test_wide_and_long_formats_give_the_same_forecast(fitted, tmp_path):
 
     csv = tmp_path / "long.csv"
     long.to_csv(csv, index=False)
-    frame, layout, ids = load_series(csv)
+    frame, layout, ids, _ = load_series(csv)
     assert layout == "long" and frame.columns == ["x0", "OT"] and ids == {"x0": "x0", "OT": "OT"}
     np.testing.assert_array_equal(frame.values, wide[["x0", "OT"]].to_numpy(dtype=np.float32))
 

@@ -118,6 +118,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
         overrides=args.set or [],
         verbose=not args.quiet,
+        target=args.target,
+        future_covariates=args.future_covariates,
+        calendar=args.calendar,
+        fill=args.fill,
     )
     summary = forecaster.summary
     print(
@@ -142,6 +146,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
         plot=args.plot,
         history_rows=args.history_rows,
         level=args.level or (),
+        future=args.future,
     )
     print(f"forecast: {args.output} ({len(forecast)} rows)")
     if args.plot:
@@ -499,6 +504,25 @@ COMMANDS: tuple[Command, ...] = (
                 metavar="KEY=VALUE",
                 help="override model.* / training.* / seed, e.g. training.patience=3",
             ),
+            opt(
+                "--target",
+                nargs="+",
+                metavar="COLUMN",
+                help="the column(s) to forecast; the other columns become past covariates (default: all)",
+            ),
+            opt(
+                "--future-covariates",
+                nargs="+",
+                default=[],
+                metavar="COLUMN",
+                help="columns whose future values are known (give them to `ecalf forecast --future`)",
+            ),
+            opt("--calendar", action="store_true", help="add calendar features of the timestamps as inputs"),
+            opt(
+                "--fill",
+                choices=["ffill", "interpolate"],
+                help="fill missing values and timestamps of the inputs (a missing target is not trained on)",
+            ),
             QUIET,
         ),
         "Fit a model on a CSV (wide: a `date` column + one numeric column per series; long: "
@@ -522,6 +546,11 @@ COMMANDS: tuple[Command, ...] = (
                 help="history rows drawn (default 4 forecast lengths)",
             ),
             LEVEL,
+            opt(
+                "--future",
+                metavar="CSV",
+                help="the known-future covariates at the forecast timestamps (`date` + those columns)",
+            ),
         ),
         "Load a forecaster saved by `ecalf fit`, forecast the prediction length after the last row of "
         "--input "

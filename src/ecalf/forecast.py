@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,17 +60,20 @@ from ecalf.config import (
 )
 from ecalf.config_files import run_config_from_dict
 from ecalf.conformal import IntervalCalibration, calibrate, check_levels, level_name
-from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
+from ecalf.data import StandardScaler, TimeSeriesFrame
 from ecalf.data.gaps import FillMethod, check_fill, fill_gaps, on_regular_grid
-from ecalf.data.loading import DATE_COLUMN
+from ecalf.data.loading import DATE_COLUMN, frame_from_dataframe
+from ecalf.data.prepare import PreparedSeries, window_sets
 from ecalf.data.roles import ColumnRoles, calendar_names, future_inputs, model_inputs, resolve_roles
 from ecalf.data.series import (
+    LoadedSeries,
     SeriesInput,
     check_spacing,
     forecast_to_wide,
     frame_to_wide,
     future_timestamps,
     load_series,
+    panel_forecast_to_wide,
     regular_frequency,
     wide_to_long,
 )
@@ -349,6 +353,8 @@ class Forecaster:
         self.scaler: StandardScaler | None = None
         self.roles: ColumnRoles | None = None
         """The columns by role, once fitted: targets, past and known-future covariates, calendar."""
+        self.series_scalers: dict[str, StandardScaler] | None = None
+        """A panel's per-series scalers (None for one wide series)."""
         self.frequency: str | None = None
         self.history: list[dict[str, Any]] = []
         """Per-epoch training log (loss parts, validation MSE/MAE, learning rate, adapted values)."""
@@ -415,6 +421,7 @@ class Forecaster:
         tracking_dir: str | os.PathLike[str] | None = None,
         floor: bool = True,
         linear_command: str | None = None,
+        skip_short: bool = False,
     ) -> Forecaster:
         """Train on ``data`` (the whole series; the last part is held out for early stopping).
 
@@ -428,38 +435,58 @@ class Forecaster:
         (:mod:`ecalf.conformal`) and, with ``floor``, the naive forecast and the closed-form ``linear``
         model is scored on them too (:mod:`ecalf.floor`; about a second): :attr:`floor`, printed with
         ``linear_command`` (how to fit ``linear`` instead) when a floor wins.
+
+        A panel (long-format series of different lengths or start dates, or with covariate columns
+        beside ``y``) trains one model on every series, each split and scaled on its own rows; a
+        series too short for a training window and validation is an error naming it, or with
+        ``skip_short`` left out with a warning.
         """
         require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
-        raw = load_series(data, allow_missing=self.inputs.fill is not None).frame
-        source = raw.source
+        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        source = loaded.panel.source if loaded.panel is not None else loaded.frame.source
+        raws = dict(loaded.panel.series) if loaded.panel is not None else {"": loaded.frame}
         if self.inputs.fill is not None:
-            raw = on_regular_grid(raw)
-        frequency = regular_frequency(raw.timestamps, source)
+            raws = {name: on_regular_grid(raw) for name, raw in raws.items()}
+        frequency = self._common_frequency(raws)
+        target = self.inputs.target
+        if loaded.panel is not None:
+            target = self._panel_target(target)
+        first = next(iter(raws.values()))
         roles = resolve_roles(
-            raw.columns,
-            self.inputs.target,
+            first.columns,
+            target,
             self.inputs.future_covariates,
             calendar_names(frequency) if self.inputs.calendar else [],
             source,
         )
-        frame, observed = self._model_inputs(raw, roles)
         L, H = self.context_length, self.prediction_length
-        num_train = training_rows(frame.num_rows, L, H, validation_fraction, source)
-        scaler = StandardScaler().fit(np.where(observed, frame.values, np.nan)[:num_train])  # training rows
-        series = torch.from_numpy(scaler.transform(frame.values))  # (T, C) standardised, gaps filled
-        targets = None  # the futures: the series itself, unless a point is not a target
-        if roles.has_covariates or not observed.all():
-            targets = series.clone()
-            targets[torch.from_numpy(~observed)] = float("nan")  # a missing value is never a target
-            targets[:, len(roles.targets) :] = float("nan")  # nor is a covariate
+        parts = []
+        for name, raw in raws.items():
+            frame, observed = self._model_inputs(self._with_columns(raw, roles), roles)
+            try:
+                num_train = training_rows(frame.num_rows, L, H, validation_fraction, frame.source)
+            except DataError as short:
+                if loaded.panel is None or not skip_short:
+                    hint = (
+                        "; or pass skip_short=True (--skip-short) to leave such series out"
+                        if loaded.panel
+                        else ""
+                    )
+                    raise DataError(f"{short}{hint}") from None
+                warnings.warn(f"{frame.source}: too short for a window; left out ({short})", stacklevel=2)
+                continue
+            parts.append(PreparedSeries.split(name, frame, observed, num_train))
+        if not parts:
+            raise DataError(f"{source}: no series is long enough for one training window and validation")
         known = roles.num_known_future
-
-        def windows(start: int, stop: int) -> WindowDataset:
-            part = None if targets is None else targets[start:stop]
-            return WindowDataset(series[start:stop], L, H, targets=part, num_future_covariates=known)
-
-        train_set = windows(0, num_train)
-        val_set = windows(num_train - L, frame.num_rows) if num_train < frame.num_rows else train_set
+        train_set, validation = window_sets(parts, len(roles.targets), L, H, known)
+        val_set = validation if validation is not None else train_set
+        num_channels = parts[0].frame.num_channels
+        gaps = sum(int((~p.observed).sum()) for p in parts)
+        rows = sum(p.frame.num_rows for p in parts)
+        scaler = parts[0].scaler
+        if loaded.panel is not None:  # each series has its own; the pooled one is kept for reference
+            scaler = StandardScaler().fit(np.concatenate([p.frame.values[: p.num_train] for p in parts]))
 
         training = dataclasses.replace(
             self.config.training,
@@ -469,7 +496,7 @@ class Forecaster:
         log: Callable[[str], None] = print if verbose else _silent
         model = dataclasses.replace(
             self.config.model,
-            num_channels=frame.num_channels,
+            num_channels=num_channels,
             num_past_covariates=len(roles.past_covariates),
             num_future_covariates=known,
         )
@@ -482,12 +509,10 @@ class Forecaster:
         if training.num_threads:
             torch.set_num_threads(training.num_threads)
         device = resolve_device(training.device)
-        covariates = (
-            f" ({len(roles.targets)} target(s), {frame.num_channels - len(roles.targets)} covariate(s))"
-        )
-        gaps = int((~observed).sum())
+        covariates = f" ({len(roles.targets)} target(s), {num_channels - len(roles.targets)} covariate(s))"
+        panel = f"a panel of {len(parts)} series, " if loaded.panel is not None else ""
         log(
-            f"fit {self.model_name} on {source}: {frame.num_rows} rows x {frame.num_channels} channels"
+            f"fit {self.model_name} on {source}: {panel}{rows} rows x {num_channels} channels"
             + (covariates if roles.has_covariates else "")
             + f" at {frequency!r}"
             + (f", {gaps} missing value(s) filled by {self.inputs.fill}" if gaps else "")
@@ -524,9 +549,10 @@ class Forecaster:
             ).numpy()
             actual = val_set.get_batch(torch.arange(len(val_set)))[1].numpy()
             n = len(roles.targets)
-            calibration = calibrate(
-                scaler.inverse_transform(predicted)[..., :n], scaler.inverse_transform(actual)[..., :n]
-            )
+            if loaded.panel is None:  # in the original units
+                predicted, actual = scaler.inverse_transform(predicted), scaler.inverse_transform(actual)
+            # a panel's series differ in scale: the radii stay standardised, each series scales them
+            calibration = calibrate(predicted[..., :n], actual[..., :n])
             if floor:
                 comparison = compare_with_floor(
                     config, self.model_name, result.best_val_mse, train_set, val_set, device=device
@@ -537,16 +563,18 @@ class Forecaster:
         self.config, self.module, self.scaler = config, module, scaler
         self.calibration, self.floor = calibration, comparison
         self.roles, self.frequency = roles, frequency
+        self.series_scalers = {p.name: p.scaler for p in parts} if loaded.panel is not None else None
         self.validation_fraction = validation_fraction
         self.history = [dataclasses.asdict(r) for r in result.history]
         self.summary = {
             "model": self.model_name,
             "source": source,
-            "rows": frame.num_rows,
-            "train_rows": num_train,
+            "rows": rows,
+            "train_rows": sum(p.num_train for p in parts),
             "missing_values": gaps,
-            "first_timestamp": str(frame.timestamps[0]),
-            "last_timestamp": str(frame.timestamps[-1]),
+            "series": len(parts) if loaded.panel is not None else 0,
+            "first_timestamp": str(min(p.frame.timestamps[0] for p in parts)),
+            "last_timestamp": str(max(p.frame.timestamps[-1] for p in parts)),
             "windows": {"train": len(train_set), "val": len(val_set) if val_set is not train_set else 0},
             "best_epoch": result.best_epoch,
             "best_val_mse": result.best_val_mse,
@@ -582,9 +610,10 @@ class Forecaster:
         levels = check_levels(level)
         self._fitted()
         loaded = load_series(data, allow_missing=self.inputs.fill is not None)
-        radii = {
-            lvl: self.interval_radius(lvl).astype(np.float32) for lvl in levels
-        }  # errors before any work
+        if self.series_scalers is not None:
+            return self._predict_panel(loaded, future_df, levels, int8=int8)
+        self._refuse_panel(loaded)
+        radii = {lvl: self.interval_radius(lvl).astype(np.float32) for lvl in levels}  # errors first
         future = (
             load_series(future_df, "future_df", allow_missing=True).frame if future_df is not None else None
         )
@@ -598,12 +627,84 @@ class Forecaster:
         wide = pd.DataFrame(columns)
         return wide if loaded.layout == "wide" else wide_to_long(wide, loaded.ids)
 
+    def _predict_panel(
+        self, loaded: LoadedSeries, future_df: SeriesInput | None, levels: tuple[float, ...], *, int8: bool
+    ) -> pd.DataFrame:
+        """A panel's forecasts, each series from its own last timestamp, as ``unique_id, ds, y`` rows
+        (+ ``lo-80``, ``hi-80``, ...)."""
+        panel = self._as_panel(loaded)
+        futures = self._future_panel(future_df)
+        blocks = []
+        for name, history in panel.items():
+            scaler = self._series_scaler(name, history)
+            point, dates = self.forecast_after(history, futures.get(name), int8=int8, scaler=scaler)
+            block = pd.DataFrame({"unique_id": [loaded.ids.get(name, name)] * len(dates), "ds": dates,
+                                  "y": point[:, 0]})  # fmt: skip
+            for lvl in levels:
+                radius = self.interval_radius(lvl, scaler=scaler)[:, 0].astype(np.float32)
+                block[f"lo-{level_name(lvl)}"] = point[:, 0] - radius
+                block[f"hi-{level_name(lvl)}"] = point[:, 0] + radius
+            blocks.append(block)
+        return pd.concat(blocks, ignore_index=True)
+
+    def _refuse_panel(self, loaded: LoadedSeries) -> None:
+        """A forecaster of one multivariate series cannot read a panel."""
+        if loaded.panel is not None and self.is_fitted:
+            raise DataError(
+                f"{loaded.panel.source}: {loaded.panel.why}; this forecaster was fitted on one multivariate "
+                f"series ({', '.join(self._roles().user_columns)})): it needs every series at every timestamp"
+            )
+
+    def _as_panel(self, loaded: LoadedSeries) -> dict[str, TimeSeriesFrame]:
+        """The series of a panel forecaster's input (long rows that happen to share one index, too)."""
+        if loaded.panel is not None:
+            return dict(loaded.panel.series)
+        if loaded.layout == "long":
+            frame = loaded.frame
+            return {c: frame.select([c]).renamed(["y"]) for c in frame.columns}
+        raise DataError(
+            f"{loaded.frame.source}: this forecaster was fitted on a panel (long format: unique_id, ds, y); "
+            "pass the series in that format"
+        )
+
+    def _future_panel(self, future_df: SeriesInput | None) -> dict[str, TimeSeriesFrame]:
+        """Known-future covariates per series from long rows ``unique_id, ds, <covariates>``."""
+        if future_df is None:
+            return {}
+        df = pd.read_csv(future_df) if isinstance(future_df, (str, os.PathLike)) else future_df
+        if not isinstance(df, pd.DataFrame) or not {"unique_id", "ds"} <= set(df.columns):
+            raise DataError(
+                "future_df of a panel forecaster: long rows unique_id, ds and the covariate columns"
+            )
+        keys = df["unique_id"].astype(str)
+        return {
+            str(key): frame_from_dataframe(
+                df[keys == key].drop(columns="unique_id").rename(columns={"ds": DATE_COLUMN}),
+                f"future_df: series {key!r}",
+            )
+            for key in pd.unique(keys)
+        }
+
+    def _series_scaler(self, name: str, history: TimeSeriesFrame) -> StandardScaler:
+        """A panel series' scaler: its own from fitting, or for a series the panel did not have, one
+        fitted on the history given (a global model forecasts new series from their own scale)."""
+        assert self.series_scalers is not None
+        if name in self.series_scalers:
+            return self.series_scalers[name]
+        inputs, observed = self._model_inputs(self._matching_channels(history), self._roles())
+        return StandardScaler().fit(np.where(observed, inputs.values, np.nan))
+
     def forecast_after(
-        self, history: TimeSeriesFrame, future: TimeSeriesFrame | None = None, *, int8: bool = False
+        self,
+        history: TimeSeriesFrame,
+        future: TimeSeriesFrame | None = None,
+        *,
+        int8: bool = False,
+        scaler: StandardScaler | None = None,
     ) -> tuple[np.ndarray, pd.DatetimeIndex]:
         """The (H, targets) forecast after the last row of ``history`` (the data's own columns), in
         the original units, and its timestamps; ``future`` holds the known-future covariates' values
-        at those timestamps."""
+        at those timestamps; ``scaler``: a panel series' own."""
         _, _, frequency = self._fitted()
         roles = self._roles()
         frame = self._matching_channels(history)
@@ -620,15 +721,23 @@ class Forecaster:
         dates = future_timestamps(inputs.timestamps[-1], frequency, self.prediction_length)
         known = future_inputs(roles, dates, future, future.source if future is not None else "future_df")
         context = inputs.values[None, -L:]
-        point = self.forecast_windows(context, known[None] if roles.num_known_future else None, int8=int8)
+        known_future = known[None] if roles.num_known_future else None
+        point = self.forecast_windows(context, known_future, int8=int8, scaler=scaler)
         return point[0], dates
 
     def forecast_windows(
-        self, contexts: np.ndarray, future_covariates: np.ndarray | None = None, *, int8: bool = False
+        self,
+        contexts: np.ndarray,
+        future_covariates: np.ndarray | None = None,
+        *,
+        int8: bool = False,
+        scaler: StandardScaler | None = None,
     ) -> np.ndarray:
         """Forecasts from (n, L, C) context windows of the model's channels (and the (n, H, K)
-        known-future covariates), original units in and out: (n, H, targets)."""
-        module, scaler, _ = self._fitted()
+        known-future covariates), original units in and out: (n, H, targets). ``scaler``: a panel
+        series' own (default: the forecaster's)."""
+        module, fitted_scaler, _ = self._fitted()
+        scaler = scaler or fitted_scaler
         if int8:
             if self._int8 is None or self._int8[0] is not module:
                 self._int8 = (module, quantized_int8(module))
@@ -651,15 +760,21 @@ class Forecaster:
                 )
         return scaler.inverse_transform(torch.cat(outputs).numpy())[..., : len(self.targets)]
 
-    def interval_radius(self, level: float) -> np.ndarray:
-        """The (H, targets) half-width of the level-``level`` prediction interval, in the original units."""
+    def interval_radius(self, level: float, *, scaler: StandardScaler | None = None) -> np.ndarray:
+        """The (H, targets) half-width of the level-``level`` prediction interval, in the original units
+        (a panel's radii are standardised: ``scaler``, the series' own, scales them back)."""
         if self.calibration is None:
             raise EcalfError(
                 "this forecaster was fitted without validation rows (validation_fraction 0), so there are no "
                 "held-out residuals to calibrate intervals on; fit it again with validation_fraction > 0 "
                 "(the default 0.1) to get intervals"
             )
-        return self.calibration.radius(level)
+        radius = self.calibration.radius(level)
+        if self.series_scalers is not None:
+            if scaler is None:
+                raise EcalfError("a panel forecaster's intervals are per series: give the series' scaler")
+            radius = radius * scaler.std[: radius.shape[-1]]
+        return radius
 
     def cross_validation(
         self,
@@ -681,6 +796,9 @@ class Forecaster:
         the known-future covariates after it). See :mod:`ecalf.backtest`.
         """
         loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        if self.series_scalers is not None:
+            return self._cross_validate_panel(loaded, n_windows, step_size, refit, check_levels(level))
+        self._refuse_panel(loaded)
         frame = loaded.frame
         if self.is_fitted:
             frame = self._matching_channels(frame)
@@ -691,6 +809,32 @@ class Forecaster:
             self, frame, n_windows=n_windows, step_size=step_size, refit=refit, level=check_levels(level),
             ids=loaded.ids, log=print if verbose else None,
         )  # fmt: skip
+
+    def _cross_validate_panel(
+        self,
+        loaded: LoadedSeries,
+        n_windows: int,
+        step_size: int | None,
+        refit: bool,
+        levels: tuple[float, ...],
+    ) -> pd.DataFrame:
+        """A panel's backtest: every series from its own cutoffs (counted back from its own end)."""
+        if refit:
+            raise EcalfError(
+                "refit=True refits at one set of cutoffs, but a panel's series end at different times, so a "
+                "panel forecaster cannot be refitted per cutoff; use refit=False (the fitted model from each "
+                "series' cutoffs), or fit on the rows before a cutoff yourself"
+            )
+        blocks = []
+        for name, history in self._as_panel(loaded).items():
+            view = _PanelSeries(self, self._series_scaler(name, history))
+            frame = self._matching_channels(history)
+            if self.inputs.fill is not None:
+                frame = on_regular_grid(frame)
+            cv = cross_validation(view, frame, n_windows=n_windows, step_size=step_size, level=levels)
+            cv["unique_id"] = [loaded.ids.get(name, name)] * len(cv)
+            blocks.append(cv)
+        return pd.concat(blocks, ignore_index=True)
 
     def refitted(self, frame: TimeSeriesFrame) -> Forecaster:
         """A new forecaster with these settings, fitted on ``frame`` alone (a backtest's refit)."""
@@ -713,13 +857,29 @@ class Forecaster:
         interval bands (the forecast is made, with ``level`` and ``future_df``, when None)."""
         from ecalf.plots import plot_forecast
 
-        frame = load_series(data, allow_missing=self.inputs.fill is not None).frame
-        frame = self._matching_channels(frame).select(self.targets)
+        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
         if forecast is None:
             forecast = self.predict(data, level=level, future_df=future_df)
+        if self.series_scalers is not None:  # a panel: each series on its own dates, NaN elsewhere
+            named = {str(loaded.ids.get(n, n)): f for n, f in self._as_panel(loaded).items()}
+            history = (
+                pd.concat(
+                    [
+                        frame_to_wide(f.select(["y"])).set_index(DATE_COLUMN)["y"].rename(n)
+                        for n, f in named.items()
+                    ],
+                    axis=1,
+                )
+                .rename_axis(DATE_COLUMN)
+                .reset_index()
+            )
+            future = panel_forecast_to_wide(forecast)
+        else:
+            history = frame_to_wide(self._matching_channels(loaded.frame).select(self.targets))
+            future = forecast_to_wide(forecast)
         return plot_forecast(
-            frame_to_wide(frame),
-            forecast_to_wide(forecast),
+            history,
+            future,
             path,
             history_rows=history_rows,
             title=f"{self.model_name}: next {self.prediction_length} steps (frequency {self.frequency!r})",
@@ -734,6 +894,7 @@ class Forecaster:
         saved = SavedForecaster(
             self.config, module, scaler, self.columns, frequency, self.validation_fraction,
             self.summary, self.history, self.calibration, self._roles().as_dict(), self.inputs.as_dict(),
+            self.series_scalers,
         )  # fmt: skip
         return write_forecaster(directory, saved)
 
@@ -750,6 +911,7 @@ class Forecaster:
         forecaster.validation_fraction = saved.validation_fraction
         forecaster.history, forecaster.summary = saved.history, saved.summary
         forecaster.calibration = saved.calibration
+        forecaster.series_scalers = saved.series_scalers
         forecaster.floor = FloorComparison.from_dict(saved.summary.get("floor") or {})
         return forecaster
 
@@ -761,6 +923,36 @@ class Forecaster:
                 "this Forecaster is not fitted; call fit(data) first or use Forecaster.load(dir)"
             )
         return self.module, self.scaler, self.frequency
+
+    def _common_frequency(self, frames: Mapping[str, TimeSeriesFrame]) -> str:
+        """The one sampling frequency of every series (a panel's series must share it)."""
+        found = {name: regular_frequency(frame.timestamps, frame.source) for name, frame in frames.items()}
+        distinct = sorted(set(found.values()))
+        if len(distinct) > 1:
+            example = ", ".join(f"{f!r} ({next(n for n, g in found.items() if g == f)!r})" for f in distinct)
+            raise DataError(
+                f"the series are sampled at different frequencies: {example}; resample them to one"
+            )
+        return distinct[0]
+
+    @staticmethod
+    def _panel_target(target: list[str] | None) -> list[str]:
+        """A panel forecasts its ``y`` column; the other columns are covariates."""
+        if target not in (None, ["y"]):
+            raise ConfigError(
+                f"in the long format the forecast column is y; target={target} cannot be chosen there (the "
+                "other columns beside unique_id, ds, y are covariates)"
+            )
+        return ["y"]
+
+    def _with_columns(self, frame: TimeSeriesFrame, roles: ColumnRoles) -> TimeSeriesFrame:
+        """``frame`` holding the fitted columns, in channel order."""
+        if frame.columns == roles.user_columns:
+            return frame
+        missing = [c for c in roles.user_columns if c not in frame.columns]
+        if missing:
+            raise DataError(f"{frame.source}: column(s) {missing} are missing (columns: {frame.columns})")
+        return frame.select(roles.user_columns)
 
     def _roles(self) -> ColumnRoles:
         if self.roles is None:
@@ -807,6 +999,10 @@ def fit_and_save(
     validation_fraction: float = VALIDATION_FRACTION,
     overrides: Iterable[str] = (),
     verbose: bool = True,
+    target: Sequence[str] | None = None,
+    future_covariates: Sequence[str] = (),
+    calendar: bool = False,
+    fill: str | None = None,
 ) -> Forecaster:
     """``ecalf fit``: fit a Forecaster on ``data`` and save it to ``output_dir``.
 
@@ -829,6 +1025,10 @@ def fit_and_save(
         model_options=model_options,
         training_options=training_options,
         seed=2021 if seed is None else seed,
+        target=target,
+        future_covariates=future_covariates,
+        calendar=calendar,
+        fill=fill,
     )
     command = None
     if isinstance(data, (str, os.PathLike)):
@@ -855,6 +1055,7 @@ def forecast_to_csv(
     plot: str | os.PathLike[str] | None = None,
     history_rows: int | None = None,
     level: Iterable[float] | None = None,
+    future: SeriesInput | None = None,
 ) -> pd.DataFrame:
     """``ecalf forecast``: load a saved forecaster, forecast after ``data``, write the CSV (and PNG).
 
@@ -862,12 +1063,10 @@ def forecast_to_csv(
     interval columns for each ``level``.
     """
     forecaster = Forecaster.load(model_dir)
-    frame, layout, ids = load_series(data)
-    forecast = forecaster.predict(frame, level=level)  # wide
-    written = forecast if layout == "wide" else wide_to_long(forecast, ids)
+    written = forecaster.predict(data, level=level, future_df=future)  # in the input's layout
     write_text(output, written.to_csv(index=False, lineterminator="\n"))
     if plot is not None:
-        forecaster.plot(frame, forecast, plot, history_rows=history_rows)
+        forecaster.plot(data, written, plot, history_rows=history_rows)
     return written
 
 
@@ -888,11 +1087,24 @@ def backtest_to_csv(
     drawn as PNG when asked. Nothing is written unless the whole backtest succeeded."""
     levels = check_levels(level)
     forecaster = Forecaster.load(model_dir)
-    frame, _, ids = load_series(data, allow_missing=forecaster.inputs.fill is not None)
-    cv = forecaster.cross_validation(
-        frame, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, verbose=verbose
-    )  # a wide frame: unique_id holds the column names
-    history = wide_to_long(frame_to_wide(forecaster._matching_channels(frame).select(forecaster.targets)))
+    loaded = load_series(data, allow_missing=forecaster.inputs.fill is not None)
+    ids = loaded.ids if loaded.layout == "long" else {}
+    if forecaster.series_scalers is not None:  # a panel: the backtest already holds the user's ids
+        cv = forecaster.cross_validation(
+            data, n_windows=n_windows, step_size=step_size, refit=refit, level=levels
+        )
+        ids = {}
+        series = forecaster._as_panel(loaded)
+        history = pd.concat(
+            [wide_to_long(frame_to_wide(f.select(["y"]))).assign(unique_id=loaded.ids.get(n, n))
+             for n, f in series.items()], ignore_index=True,
+        )  # fmt: skip
+    else:
+        frame = loaded.frame
+        cv = forecaster.cross_validation(
+            frame, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, verbose=verbose
+        )  # a wide frame: unique_id holds the column names
+        history = wide_to_long(frame_to_wide(forecaster._matching_channels(frame).select(forecaster.targets)))
     report = backtest_report(
         cv, history, forecaster.model_name, season_length(forecaster._fitted()[2]), levels
     )
@@ -911,3 +1123,42 @@ def backtest_to_csv(
 
 def _silent(line: str) -> None:
     pass
+
+
+@dataclass
+class _PanelSeries:
+    """One series of a panel forecaster, as :func:`ecalf.backtest.cross_validation` sees a forecaster."""
+
+    forecaster: Forecaster
+    scaler: StandardScaler
+
+    @property
+    def model_name(self) -> str:
+        return self.forecaster.model_name
+
+    @property
+    def context_length(self) -> int:
+        return self.forecaster.context_length
+
+    @property
+    def prediction_length(self) -> int:
+        return self.forecaster.prediction_length
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.forecaster.is_fitted
+
+    @property
+    def targets(self) -> list[str]:
+        return self.forecaster.targets
+
+    def forecast_after(
+        self, history: TimeSeriesFrame, future: TimeSeriesFrame | None = None
+    ) -> tuple[np.ndarray, pd.DatetimeIndex]:
+        return self.forecaster.forecast_after(history, future, scaler=self.scaler)
+
+    def interval_radius(self, level: float) -> np.ndarray:
+        return self.forecaster.interval_radius(level, scaler=self.scaler)
+
+    def refitted(self, frame: TimeSeriesFrame) -> _PanelSeries:
+        raise EcalfError("a panel forecaster cannot be refitted per cutoff")

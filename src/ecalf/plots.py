@@ -111,16 +111,18 @@ def plot_forecast(
         raise EcalfError(f"plot_forecast: the history lacks the forecast's channels {missing}")
     if len(forecast) == 0 or len(history) == 0:
         raise EcalfError("plot_forecast: the history and the forecast need at least one row each")
-    rows = history_rows if history_rows is not None else 4 * len(forecast)
-    recent = history.iloc[-max(rows, 1) :]
+    rows = max(history_rows if history_rows is not None else 4 * len(forecast), 1)
     shown = [columns[i] for i in pick_channels(len(columns), max_channels)]
     grid_rows, grid_cols = grid_shape(len(shown))
     fig, axes = new_figure(grid_rows, grid_cols)
-    past_time = pd.to_datetime(recent[DATE_COLUMN])
-    future_time = pd.to_datetime(forecast[DATE_COLUMN])
     for ax, column in zip(axes.flat, shown):
-        past = recent[column].to_numpy(dtype=np.float64)
-        future = forecast[column].to_numpy(dtype=np.float64)
+        # a panel's series each have their own dates: the others' rows are NaN and left out
+        own_past = history[column].notna().to_numpy()
+        past = history[column].to_numpy(dtype=np.float64)[own_past][-rows:]
+        past_time = pd.to_datetime(history[DATE_COLUMN])[own_past].iloc[-rows:]
+        own = forecast[column].notna().to_numpy()
+        future = forecast[column].to_numpy(dtype=np.float64)[own]
+        future_time = pd.to_datetime(forecast[DATE_COLUMN])[own]
         ax.plot(past_time, past, color=HISTORY_COLOR, linewidth=1.2, label="history")
         # the forecast line starts at the last observation so the two read as one series
         ax.plot(
@@ -132,7 +134,7 @@ def plot_forecast(
         )
         levels = sorted({s[3:] for s in band_suffixes(forecast, column)}, key=float, reverse=True)
         for rank, level in enumerate(levels):  # widest first, each band darker than the one around it
-            lo, hi = forecast[f"{column}-lo-{level}"], forecast[f"{column}-hi-{level}"]
+            lo, hi = forecast[f"{column}-lo-{level}"][own], forecast[f"{column}-hi-{level}"][own]
             ax.fill_between(
                 future_time, lo.to_numpy(dtype=np.float64), hi.to_numpy(dtype=np.float64),
                 color=FORECAST_COLOR, alpha=0.15 + 0.1 * rank, linewidth=0, label=f"{level} % interval",

@@ -6,7 +6,8 @@ the trained weights, the metrics file, here holding the fit's summary and per-ep
 - ``forecaster.json``  format and version, ecalf version, model, columns (the model's channels), their
                        roles (targets, covariates, calendar features), what was asked (target,
                        covariates, fill), frequency, L, H, validation fraction
-- ``scaler.json``      the columns and the standard scaler fitted on the training rows
+- ``scaler.json``      the columns and the standard scaler fitted on the training rows (a panel: pooled
+                       over its series, and under ``series`` each series' own, which scales it)
 - ``intervals.json``   the split-conformal interval radii (:mod:`ecalf.conformal`), when the fit held
                        out validation rows
 
@@ -78,6 +79,8 @@ class SavedForecaster:
     every column a target."""
     inputs: dict[str, Any] = field(default_factory=dict)
     """What the forecaster was asked to read (``ecalf.forecast.InputSpec.as_dict``)."""
+    series_scalers: dict[str, StandardScaler] | None = None
+    """A panel's per-series scalers, by the text of its ``unique_id`` (None: one wide series)."""
 
 
 def check_output_dir(directory: str | os.PathLike[str]) -> Path:
@@ -117,7 +120,12 @@ def write_forecaster(directory: str | os.PathLike[str], saved: SavedForecaster) 
     model = model_name_for_config(type(saved.config.model))
     (path / METADATA_FILE).unlink(missing_ok=True)  # an interrupted save stays recognisably incomplete
     save_tensors(path / WEIGHTS_FILE, snapshot(saved.module), {"format": FORMAT, "model": model})
-    write_json(path / SCALER_FILE, {"columns": saved.columns, **saved.scaler.state_dict()})
+    series = (
+        {}
+        if saved.series_scalers is None
+        else {"series": {k: v.state_dict() for k, v in saved.series_scalers.items()}}
+    )
+    write_json(path / SCALER_FILE, {"columns": saved.columns, **saved.scaler.state_dict(), **series})
     write_yaml(path / CONFIG_FILE, to_dict(saved.config))
     write_json(path / METRICS_FILE, {**saved.summary, "history": saved.history})
     if saved.calibration is not None:
@@ -185,7 +193,11 @@ def read_forecaster(directory: str | os.PathLike[str], *, device: str | None = N
     scaler_state = _checkpoint_read(read_json, path / SCALER_FILE)
     try:
         scaler = StandardScaler.from_state_dict(scaler_state)
-    except (DataError, TypeError) as exc:
+        series = scaler_state.get("series") if isinstance(scaler_state, dict) else None
+        series_scalers = (
+            None if series is None else {str(k): StandardScaler.from_state_dict(v) for k, v in series.items()}
+        )
+    except (DataError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path / SCALER_FILE}: {exc}") from None
     if not (scaler.num_channels == len(columns) == config.model.num_channels):
         raise CheckpointError(
@@ -219,7 +231,7 @@ def read_forecaster(directory: str | os.PathLike[str], *, device: str | None = N
         )
     return SavedForecaster(
         config, module, scaler, list(columns), meta["frequency"], meta.get("validation_fraction"),
-        metrics if isinstance(metrics, dict) else {}, history, calibration, roles, inputs,
+        metrics if isinstance(metrics, dict) else {}, history, calibration, roles, inputs, series_scalers,
     )  # fmt: skip
 
 

@@ -46,6 +46,10 @@ class TimeSeriesFrame:
         index = [self.columns.index(c) for c in columns]
         return TimeSeriesFrame(self.values[:, index], self.timestamps, list(columns), self.source)
 
+    def renamed(self, columns: list[str]) -> TimeSeriesFrame:
+        """The same series under other column names."""
+        return TimeSeriesFrame(self.values, self.timestamps, list(columns), self.source)
+
     def rows(self, start: int, stop: int) -> TimeSeriesFrame:
         """Rows ``start`` to ``stop`` (a backtest's history up to a cutoff, or the horizon after it)."""
         return TimeSeriesFrame(

@@ -1,8 +1,11 @@
 """A user's series in and out: the wide and long formats, their regular frequency and spacing, and the
 timestamps that continue them (what :mod:`ecalf.forecast` reads and writes).
 
-Wide: a ``date`` column + one numeric column per series. Long: ``unique_id, ds, y`` rows, pivoted to one
-column per ``unique_id`` (in order of appearance); a forecast goes back in the layout it came in, with
+Wide: a ``date`` column + one numeric column per series. Long: ``unique_id, ds, y`` rows. When every
+series has the same timestamps and there is no other column, the long rows are pivoted to one column
+per ``unique_id`` (in order of appearance); otherwise (series of different lengths or start dates, or
+covariate columns beside ``y``) they are a *panel*: each series its own frame of ``y`` and its
+covariates, on its own timestamps (:class:`Panel`). A forecast goes back in the layout it came in, with
 the user's own ids.
 """
 
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeAlias
 
@@ -20,19 +25,32 @@ import pandas as pd
 from ecalf.data.loading import DATE_COLUMN, TimeSeriesFrame, frame_from_dataframe, parse_timestamps, read_csv
 from ecalf.errors import DataError
 
-Layout = Literal["wide", "long"]
+Layout = Literal["wide", "long", "panel"]
 SeriesInput: TypeAlias = "pd.DataFrame | TimeSeriesFrame | str | os.PathLike[str]"
 LONG_COLUMNS = ("unique_id", "ds", "y")
 
 
+@dataclass(frozen=True)
+class Panel:
+    """Long-format series that do not share one index: each its own frame (``y`` and any covariate
+    columns), by the text of its ``unique_id``, in order of appearance."""
+
+    series: dict[str, TimeSeriesFrame]
+    source: str
+    why: str = ""
+    """Why the rows are a panel and not one multivariate series (for messages)."""
+
+
 class LoadedSeries(NamedTuple):
-    """What :func:`load_series` read: the wide series, the input's layout and, for long input, its
-    ``unique_id`` values by their text (what the wide columns are named), so that a forecast goes back
-    with the user's own ids (integers stay integers)."""
+    """What :func:`load_series` read: the wide series (for a panel, its first series), the input's
+    layout and, for long input, its ``unique_id`` values by their text (what the wide columns are
+    named), so that a forecast goes back with the user's own ids (integers stay integers); and the
+    panel, when the layout is one."""
 
     frame: TimeSeriesFrame
     layout: Layout
     ids: dict[str, Any]
+    panel: Panel | None = None
 
 
 def load_series(data: SeriesInput, source: str | None = None, *, allow_missing: bool = False) -> LoadedSeries:
@@ -68,11 +86,58 @@ def load_series(data: SeriesInput, source: str | None = None, *, allow_missing: 
 
 
 def _from_long(df: pd.DataFrame, source: str, allow_missing: bool = False) -> LoadedSeries:
-    """Long-format rows, read once: the wide frame and the ``unique_id`` values by their text."""
-    frame = frame_from_dataframe(long_to_wide(df, source), source, allow_missing=allow_missing)
-    column = df.rename(columns=lambda c: str(c).strip())["unique_id"]
+    """Long-format rows, read once: the wide frame (or the panel) and the ``unique_id`` values by
+    their text."""
+    df = df.rename(columns=lambda c: str(c).strip())
+    column = df["unique_id"]
     ids = {str(v): v.item() if isinstance(v, np.generic) else v for v in pd.unique(column)}
-    return LoadedSeries(frame, "long", ids)
+    if len(df) and not is_panel(df, source):
+        frame = frame_from_dataframe(long_to_wide(df, source), source, allow_missing=allow_missing)
+        return LoadedSeries(frame, "long", ids)
+    panel = long_to_panel(df, source, allow_missing)
+    extra = [c for c in df.columns if c not in LONG_COLUMNS]
+    if extra:
+        why = f"it has columns beside unique_id, ds, y ({', '.join(extra)})"
+    else:
+        try:
+            long_to_wide(df, source)
+            why = "its series have different timestamps"
+        except DataError as exc:
+            why = str(exc).split("; every series needs", 1)[0]
+    panel = Panel(panel.series, panel.source, why)
+    return LoadedSeries(next(iter(panel.series.values())), "panel", ids, panel)
+
+
+def is_panel(df: pd.DataFrame, source: str) -> bool:
+    """Whether long-format rows are a panel: covariate columns beside ``y``, or series whose
+    timestamps differ (the long format of one multivariate series has the same ``ds`` for every id)."""
+    if any(c not in LONG_COLUMNS for c in df.columns):
+        return True
+    ds = df["ds"] if pd.api.types.is_datetime64_any_dtype(df["ds"]) else df["ds"].astype(str)
+    stamps = pd.DataFrame({"unique_id": df["unique_id"].astype(str), "ds": ds}).groupby("unique_id")["ds"]
+    sets = [frozenset(v) for v in stamps.unique()]
+    return any(s != sets[0] for s in sets[1:])
+
+
+def long_to_panel(df: pd.DataFrame, source: str, allow_missing: bool = False) -> Panel:
+    """Each series of long-format rows as its own validated frame (``y`` + covariate columns)."""
+    missing = [c for c in LONG_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{source}: the long format needs the columns unique_id, ds, y; {missing[0]!r} is missing"
+        )
+    keys = df["unique_id"].astype(str)
+    series = {}
+    for key in pd.unique(keys):
+        rows = df[keys == key].drop(columns="unique_id").rename(columns={"ds": DATE_COLUMN})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            order = np.argsort(pd.to_datetime(rows[DATE_COLUMN], errors="coerce").to_numpy(), kind="stable")
+        rows = rows.iloc[order]  # long rows may come in any order
+        series[str(key)] = frame_from_dataframe(
+            rows, f"{source}: series {key!r}", allow_missing=allow_missing
+        )
+    return Panel(series, source)
 
 
 def long_to_wide(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
@@ -167,6 +232,17 @@ def forecast_to_wide(df: pd.DataFrame) -> pd.DataFrame:
         for series in band.columns[1:]:
             wide[f"{series}-{suffix}"] = band[series].to_numpy()
     return wide
+
+
+def panel_forecast_to_wide(df: pd.DataFrame) -> pd.DataFrame:
+    """A panel's long forecast (each series on its own dates) as a wide frame: ``date`` + one column
+    per series (and ``<series>-lo-80`` ...), NaN where a series has no forecast at a date."""
+    values = [c for c in df.columns if c == "y" or BAND.match(str(c))]
+    wide = df.assign(unique_id=df["unique_id"].astype(str)).pivot(
+        index="ds", columns="unique_id", values=values
+    )
+    wide.columns = [series if value == "y" else f"{series}-{value}" for value, series in wide.columns]
+    return wide.rename_axis(DATE_COLUMN).reset_index()
 
 
 def is_band_column(column: Any, df: pd.DataFrame) -> bool:
