@@ -122,6 +122,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         future_covariates=args.future_covariates,
         calendar=args.calendar,
         fill=args.fill,
+        skip_short=args.skip_short,
     )
     summary = forecaster.summary
     print(
@@ -522,6 +523,11 @@ COMMANDS: tuple[Command, ...] = (
                 "--fill",
                 choices=["ffill", "interpolate"],
                 help="fill missing values and timestamps of the inputs (a missing target is not trained on)",
+            ),
+            opt(
+                "--skip-short",
+                action="store_true",
+                help="long format: leave out (with a warning) series too short for a window",
             ),
             QUIET,
         ),

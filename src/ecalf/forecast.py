@@ -1003,6 +1003,7 @@ def fit_and_save(
     future_covariates: Sequence[str] = (),
     calendar: bool = False,
     fill: str | None = None,
+    skip_short: bool = False,
 ) -> Forecaster:
     """``ecalf fit``: fit a Forecaster on ``data`` and save it to ``output_dir``.
 
@@ -1042,6 +1043,7 @@ def fit_and_save(
         verbose=verbose,
         tracking_dir=output_dir,
         linear_command=command,
+        skip_short=skip_short,
     )
     forecaster.save(output_dir)
     return forecaster

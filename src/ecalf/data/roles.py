@@ -125,8 +125,8 @@ def calendar_values(names: Sequence[str], timestamps: pd.DatetimeIndex) -> np.nd
     day = (stamps.hour * 3600 + stamps.minute * 60 + stamps.second).to_numpy() / 86400.0
     phases = {
         "day": day,
-        "week": (stamps.dayofweek.to_numpy() + day) / 7.0,
-        "year": (stamps.dayofyear.to_numpy() - 1 + day) / 365.25,
+        "week": (stamps.day_of_week.to_numpy() + day) / 7.0,
+        "year": (stamps.day_of_year.to_numpy() - 1 + day) / 365.25,
     }
     columns = []
     for name in names:
