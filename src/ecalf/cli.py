@@ -125,15 +125,21 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         skip_short=args.skip_short,
     )
     summary = forecaster.summary
+    covariates = len(forecaster.columns) - len(forecaster.targets)
+    channels = f"{len(forecaster.columns)} channels" if not covariates else (
+        f"{len(forecaster.targets)} target(s), {covariates} covariate(s)")  # fmt: skip
     print(
-        f"saved {forecaster.model_name} forecaster to {args.output_dir} ({len(forecaster.columns)} channels "
+        f"saved {forecaster.model_name} forecaster to {args.output_dir} ({channels} "
         f"at {forecaster.frequency!r}, best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
         f"validation mse {summary['best_val_mse']:.4f})"
     )
     if args.quiet and forecaster.floor is not None:  # else fit printed it
         command = f"ecalf fit --model linear --input {args.input} ..."
         print("\n".join(forecaster.floor.lines(command)))
-    print(f"next: ecalf forecast --model {args.output_dir} --input {args.input} --output forecast.csv")
+    future = " --future FUTURE.csv" if forecaster.inputs.future_covariates else ""
+    print(
+        f"next: ecalf forecast --model {args.output_dir} --input {args.input}{future} --output forecast.csv"
+    )
     return 0
 
 
