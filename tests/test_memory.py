@@ -48,8 +48,12 @@ def _released_mb(mode: str) -> float:
 def test_freed_blocks_go_back_to_the_os_with_a_fixed_threshold() -> None:
     fixed = _released_mb("fixed")
     assert fixed > 0.8 * 240, f"only {fixed:.0f} of 240 MB freed went back to the OS"
-    # The default dynamic threshold keeps them: that difference is what the setting is for.
-    assert fixed - _released_mb("default") > 100
+    # The default dynamic threshold usually keeps them: that difference is what the setting is for.
+    # On some machines glibc's default returns them as well (seen on this project's CI machine on
+    # 2026-12-07: 216-228 of 240 MB); the setting must then still return them, as asserted above.
+    default = _released_mb("default")
+    if default < 0.5 * 240:
+        assert fixed - default > 100
 
 
 def test_threshold_is_checked() -> None:
