@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from tests.forecasters import H, L, tiny_forecaster
 from tests.test_forecast import assert_not_blank
 
 from ecalf.backtest import backtest_report, cutoff_positions, season_length
@@ -14,25 +15,12 @@ from ecalf.data.series import wide_to_long
 from ecalf.errors import ConfigError, DataError, EcalfError
 from ecalf.floor import FloorComparison
 from ecalf.forecast import Forecaster
-from ecalf.registry import get_entry
-
-L, H = 24, 6
-
-
-def _forecaster(model: str = "dlinear", epochs: int = 2) -> Forecaster:
-    return Forecaster(
-        model,
-        context_length=L,
-        prediction_length=H,
-        model_options=get_entry(model).tiny_options,
-        training_options={"epochs": epochs, "progress": False, "batch_size": 32},
-    )
 
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[Forecaster, pd.DataFrame]:
     data = make_synthetic(400, 2, seed=5)
-    return _forecaster().fit(data, verbose=False), data
+    return tiny_forecaster().fit(data, verbose=False), data
 
 
 def test_cross_validation_equals_predicting_at_each_cutoff_by_hand(fitted):
@@ -71,7 +59,7 @@ def test_cross_validation_default_step_is_the_horizon_and_long_input_keeps_its_i
 @pytest.mark.parametrize("model", ["linear", "dlinear"])
 def test_refit_never_reads_a_row_after_its_cutoff(model):
     data = make_synthetic(300, 2, seed=7)
-    forecaster = _forecaster(model, epochs=1)
+    forecaster = tiny_forecaster(model, epochs=1)
     clean = forecaster.cross_validation(data, n_windows=2, refit=True)
     first = clean["cutoff"].min()
     poisoned = data.copy()
@@ -97,7 +85,7 @@ def test_bad_backtest_requests_get_one_clear_error(fitted):
     with pytest.raises(ConfigError, match="outside"):
         forecaster.cross_validation(data, n_windows=1, level=[100])
     with pytest.raises(EcalfError, match="needs a fitted forecaster"):
-        _forecaster().cross_validation(data, n_windows=1)
+        tiny_forecaster().cross_validation(data, n_windows=1)
 
 
 def test_cutoffs_and_seasons():
@@ -161,7 +149,7 @@ def test_every_fit_scores_the_naive_and_linear_floors_on_its_validation_windows(
     assert floor is not None and floor.model == "dlinear"
     assert floor.model_mse == forecaster.summary["best_val_mse"]
     # linear's score is what fitting linear on the same data gives
-    linear = _forecaster("linear").fit(data, verbose=False)
+    linear = tiny_forecaster("linear").fit(data, verbose=False)
     assert floor.linear_mse == pytest.approx(linear.summary["best_val_mse"], rel=1e-9)
     assert linear.floor is not None and linear.floor.linear_mse == linear.floor.model_mse
     forecaster.save(tmp_path / "m")

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from tests.forecasters import H, tiny_forecaster
 from tests.test_benchmark import _small_grid
 from utilsforecast import losses
 
@@ -26,25 +27,12 @@ from ecalf.conformal import (
 from ecalf.data import make_synthetic
 from ecalf.errors import CheckpointError, ConfigError, EcalfError
 from ecalf.forecast import Forecaster
-from ecalf.registry import get_entry
-
-L, H = 24, 6
-
-
-def _forecaster(model: str = "dlinear", epochs: int = 2) -> Forecaster:
-    return Forecaster(
-        model,
-        context_length=L,
-        prediction_length=H,
-        model_options=get_entry(model).tiny_options,
-        training_options={"epochs": epochs, "progress": False, "batch_size": 32},
-    )
 
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[Forecaster, pd.DataFrame]:
     data = make_synthetic(400, 2, seed=5)  # 40 validation rows: 35 windows, enough for 95 % intervals
-    return _forecaster().fit(data, verbose=False), data
+    return tiny_forecaster().fit(data, verbose=False), data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,7 +175,7 @@ def test_long_input_gets_lo_and_hi_columns(fitted):
     assert (forecast["lo-90"] <= forecast["y"]).all() and (forecast["y"] <= forecast["hi-90"]).all()
 
 
-def test_intervals_are_saved_with_the_forecaster(fitted, tmp_path):
+def test_intervals_are_saved_with_thetiny_forecaster(fitted, tmp_path):
     forecaster, data = fitted
     forecaster.save(tmp_path / "m")
     assert (tmp_path / "m" / "intervals.json").is_file()
@@ -202,7 +190,7 @@ def test_intervals_are_saved_with_the_forecaster(fitted, tmp_path):
 
 def test_a_forecaster_fitted_without_validation_rows_says_how_to_get_intervals(tmp_path):
     data = make_synthetic(120, 2, seed=5)
-    forecaster = _forecaster(epochs=1).fit(data, validation_fraction=0.0, verbose=False)
+    forecaster = tiny_forecaster(epochs=1).fit(data, validation_fraction=0.0, verbose=False)
     assert forecaster.predict(data).shape == (H, 3)  # point forecasts still work
     with pytest.raises(EcalfError, match=r"fitted without validation rows.*validation_fraction > 0"):
         forecaster.predict(data, level=80)

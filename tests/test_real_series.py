@@ -9,26 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tests.forecasters import H, L, tiny_forecaster
 
 import ecalf.forecast as forecast_module
 from ecalf.cli import main
 from ecalf.data import make_synthetic
 from ecalf.errors import ConfigError, DataError
 from ecalf.forecast import Forecaster
-from ecalf.registry import get_entry
-
-L, H = 24, 6
 
 
 def _forecaster(model: str = "linear", epochs: int = 1, **kwargs) -> Forecaster:
-    return Forecaster(
-        model,
-        context_length=L,
-        prediction_length=H,
-        model_options=get_entry(model).tiny_options,
-        training_options={"epochs": epochs, "progress": False, "batch_size": 32},
-        **kwargs,
-    )
+    return tiny_forecaster(model, epochs, **kwargs)
 
 
 @pytest.fixture()
