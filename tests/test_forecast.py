@@ -14,7 +14,8 @@ from ecalf.cli import main
 from ecalf.data import make_synthetic
 from ecalf.data.series import load_series
 from ecalf.errors import CheckpointError, ConfigError, DataError, EcalfError
-from ecalf.forecast import Forecaster, batch_size_for
+from ecalf.forecast import Forecaster
+from ecalf.forecast_settings import batch_size_for
 from ecalf.registry import get_entry
 
 L, H = 24, 6
@@ -316,7 +317,7 @@ def test_loading_what_is_not_a_saved_forecaster_is_a_checkpoint_error(fitted, tm
 
 
 def test_a_second_fit_into_a_directory_replaces_the_first_fit_s_curves(tmp_path):
-    from ecalf.forecast import fit_and_save
+    from ecalf.forecast_commands import fit_and_save
     from ecalf.tracking import read_jsonl
 
     kwargs = {"model": "dlinear", "context_length": L, "prediction_length": H, "batch_size": 32}

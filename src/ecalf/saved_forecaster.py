@@ -78,7 +78,7 @@ class SavedForecaster:
     """The columns by role (``ecalf.data.roles.ColumnRoles.as_dict``); {} in a save from before roles:
     every column a target."""
     inputs: dict[str, Any] = field(default_factory=dict)
-    """What the forecaster was asked to read (``ecalf.forecast.InputSpec.as_dict``)."""
+    """What the forecaster was asked to read (``ecalf.forecast_settings.InputSpec.as_dict``)."""
     series_scalers: dict[str, StandardScaler] | None = None
     """A panel's per-series scalers, by the text of its ``unique_id`` (None: one wide series)."""
 
