@@ -78,8 +78,14 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def write_yaml(path: str | os.PathLike[str], data: Any) -> Path:
-    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+def write_yaml(path: str | os.PathLike[str], data: Any, *, header: str = "") -> Path:
+    """``data`` as YAML (keys in their order), after ``header`` (comment lines), atomically."""
+    return write_text(path, header + yaml.safe_dump(data, sort_keys=False))
+
+
+def yaml_scalar(value: Any) -> str:
+    """``value`` as YAML writes it on one line (so that a ``key=value`` override reads it back)."""
+    return str(yaml.safe_dump(value, default_flow_style=True).splitlines()[0])
 
 
 def save_tensors(

@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 
-from ecalf.artifacts import read_yaml, write_text, write_yaml
+from ecalf.artifacts import read_yaml, write_text, write_yaml, yaml_scalar
 from ecalf.benchmark.grid import Cell
 from ecalf.benchmark.results import CellId
 from ecalf.config import RunConfig, apply_overrides
@@ -174,7 +173,7 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
 
 def override(key: str, value: Any) -> str:
     """``key=value`` with ``value`` written so that YAML reads it back as the same value."""
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True).splitlines()[0]}"
+    return f"{key}={yaml_scalar(value)}"
 
 
 def check_space(
@@ -610,7 +609,7 @@ def write_best_config(
         + f"; few-shot {settings.few_shot_percent:g} %, seed {settings.seed}).\n"
         f"# Base: {settings.config}; searched: {settings.space}.\n"
     )
-    return write_text(path, header + yaml.safe_dump(data, sort_keys=False))
+    return write_yaml(path, data, header=header)
 
 
 def search_line(summary: SearchSummary) -> str:
