@@ -177,3 +177,32 @@ def test_ecalf_fit_prints_the_floor_comparison(tmp_path, capsys):
     assert (
         "validation mse (" in printed and "dlinear" in printed and "naive" in printed and "linear" in printed
     )
+
+
+def test_adaptive_intervals_widen_after_the_misses_of_earlier_windows():
+    rng = np.random.default_rng(11)
+    rows = 800
+    noise = np.where(np.arange(rows) < 560, 0.1, 0.25)  # the errors grow after row 560
+    t = np.arange(rows)
+    data = pd.DataFrame(
+        {"date": pd.date_range("2024-01-01", periods=rows, freq="h"),
+         "y": np.sin(2 * np.pi * t / 24) + noise * rng.standard_normal(rows)}
+    )  # fmt: skip
+    forecaster = tiny_forecaster("linear").fit(data.iloc[:560], verbose=False)  # calibrated on calm rows
+    split = forecaster.cross_validation(data, n_windows=20, level=80)
+    adaptive = forecaster.cross_validation(data, n_windows=20, level=80, adaptive=True, gamma=0.2)
+    np.testing.assert_array_equal(adaptive["linear"], split["linear"])  # the same point forecasts
+
+    def coverage(cv):
+        return ((cv["y"] >= cv["linear-lo-80"]) & (cv["y"] <= cv["linear-hi-80"])).mean()
+
+    def width(cv):
+        return (cv["linear-hi-80"] - cv["linear-lo-80"]).groupby(cv["cutoff"]).mean().to_numpy()
+
+    assert coverage(split) < 0.5  # calibrated on calm rows, the bands miss the noisy ones
+    assert width(adaptive)[0] == pytest.approx(width(split)[0])  # nothing known yet at the first cutoff
+    # after the misses the level rose, up to the highest its 51 validation windows allow (98 %)
+    assert forecaster.calibration.windows == 51
+    assert width(adaptive)[-1] == pytest.approx(2 * forecaster.calibration.radius(98).mean(), rel=1e-5)
+    assert width(adaptive)[-1] > 1.2 * width(split)[-1]
+    assert coverage(adaptive) > coverage(split) + 0.05

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from utilsforecast import losses
 
-from ecalf.conformal import check_levels, level_name
+from ecalf.conformal import CALIBRATED_LEVELS, AdaptiveLevel, check_levels, level_name
 from ecalf.data import TimeSeriesFrame
 from ecalf.errors import ConfigError, DataError, EcalfError
 
@@ -98,11 +98,16 @@ def cross_validation(
     level: Sequence[float] | float | None = None,
     ids: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    adaptive: bool = False,
+    gamma: float = 0.05,
 ) -> pd.DataFrame:
     """The backtest of ``forecaster`` on ``frame`` (wide, in the fitted columns), in the long schema
     ``unique_id, ds, cutoff, y, <model>[, <model>-lo-<level>, <model>-hi-<level>]`` for the target
     series (``y`` NaN where a value is missing); ``ids`` maps column names to the user's ``unique_id``
-    values."""
+    values. ``adaptive``: the intervals' level adapts as the backtest moves forward (adaptive conformal
+    inference, :class:`ecalf.conformal.AdaptiveLevel` with step ``gamma``): each window's band uses
+    what the earlier windows whose horizon had ended by its cutoff missed; the columns keep the
+    target level's name."""
     levels = check_levels(level)
     L, H = forecaster.context_length, forecaster.prediction_length
     positions = cutoff_positions(frame.num_rows, L, H, n_windows, H if step_size is None else step_size)
@@ -112,6 +117,9 @@ def cross_validation(
         )
     name = forecaster.model_name
     blocks = []
+    trackers = {lvl: AdaptiveLevel(lvl, gamma) for lvl in levels} if adaptive else {}
+    outcomes: list[tuple[int, float, float]] = []  # (last row of a window, level, fraction missed)
+    targets = frame.select(forecaster.targets).values if levels and adaptive else None
     for number, cut in enumerate(positions, 1):
         model = forecaster
         if refit:
@@ -123,10 +131,19 @@ def cross_validation(
             model = forecaster.refitted(frame.rows(0, cut + 1))
         point, _ = model.forecast_after(frame.rows(0, cut + 1), frame.rows(cut + 1, cut + 1 + H))  # (H, T)
         columns: dict[str, np.ndarray] = {name: point}
+        for _end, lvl, missed in [o for o in outcomes if o[0] <= cut]:  # known at this cutoff
+            trackers[lvl].update(missed)
+        outcomes = [o for o in outcomes if o[0] > cut]
         for lvl in levels:
-            radius = model.interval_radius(lvl).astype(point.dtype)
-            columns[f"{name}-lo-{level_name(lvl)}"] = point - radius
-            columns[f"{name}-hi-{level_name(lvl)}"] = point + radius
+            used = _reachable(model, trackers[lvl]) if adaptive else lvl
+            radius = model.interval_radius(used).astype(point.dtype)
+            lo, hi = point - radius, point + radius
+            columns[f"{name}-lo-{level_name(lvl)}"], columns[f"{name}-hi-{level_name(lvl)}"] = lo, hi
+            if targets is not None:
+                actual = targets[cut + 1 : cut + 1 + H]
+                seen = ~np.isnan(actual)
+                missed = float(((actual < lo) | (actual > hi))[seen].mean()) if seen.any() else 0.0
+                outcomes.append((cut + H, lvl, missed))
         blocks.append(_long_block(frame.select(model.targets), cut, H, columns))
     result = pd.concat(blocks, ignore_index=True)
     order = {c: i for i, c in enumerate(forecaster.targets or frame.columns)}
@@ -138,6 +155,19 @@ def cross_validation(
             pd.Series([ids.get(v, v) for v in result["unique_id"]], dtype=object).infer_objects().to_numpy()
         )
     return result.reset_index(drop=True)
+
+
+def _reachable(model: Backtestable, tracker: AdaptiveLevel) -> float:
+    """The adaptive level to use: the tracker's, lowered to the highest one the model's calibration
+    windows allow (a finite radius)."""
+    wanted = tracker.current()
+    for level in sorted((lvl for lvl in CALIBRATED_LEVELS if lvl <= wanted), reverse=True):
+        try:
+            model.interval_radius(level)
+            return level
+        except EcalfError:
+            continue
+    return wanted  # none is reachable: its error says how many windows are needed
 
 
 def _long_block(

@@ -169,6 +169,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     forecaster, cv, report = backtest_to_csv(
         args.model, args.input, n_windows=args.windows, step_size=args.step, refit=args.refit,
         level=args.level or (), output=args.output, plot=args.plot, verbose=not args.quiet,
+        adaptive=args.adaptive,
     )  # fmt: skip
     cutoffs = cv["cutoff"].nunique()
     how = "refitted at every cutoff" if args.refit else "the saved model"
@@ -584,6 +585,11 @@ COMMANDS: tuple[Command, ...] = (
                 help="refit the model at every cutoff on the rows up to it (default: the saved model)",
             ),
             LEVEL,
+            opt(
+                "--adaptive",
+                action="store_true",
+                help="with --level: adapt the level window by window to the earlier windows' misses",
+            ),
             opt(
                 "--output", metavar="CSV", help="write the backtest (unique_id, ds, cutoff, y, <model>, ...)"
             ),

@@ -575,6 +575,8 @@ class Forecaster:
         refit: bool = False,
         level: Iterable[float] | float | None = None,
         verbose: bool = False,
+        adaptive: bool = False,
+        gamma: float = 0.05,
     ) -> pd.DataFrame:
         """A rolling-origin backtest over the end of ``data``: ``n_windows`` forecasts from cutoffs
         ``step_size`` rows apart (default: the horizon), the last one leaving one horizon of rows.
@@ -583,11 +585,15 @@ class Forecaster:
         ``<model>-hi-<level>`` with ``level``), neuralforecast's schema, for the target series.
         ``refit=True`` fits a model with these settings at every cutoff on the rows up to it;
         otherwise the fitted model forecasts from each cutoff, reading only the rows up to it (and
-        the known-future covariates after it). See :mod:`ecalf.backtest`.
+        the known-future covariates after it). ``adaptive``: the interval level adapts window by
+        window to the misses of the earlier windows (adaptive conformal inference, step ``gamma``).
+        See :mod:`ecalf.backtest`.
         """
         loaded = load_series(data, allow_missing=self.inputs.fill is not None)
         if self.series_scalers is not None:
-            return self._cross_validate_panel(loaded, n_windows, step_size, refit, check_levels(level))
+            return self._cross_validate_panel(
+                loaded, n_windows, step_size, refit, check_levels(level), adaptive, gamma
+            )
         self._refuse_panel(loaded)
         frame = loaded.frame
         if self.is_fitted:
@@ -597,7 +603,7 @@ class Forecaster:
         regular_frequency(frame.timestamps, frame.source)
         return cross_validation(
             self, frame, n_windows=n_windows, step_size=step_size, refit=refit, level=check_levels(level),
-            ids=loaded.ids, log=print if verbose else None,
+            ids=loaded.ids, log=print if verbose else None, adaptive=adaptive, gamma=gamma,
         )  # fmt: skip
 
     def _cross_validate_panel(
@@ -607,6 +613,8 @@ class Forecaster:
         step_size: int | None,
         refit: bool,
         levels: tuple[float, ...],
+        adaptive: bool = False,
+        gamma: float = 0.05,
     ) -> pd.DataFrame:
         """A panel's backtest: every series from its own cutoffs (counted back from its own end)."""
         if refit:
@@ -621,7 +629,15 @@ class Forecaster:
             frame = self._matching_channels(history)
             if self.inputs.fill is not None:
                 frame = on_regular_grid(frame)
-            cv = cross_validation(view, frame, n_windows=n_windows, step_size=step_size, level=levels)
+            cv = cross_validation(
+                view,
+                frame,
+                n_windows=n_windows,
+                step_size=step_size,
+                level=levels,
+                adaptive=adaptive,
+                gamma=gamma,
+            )
             cv["unique_id"] = [loaded.ids.get(name, name)] * len(cv)
             blocks.append(cv)
         return pd.concat(blocks, ignore_index=True)

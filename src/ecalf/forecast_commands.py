@@ -118,6 +118,7 @@ def backtest_to_csv(
     output: str | os.PathLike[str] | None = None,
     plot: str | os.PathLike[str] | None = None,
     verbose: bool = False,
+    adaptive: bool = False,
 ) -> tuple[Forecaster, pd.DataFrame, BacktestReport]:
     """``ecalf backtest``: a saved forecaster's backtest on ``data``, scored (:func:`backtest_report`),
     written as CSV (``cross_validation``'s long frame, with the input's own ``unique_id`` values) and
@@ -128,7 +129,7 @@ def backtest_to_csv(
     ids = loaded.ids if loaded.layout == "long" else {}
     if forecaster.series_scalers is not None:  # a panel: the backtest already holds the user's ids
         cv = forecaster.cross_validation(
-            data, n_windows=n_windows, step_size=step_size, refit=refit, level=levels
+            data, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, adaptive=adaptive
         )
         ids = {}
         series = forecaster._as_panel(loaded)
@@ -139,7 +140,13 @@ def backtest_to_csv(
     else:
         frame = loaded.frame
         cv = forecaster.cross_validation(
-            frame, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, verbose=verbose
+            frame,
+            n_windows=n_windows,
+            step_size=step_size,
+            refit=refit,
+            level=levels,
+            adaptive=adaptive,
+            verbose=verbose,
         )  # a wide frame: unique_id holds the column names
         history = wide_to_long(frame_to_wide(forecaster._matching_channels(frame).select(forecaster.targets)))
     report = backtest_report(
