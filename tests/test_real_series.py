@@ -258,3 +258,26 @@ def test_ecalf_fit_and_forecast_with_a_target_a_known_future_input_and_gaps(tmp_
     written = pd.read_csv(tmp_path / "f.csv")
     assert list(written.columns) == ["date", "load"] and len(written) == H
     assert np.mean((written["load"].to_numpy() - data["load"].iloc[-H:].to_numpy()) ** 2) < 0.1
+
+
+def test_ecalf_backtest_of_a_panel_scores_every_series(tmp_path, capsys):
+    panel = _panel()
+    panel.to_csv(tmp_path / "panel.csv", index=False)
+    _forecaster().fit(panel, verbose=False).save(tmp_path / "m")
+    out = tmp_path / "cv.csv"
+    args = [
+        "backtest",
+        "--model",
+        str(tmp_path / "m"),
+        "--input",
+        str(tmp_path / "panel.csv"),
+        "--windows",
+        "2",
+    ]
+    assert (
+        main([*args, "--level", "80", "--output", str(out), "--plot", str(tmp_path / "cv.png"), "--quiet"])
+        == 0
+    )
+    written = pd.read_csv(out)
+    assert sorted(written["unique_id"].unique()) == [1, 2] and len(written) == 2 * 2 * H
+    assert "coverage_80" in capsys.readouterr().out and (tmp_path / "cv.png").is_file()

@@ -134,8 +134,8 @@ def backtest_to_csv(
         ids = {}
         series = forecaster._as_panel(loaded)
         history = pd.concat(
-            [wide_to_long(frame_to_wide(f.select(["y"]))).assign(unique_id=loaded.ids.get(n, n))
-             for n, f in series.items()], ignore_index=True,
+            [wide_to_long(frame_to_wide(f.select(["y"]).renamed(["series"])))
+             .assign(unique_id=loaded.ids.get(n, n)) for n, f in series.items()], ignore_index=True,
         )  # fmt: skip
     else:
         frame = loaded.frame
