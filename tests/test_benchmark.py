@@ -910,3 +910,24 @@ def test_a_started_cell_is_estimated_by_what_is_left_of_it():
     unknown = TrainingProgress(epochs_done=2, best_epoch=1, best_mse=0.2, seconds_per_epoch=None)
     assert unknown.seconds_left(10, None) is None and unknown.seconds_left(10, 900.0) == 900.0
     assert started.describe() == "started: 2 epochs done, best 1 (val MSE 0.2000), 200 s per epoch"
+
+
+def test_a_seed_ensemble_row_averages_the_seeds_forecasts(synthetic_csv_dir, tmp_path, in_repo, capsys):
+    from ecalf.ensembles import add_ensembles
+
+    grid = _small_grid(
+        tmp_path, models=[GridModel("dlinear", "configs/baselines/dlinear.yaml")], seeds=[1, 2]
+    )
+    results = tmp_path / "small.csv"
+    run_benchmark(grid, results=results, data_dir=str(synthetic_csv_dir), progress=False, echo=None)
+    assert add_ensembles(results, echo=None) == 1
+    rows = {(r["model"], r["seed"]): r for r in read_results(results)}
+    ensemble = rows[("dlinear+ens", "0")]
+    seeds = [float(rows[("dlinear", s)]["mse"]) for s in ("1", "2")]
+    # the MSE of the mean forecast is at most the seeds' mean MSE (Jensen), and not simply one of them
+    assert float(ensemble["mse"]) <= sum(seeds) / 2 + 1e-9
+    assert all(abs(float(ensemble["mse"]) - s) > 1e-6 for s in seeds)
+    assert ensemble["overrides"] == "ensemble of seeds 1 2"
+    assert add_ensembles(results, echo=None) == 0  # once per cell
+    assert main(["ensemble", str(results)]) == 0
+    assert "0 ensemble row(s) added" in capsys.readouterr().out

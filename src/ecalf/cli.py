@@ -303,6 +303,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from ecalf.ensembles import add_ensembles
+
+    added = add_ensembles(args.results, models=args.models, echo=None if args.quiet else print)
+    print(f"{args.results}: {added} ensemble row(s) added")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ecalf.published import BUILTIN
     from ecalf.report import write_report
@@ -719,6 +727,19 @@ COMMANDS: tuple[Command, ...] = (
         "validation MSE / the naive forecast's validation MSE; the test split is never read. The study is "
         "SQLite in the search directory: run the same command again to continue a killed search. Writes "
         "trials.csv and best.yaml there. Needs pip install 'ecalf[tune]'. See docs/tuning-protocol.md.",
+    ),
+    Command(
+        "ensemble",
+        "add seed-ensemble rows (<model>+ens: the test forecast averaged over seeds) to a results CSV",
+        _cmd_ensemble,
+        (
+            opt("results", help="a results CSV of `ecalf benchmark` (its runs on this machine)"),
+            opt("--models", nargs="+", metavar="LABEL", help="only these model labels (default: every one)"),
+            QUIET,
+        ),
+        "For every cell with two or more seeds, the seeds' saved best checkpoints forecast the test split "
+        "again, the forecasts are averaged with equal weights (nothing chosen on test) and the average is "
+        "scored: one row labelled <model>+ens, seed 0. Cells that have one already are skipped.",
     ),
     Command(
         "report",
