@@ -48,9 +48,10 @@ from ecalf.config import (
     FORECAST_LENGTH,
     VALIDATION_FRACTION,
     RunConfig,
+    TrainingConfig,
 )
 from ecalf.conformal import IntervalCalibration, calibrate, check_levels, level_name
-from ecalf.data import StandardScaler, TimeSeriesFrame
+from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
 from ecalf.data.gaps import check_fill, fill_gaps, on_regular_grid
 from ecalf.data.loading import DATE_COLUMN, frame_from_dataframe
 from ecalf.data.prepare import PreparedSeries, window_sets
@@ -232,51 +233,10 @@ class Forecaster:
         ``skip_short`` left out with a warning.
         """
         require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
-        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
-        source = loaded.panel.source if loaded.panel is not None else loaded.frame.source
-        raws = dict(loaded.panel.series) if loaded.panel is not None else {"": loaded.frame}
-        if self.inputs.fill is not None:
-            raws = {name: on_regular_grid(raw) for name, raw in raws.items()}
-        frequency = self._common_frequency(raws)
-        target = self.inputs.target
-        if loaded.panel is not None:
-            target = self._panel_target(target)
-        first = next(iter(raws.values()))
-        roles = resolve_roles(
-            first.columns,
-            target,
-            self.inputs.future_covariates,
-            calendar_names(frequency) if self.inputs.calendar else [],
-            source,
-        )
-        L, H = self.context_length, self.prediction_length
-        parts = []
-        for name, raw in raws.items():
-            frame, observed = self._model_inputs(self._with_columns(raw, roles), roles)
-            try:
-                num_train = training_rows(frame.num_rows, L, H, validation_fraction, frame.source)
-            except DataError as short:
-                if loaded.panel is None or not skip_short:
-                    hint = (
-                        "; or pass skip_short=True (--skip-short) to leave such series out"
-                        if loaded.panel
-                        else ""
-                    )
-                    raise DataError(f"{short}{hint}") from None
-                warnings.warn(f"{frame.source}: too short for a window; left out ({short})", stacklevel=2)
-                continue
-            parts.append(PreparedSeries.split(name, frame, observed, num_train))
-        if not parts:
-            raise DataError(f"{source}: no series is long enough for one training window and validation")
-        known = roles.num_known_future
-        train_set, validation = window_sets(parts, len(roles.targets), L, H, known)
-        val_set = validation if validation is not None else train_set
-        num_channels = parts[0].frame.num_channels
-        gaps = sum(int((~p.observed).sum()) for p in parts)
-        rows = sum(p.frame.num_rows for p in parts)
-        scaler = parts[0].scaler
-        if loaded.panel is not None:  # each series has its own; the pooled one is kept for reference
-            scaler = StandardScaler().fit(np.concatenate([p.frame.values[: p.num_train] for p in parts]))
+        prepared = self._training_data(data, validation_fraction, skip_short)
+        source, frequency, roles, parts = prepared.source, prepared.frequency, prepared.roles, prepared.parts
+        train_set, val_set, scaler = prepared.train_set, prepared.val_set, prepared.scaler
+        num_channels, known = parts[0].frame.num_channels, roles.num_known_future
 
         training = dataclasses.replace(
             self.config.training,
@@ -299,16 +259,7 @@ class Forecaster:
         if training.num_threads:
             torch.set_num_threads(training.num_threads)
         device = resolve_device(training.device)
-        covariates = f" ({len(roles.targets)} target(s), {num_channels - len(roles.targets)} covariate(s))"
-        panel = f"a panel of {len(parts)} series, " if loaded.panel is not None else ""
-        log(
-            f"fit {self.model_name} on {source}: {panel}{rows} rows x {num_channels} channels"
-            + (covariates if roles.has_covariates else "")
-            + f" at {frequency!r}"
-            + (f", {gaps} missing value(s) filled by {self.inputs.fill}" if gaps else "")
-            + f"; windows train {len(train_set)}, validation "
-            + f"{len(val_set) if val_set is not train_set else 'none (training windows)'}"
-        )
+        log(f"fit {self.model_name} on {prepared.describe(self.inputs.fill)}")
         closed_form = getattr(get_entry(self.model_name).model_class, "fits_in_closed_form", False)
         if not self._batch_size_given and not closed_form:  # a closed-form fit takes no steps
             batch_size = batch_size_for(len(train_set), training.batch_size)
@@ -330,19 +281,7 @@ class Forecaster:
         module.eval()
         calibration, comparison = None, None
         if val_set is not train_set:
-            predicted = predict_windows(
-                module,
-                val_set,
-                batch_size=training.eval_batch_size,
-                device=device,
-                precision=training.precision,
-            ).numpy()
-            actual = val_set.get_batch(torch.arange(len(val_set)))[1].numpy()
-            n = len(roles.targets)
-            if loaded.panel is None:  # in the original units
-                predicted, actual = scaler.inverse_transform(predicted), scaler.inverse_transform(actual)
-            # a panel's series differ in scale: the radii stay standardised, each series scales them
-            calibration = calibrate(predicted[..., :n], actual[..., :n])
+            calibration = prepared.calibration(module, training, device)
             if floor:
                 comparison = compare_with_floor(
                     config, self.model_name, result.best_val_mse, train_set, val_set, device=device
@@ -353,16 +292,16 @@ class Forecaster:
         self.config, self.module, self.scaler = config, module, scaler
         self.calibration, self.floor = calibration, comparison
         self.roles, self.frequency = roles, frequency
-        self.series_scalers = {p.name: p.scaler for p in parts} if loaded.panel is not None else None
+        self.series_scalers = {p.name: p.scaler for p in parts} if prepared.panel else None
         self.validation_fraction = validation_fraction
         self.history = [dataclasses.asdict(r) for r in result.history]
         self.summary = {
             "model": self.model_name,
             "source": source,
-            "rows": rows,
+            "rows": prepared.rows,
             "train_rows": sum(p.num_train for p in parts),
-            "missing_values": gaps,
-            "series": len(parts) if loaded.panel is not None else 0,
+            "missing_values": prepared.gaps,
+            "series": len(parts) if prepared.panel else 0,
             "first_timestamp": str(min(p.frame.timestamps[0] for p in parts)),
             "last_timestamp": str(max(p.frame.timestamps[-1] for p in parts)),
             "windows": {"train": len(train_set), "val": len(val_set) if val_set is not train_set else 0},
@@ -730,6 +669,49 @@ class Forecaster:
             )
         return self.module, self.scaler, self.frequency
 
+    def _training_data(
+        self, data: SeriesInput, validation_fraction: float, skip_short: bool
+    ) -> _TrainingData:
+        """``data`` read, its columns given their roles, each series filled, split and scaled, and the
+        training and validation windows over all of them."""
+        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        source = loaded.panel.source if loaded.panel is not None else loaded.frame.source
+        raws = dict(loaded.panel.series) if loaded.panel is not None else {"": loaded.frame}
+        if self.inputs.fill is not None:
+            raws = {name: on_regular_grid(raw) for name, raw in raws.items()}
+        frequency = self._common_frequency(raws)
+        target = self._panel_target(self.inputs.target) if loaded.panel is not None else self.inputs.target
+        roles = resolve_roles(
+            next(iter(raws.values())).columns,
+            target,
+            self.inputs.future_covariates,
+            calendar_names(frequency) if self.inputs.calendar else [],
+            source,
+        )
+        L, H = self.context_length, self.prediction_length
+        parts = []
+        for name, raw in raws.items():
+            frame, observed = self._model_inputs(self._with_columns(raw, roles), roles)
+            try:
+                num_train = training_rows(frame.num_rows, L, H, validation_fraction, frame.source)
+            except DataError as short:
+                if loaded.panel is None or not skip_short:
+                    hint = "; or pass skip_short=True (--skip-short) to leave such series out"
+                    raise DataError(f"{short}{hint if loaded.panel else ''}") from None
+                warnings.warn(f"{frame.source}: too short for a window; left out ({short})", stacklevel=3)
+                continue
+            parts.append(PreparedSeries.split(name, frame, observed, num_train))
+        if not parts:
+            raise DataError(f"{source}: no series is long enough for one training window and validation")
+        train_set, validation = window_sets(parts, len(roles.targets), L, H, roles.num_known_future)
+        scaler = parts[0].scaler
+        if loaded.panel is not None:  # each series has its own; the pooled one is kept for reference
+            scaler = StandardScaler().fit(np.concatenate([p.frame.values[: p.num_train] for p in parts]))
+        val_set = validation if validation is not None else train_set
+        return _TrainingData(
+            source, frequency, roles, parts, train_set, val_set, scaler, loaded.panel is not None
+        )
+
     def _common_frequency(self, frames: Mapping[str, TimeSeriesFrame]) -> str:
         """The one sampling frequency of every series (a panel's series must share it)."""
         found = {name: regular_frequency(frame.timestamps, frame.source) for name, frame in frames.items()}
@@ -832,3 +814,63 @@ class _PanelSeries:
 
     def refitted(self, frame: TimeSeriesFrame) -> _PanelSeries:
         raise EcalfError("a panel forecaster cannot be refitted per cutoff")
+
+
+@dataclass
+class _TrainingData:
+    """What :meth:`Forecaster.fit` trains on: the series by role, split and scaled, and their windows."""
+
+    source: str
+    frequency: str
+    roles: ColumnRoles
+    parts: list[PreparedSeries]
+    train_set: WindowDataset
+    val_set: WindowDataset
+    """The validation windows; ``train_set`` itself when no series holds validation rows."""
+    scaler: StandardScaler
+    panel: bool
+
+    @property
+    def rows(self) -> int:
+        return sum(p.frame.num_rows for p in self.parts)
+
+    @property
+    def gaps(self) -> int:
+        """Missing values filled for the inputs."""
+        return sum(int((~p.observed).sum()) for p in self.parts)
+
+    def describe(self, fill: str | None) -> str:
+        """One line: the data, its channels and roles, gaps and windows."""
+        channels = self.parts[0].frame.num_channels
+        targets = len(self.roles.targets)
+        covariates = (
+            f" ({targets} target(s), {channels - targets} covariate(s))" if self.roles.has_covariates else ""
+        )
+        panel = f"a panel of {len(self.parts)} series, " if self.panel else ""
+        gaps = f", {self.gaps} missing value(s) filled by {fill}" if self.gaps else ""
+        val = len(self.val_set) if self.val_set is not self.train_set else "none (training windows)"
+        return (
+            f"{self.source}: {panel}{self.rows} rows x {channels} channels{covariates} at "
+            f"{self.frequency!r}{gaps}; windows train {len(self.train_set)}, validation {val}"
+        )
+
+    def calibration(
+        self, module: ForecastModel, training: TrainingConfig, device: torch.device
+    ) -> IntervalCalibration:
+        """Split-conformal radii from the validation windows' forecasts, in the original units (a
+        panel's stay standardised: its series differ in scale and each scales them by its own)."""
+        predicted = predict_windows(
+            module,
+            self.val_set,
+            batch_size=training.eval_batch_size,
+            device=device,
+            precision=training.precision,
+        ).numpy()
+        actual = self.val_set.get_batch(torch.arange(len(self.val_set)))[1].numpy()
+        if not self.panel:
+            predicted, actual = (
+                self.scaler.inverse_transform(predicted),
+                self.scaler.inverse_transform(actual),
+            )
+        n = len(self.roles.targets)
+        return calibrate(predicted[..., :n], actual[..., :n])
