@@ -79,6 +79,24 @@ def _date_axis(ax: Axes) -> None:
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
 
+def _titled_date_panel(ax: Axes, title: str) -> None:
+    """A panel's title, grid and date axis."""
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _date_axis(ax)
+
+
+def _finish_panels(
+    fig: Figure, axes: np.ndarray, shown: int, total: int, noun: str, title: str, path: str | os.PathLike[str]
+) -> Path:
+    """Hide the unused panels, add the legend and the title (saying how many of ``total`` are shown)
+    and write the PNG."""
+    hide_unused(axes, shown)
+    axes.flat[0].legend(loc="best", fontsize=8)
+    fig.suptitle(title + (f" ({shown} of {total} {noun})" if shown < total else ""))
+    return save_figure(fig, path)
+
+
 def _channels(df: pd.DataFrame) -> list[str]:
     return [str(c) for c in df.columns if c != DATE_COLUMN]
 
@@ -141,14 +159,9 @@ def plot_forecast(
             )  # fmt: skip
         if not levels:
             ax.axvspan(future_time.iloc[0], future_time.iloc[-1], color=FORECAST_COLOR, alpha=0.08)
-        ax.set_title(column, fontsize=10)
-        ax.grid(alpha=0.3)
-        _date_axis(ax)
-    hide_unused(axes, len(shown))
-    axes.flat[0].legend(loc="best", fontsize=8)
-    suffix = f" ({len(shown)} of {len(columns)} channels)" if len(shown) < len(columns) else ""
-    fig.suptitle((title or f"forecast of the next {len(forecast)} steps") + suffix)
-    return save_figure(fig, path)
+        _titled_date_panel(ax, column)
+    title = title or f"forecast of the next {len(forecast)} steps"
+    return _finish_panels(fig, axes, len(shown), len(columns), "channels", title, path)
 
 
 def plot_backtest(
@@ -194,14 +207,9 @@ def plot_backtest(
             ax.plot(time, window[model].to_numpy(dtype=np.float64), color=FORECAST_COLOR, linewidth=1.6,
                     label=model if k == 0 else None)  # fmt: skip
             ax.axvline(pd.Timestamp(cutoff), color="0.6", linewidth=0.8, linestyle=":")
-        ax.set_title(str(uid), fontsize=10)
-        ax.grid(alpha=0.3)
-        _date_axis(ax)
-    hide_unused(axes, len(shown))
-    axes.flat[0].legend(loc="best", fontsize=8)
-    suffix = f" ({len(shown)} of {len(series)} series)" if len(shown) < len(series) else ""
-    fig.suptitle((title or f"{model}: backtest of {len(cutoffs)} windows (dotted: cutoffs)") + suffix)
-    return save_figure(fig, path)
+        _titled_date_panel(ax, str(uid))
+    title = title or f"{model}: backtest of {len(cutoffs)} windows (dotted: cutoffs)"
+    return _finish_panels(fig, axes, len(shown), len(series), "series", title, path)
 
 
 # --------------------------------------------------------------------------------------------------
