@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ecalf.config import ModelConfig
 from ecalf.errors import ConfigError
+from ecalf.models.covariates import check_future_covariates
 
 if TYPE_CHECKING:
     from ecalf.data import WindowDataset
@@ -102,8 +103,17 @@ class ForecastModel(nn.Module):
         """Values a model adapts during training (temperatures, loss weights), logged per epoch."""
         return {}
 
-    def check_input(self, past_values: Tensor, future_values: Tensor | None = None) -> None:
+    def check_input(
+        self,
+        past_values: Tensor,
+        future_values: Tensor | None = None,
+        future_covariates: Tensor | None = None,
+    ) -> None:
+        """Raise ValueError on inputs of the wrong shape (and, for a model that takes known-future
+        covariates, on missing or misshapen ``future_covariates``)."""
         cfg = self.config
+        if self.takes_future_covariates:
+            check_future_covariates(cfg, past_values, future_covariates)
         if past_values.ndim != 3 or past_values.shape[1:] != (cfg.context_length, cfg.num_channels):
             raise ValueError(
                 f"past_values must have shape (B, {cfg.context_length}, {cfg.num_channels}), "

@@ -47,7 +47,6 @@ from ecalf.models.alignment import (
     window_statistics,
 )
 from ecalf.models.base import ForecastModel, ForecastOutput, InstanceNorm, LossName, regression_loss
-from ecalf.models.covariates import check_future_covariates
 from ecalf.models.linear import LinearConfig, LinearForecast
 from ecalf.registry import register_model
 
@@ -352,8 +351,7 @@ class CALF(ForecastModel):
         future_values: Tensor | None = None,
         future_covariates: Tensor | None = None,
     ) -> ForecastOutput:
-        self.check_input(past_values, future_values)
-        check_future_covariates(self.config, past_values, future_covariates)
+        self.check_input(past_values, future_values, future_covariates)
         x, stats = self.norm.normalize(past_values)  # (B, L, C)
         tokens = x.transpose(1, 2)  # (B, C, L)
         base = self._skip(tokens)  # (B, C, H) or None

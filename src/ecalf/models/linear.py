@@ -117,8 +117,7 @@ class LinearForecast(ForecastModel):
         future_values: Tensor | None = None,
         future_covariates: Tensor | None = None,
     ) -> ForecastOutput:
-        self.check_input(past_values, future_values)
-        check_future_covariates(self.config, past_values, future_covariates)
+        self.check_input(past_values, future_values, future_covariates)
         if not self.has_covariates:
             rows, mean = centred(past_values)  # (B, C, L), (B, C, 1)
             y = rows @ self.weight.T + self.bias + mean  # (B, C, H)
