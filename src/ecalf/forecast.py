@@ -20,7 +20,8 @@ StandardScaler is fitted on the observed training rows only; the model is traine
 (:mod:`ecalf.conformal`) and score the naive and ``linear`` floors (:mod:`ecalf.floor`). The model sees
 standardised values and forecasts are mapped back to the original units. Backtests:
 :meth:`Forecaster.cross_validation` (:mod:`ecalf.backtest`). The settings before any data are
-:mod:`ecalf.forecast_settings`'s; the commands that write files, :mod:`ecalf.forecast_commands`'s.
+:mod:`ecalf.forecast_settings`'s; the rows and windows it trains on, :mod:`ecalf.forecast_data`'s; the
+commands that write files, :mod:`ecalf.forecast_commands`'s.
 
 A saved forecaster is a directory whose layout :mod:`ecalf.saved_forecaster` owns (every file written
 atomically). Nothing is unpickled when loading: only safetensors, JSON and YAML are read.
@@ -31,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,14 +48,12 @@ from ecalf.config import (
     FORECAST_LENGTH,
     VALIDATION_FRACTION,
     RunConfig,
-    TrainingConfig,
 )
-from ecalf.conformal import IntervalCalibration, calibrate, check_levels, level_name
-from ecalf.data import StandardScaler, TimeSeriesFrame, WindowDataset
-from ecalf.data.gaps import check_fill, fill_gaps, on_regular_grid
+from ecalf.conformal import IntervalCalibration, check_levels, level_name
+from ecalf.data import StandardScaler, TimeSeriesFrame
+from ecalf.data.gaps import check_fill, on_regular_grid
 from ecalf.data.loading import DATE_COLUMN, frame_from_dataframe
-from ecalf.data.prepare import PreparedSeries, window_sets
-from ecalf.data.roles import ColumnRoles, calendar_names, future_inputs, model_inputs, resolve_roles
+from ecalf.data.roles import ColumnRoles, future_inputs
 from ecalf.data.series import (
     LoadedSeries,
     SeriesInput,
@@ -69,10 +67,10 @@ from ecalf.data.series import (
     wide_to_long,
 )
 from ecalf.errors import ConfigError, DataError, EcalfError
-from ecalf.evaluation import predict as predict_windows
 from ecalf.fitting import fit_model
 from ecalf.floor import FloorComparison, compare_with_floor
-from ecalf.forecast_settings import InputSpec, batch_size_for, forecaster_config, training_rows
+from ecalf.forecast_data import filled_model_inputs, prepare_training_data
+from ecalf.forecast_settings import InputSpec, batch_size_for, forecaster_config
 from ecalf.inference import merged_lora, quantized_int8
 from ecalf.models.base import ForecastModel, future_covariate_models
 from ecalf.registry import get_entry, model_name_for_config
@@ -233,7 +231,9 @@ class Forecaster:
         ``skip_short`` left out with a warning.
         """
         require_tracking(self.config.training.tracking if tracking_dir is not None else "none")
-        prepared = self._training_data(data, validation_fraction, skip_short)
+        prepared = prepare_training_data(
+            data, self.inputs, self.context_length, self.prediction_length, validation_fraction, skip_short
+        )
         source, frequency, roles, parts = prepared.source, prepared.frequency, prepared.roles, prepared.parts
         train_set, val_set, scaler = prepared.train_set, prepared.val_set, prepared.scaler
         num_channels, known = parts[0].frame.num_channels, roles.num_known_future
@@ -669,79 +669,6 @@ class Forecaster:
             )
         return self.module, self.scaler, self.frequency
 
-    def _training_data(
-        self, data: SeriesInput, validation_fraction: float, skip_short: bool
-    ) -> _TrainingData:
-        """``data`` read, its columns given their roles, each series filled, split and scaled, and the
-        training and validation windows over all of them."""
-        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
-        source = loaded.panel.source if loaded.panel is not None else loaded.frame.source
-        raws = dict(loaded.panel.series) if loaded.panel is not None else {"": loaded.frame}
-        if self.inputs.fill is not None:
-            raws = {name: on_regular_grid(raw) for name, raw in raws.items()}
-        frequency = self._common_frequency(raws)
-        target = self._panel_target(self.inputs.target) if loaded.panel is not None else self.inputs.target
-        roles = resolve_roles(
-            next(iter(raws.values())).columns,
-            target,
-            self.inputs.future_covariates,
-            calendar_names(frequency) if self.inputs.calendar else [],
-            source,
-        )
-        L, H = self.context_length, self.prediction_length
-        parts = []
-        for name, raw in raws.items():
-            frame, observed = self._model_inputs(self._with_columns(raw, roles), roles)
-            try:
-                num_train = training_rows(frame.num_rows, L, H, validation_fraction, frame.source)
-            except DataError as short:
-                if loaded.panel is None or not skip_short:
-                    hint = "; or pass skip_short=True (--skip-short) to leave such series out"
-                    raise DataError(f"{short}{hint if loaded.panel else ''}") from None
-                warnings.warn(f"{frame.source}: too short for a window; left out ({short})", stacklevel=3)
-                continue
-            parts.append(PreparedSeries.split(name, frame, observed, num_train))
-        if not parts:
-            raise DataError(f"{source}: no series is long enough for one training window and validation")
-        train_set, validation = window_sets(parts, len(roles.targets), L, H, roles.num_known_future)
-        scaler = parts[0].scaler
-        if loaded.panel is not None:  # each series has its own; the pooled one is kept for reference
-            scaler = StandardScaler().fit(np.concatenate([p.frame.values[: p.num_train] for p in parts]))
-        val_set = validation if validation is not None else train_set
-        return _TrainingData(
-            source, frequency, roles, parts, train_set, val_set, scaler, loaded.panel is not None
-        )
-
-    def _common_frequency(self, frames: Mapping[str, TimeSeriesFrame]) -> str:
-        """The one sampling frequency of every series (a panel's series must share it)."""
-        found = {name: regular_frequency(frame.timestamps, frame.source) for name, frame in frames.items()}
-        distinct = sorted(set(found.values()))
-        if len(distinct) > 1:
-            example = ", ".join(f"{f!r} ({next(n for n, g in found.items() if g == f)!r})" for f in distinct)
-            raise DataError(
-                f"the series are sampled at different frequencies: {example}; resample them to one"
-            )
-        return distinct[0]
-
-    @staticmethod
-    def _panel_target(target: list[str] | None) -> list[str]:
-        """A panel forecasts its ``y`` column; the other columns are covariates."""
-        if target not in (None, ["y"]):
-            raise ConfigError(
-                f"in the long format the forecast column is y; target={target} cannot be chosen there (the "
-                "other columns beside unique_id, ds, y are covariates)"
-            )
-        return ["y"]
-
-    def _with_columns(self, frame: TimeSeriesFrame, roles: ColumnRoles) -> TimeSeriesFrame:
-        """``frame`` holding the fitted columns, in channel order."""
-        if frame.columns == roles.user_columns:
-            return frame
-        missing = [c for c in roles.user_columns if c not in frame.columns]
-        if missing:
-            raise DataError(f"{frame.source}: column(s) {missing} are missing (columns: {frame.columns})")
-        return frame.select(roles.user_columns)
-
     def _roles(self) -> ColumnRoles:
         if self.roles is None:
             raise EcalfError(
@@ -751,10 +678,7 @@ class Forecaster:
 
     def _model_inputs(self, frame: TimeSeriesFrame, roles: ColumnRoles) -> tuple[TimeSeriesFrame, np.ndarray]:
         """The model's channels of ``frame`` with the gaps filled, and the (T, C) mask of observed values."""
-        inputs = model_inputs(frame, roles)
-        if self.inputs.fill is None:
-            return inputs, np.ones(inputs.values.shape, dtype=bool)
-        return fill_gaps(inputs, self.inputs.fill)
+        return filled_model_inputs(frame, roles, self.inputs.fill)
 
     def _matching_channels(self, frame: TimeSeriesFrame) -> TimeSeriesFrame:
         """``frame`` with the fitted columns in the fitted order; other columns are refused."""
@@ -814,63 +738,3 @@ class _PanelSeries:
 
     def refitted(self, frame: TimeSeriesFrame) -> _PanelSeries:
         raise EcalfError("a panel forecaster cannot be refitted per cutoff")
-
-
-@dataclass
-class _TrainingData:
-    """What :meth:`Forecaster.fit` trains on: the series by role, split and scaled, and their windows."""
-
-    source: str
-    frequency: str
-    roles: ColumnRoles
-    parts: list[PreparedSeries]
-    train_set: WindowDataset
-    val_set: WindowDataset
-    """The validation windows; ``train_set`` itself when no series holds validation rows."""
-    scaler: StandardScaler
-    panel: bool
-
-    @property
-    def rows(self) -> int:
-        return sum(p.frame.num_rows for p in self.parts)
-
-    @property
-    def gaps(self) -> int:
-        """Missing values filled for the inputs."""
-        return sum(int((~p.observed).sum()) for p in self.parts)
-
-    def describe(self, fill: str | None) -> str:
-        """One line: the data, its channels and roles, gaps and windows."""
-        channels = self.parts[0].frame.num_channels
-        targets = len(self.roles.targets)
-        covariates = (
-            f" ({targets} target(s), {channels - targets} covariate(s))" if self.roles.has_covariates else ""
-        )
-        panel = f"a panel of {len(self.parts)} series, " if self.panel else ""
-        gaps = f", {self.gaps} missing value(s) filled by {fill}" if self.gaps else ""
-        val = len(self.val_set) if self.val_set is not self.train_set else "none (training windows)"
-        return (
-            f"{self.source}: {panel}{self.rows} rows x {channels} channels{covariates} at "
-            f"{self.frequency!r}{gaps}; windows train {len(self.train_set)}, validation {val}"
-        )
-
-    def calibration(
-        self, module: ForecastModel, training: TrainingConfig, device: torch.device
-    ) -> IntervalCalibration:
-        """Split-conformal radii from the validation windows' forecasts, in the original units (a
-        panel's stay standardised: its series differ in scale and each scales them by its own)."""
-        predicted = predict_windows(
-            module,
-            self.val_set,
-            batch_size=training.eval_batch_size,
-            device=device,
-            precision=training.precision,
-        ).numpy()
-        actual = self.val_set.get_batch(torch.arange(len(self.val_set)))[1].numpy()
-        if not self.panel:
-            predicted, actual = (
-                self.scaler.inverse_transform(predicted),
-                self.scaler.inverse_transform(actual),
-            )
-        n = len(self.roles.targets)
-        return calibrate(predicted[..., :n], actual[..., :n])
