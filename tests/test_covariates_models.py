@@ -140,6 +140,18 @@ def test_a_missing_target_never_enters_the_linear_fit() -> None:
     assert not torch.equal(observed.weight, first.weight)
 
 
+def test_linear_scores_its_ridge_strengths_as_the_evaluation_scores_with_missing_targets() -> None:
+    """With some validation targets missing, the chosen strength's validation MSE is the evaluation's
+    (every observed horizon point), not that of the windows whose horizon is complete."""
+    series = arx_series(800)
+    train_set, val_set, _ = splits(series, num_targets=1)
+    val_set.targets[::7, 0] = NAN  # a missing value in every horizon: no window's is complete
+    model = LinearForecast(LinearConfig(L, H, 2, num_past_covariates=1))
+    fit = model.fit_closed_form(train_set, val_set)
+    chosen = fit.values[f"val_mse@ridge={fit.values['ridge']:g}"]
+    assert chosen == pytest.approx(evaluate(model, val_set).mse, rel=1e-5)
+
+
 def one_step(model: ForecastModel, dataset: WindowDataset, indices: torch.Tensor) -> ForecastModel:
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -143,9 +143,11 @@ class LinearForecast(ForecastModel):
     def fit_closed_form(self, train_set: WindowDataset, val_set: WindowDataset) -> ClosedFormFit:
         """Fit W, b on every training window and target channel; choose the strength on ``val_set``.
 
-        Rows (window, target) with a NaN in the horizon are left out. Logged values: ``ridge`` (the
-        chosen multiple of the mean eigenvalue of X'X) and ``val_mse@ridge=R`` for every candidate R.
-        Raises ValueError when a split has no row without a missing value."""
+        Rows (window, target) with a NaN in the horizon are left out of the fit; validation scores
+        every observed horizon point, as :func:`ecalf.evaluation.evaluate` does. Logged values:
+        ``ridge`` (the chosen multiple of the mean eigenvalue of X'X) and ``val_mse@ridge=R`` for every
+        candidate R. Raises ValueError when training has no row without a missing value, or
+        validation no observed target."""
         F, H = self.config.num_features, self.config.prediction_length
         device = self.weight.device
         gram = torch.zeros(F + 1, F + 1, dtype=torch.float64, device=device)  # [x, 1]' [x, 1]
@@ -167,15 +169,18 @@ class LinearForecast(ForecastModel):
             device
         )
 
+        # Scored as the evaluation scores (ecalf.evaluation): every observed horizon point, so that the
+        # chosen strength's validation MSE is the one the training log and early stopping report.
         squared = torch.zeros(len(candidates), dtype=torch.float64, device=device)
         count = 0
-        for x, y in self._rows(val_set, device):
+        for x, y in self._rows(val_set, device, drop_missing=False):
             x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (N, F + 1)
-            error = torch.einsum("nl,rlh->rnh", x1, solutions) - y  # (R, N, H)
-            squared += error.square().sum(dim=(1, 2))
-            count += y.numel()
+            observed = ~torch.isnan(y)
+            error = torch.einsum("nl,rlh->rnh", x1, solutions) - torch.nan_to_num(y)  # (R, N, H)
+            squared += (error.square() * observed).sum(dim=(1, 2))
+            count += int(observed.sum())
         if not count:
-            raise ValueError("no validation window has a target horizon without missing values")
+            raise ValueError("no validation window has an observed target value")
         mse = squared / count
         best = int(torch.argmin(mse))
         chosen = solutions[best]  # (F + 1, H)
@@ -189,9 +194,11 @@ class LinearForecast(ForecastModel):
         )
         return ClosedFormFit(train_loss=float(train_sse) / entries, values=values)
 
-    def _rows(self, dataset: WindowDataset, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    def _rows(
+        self, dataset: WindowDataset, device: torch.device, *, drop_missing: bool = True
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches of (features (N, F), centred horizon (N, H)) in float64, N = windows x targets, less
-        the rows whose horizon has a NaN."""
+        the rows whose horizon has a NaN (with ``drop_missing``; else they stay, NaN where missing)."""
         cfg = self.config
         T, F = self.num_targets, cfg.num_features
         per_batch = max(1, FIT_BATCH * cfg.context_length // F)
@@ -208,7 +215,7 @@ class LinearForecast(ForecastModel):
                 rows = torch.cat([rows, shared[:, None, :].expand(-1, T, -1)], dim=2)  # (B, T, F)
             x, y = rows.reshape(-1, F), target.reshape(-1, target.shape[-1])
             observed = ~torch.isnan(y).any(dim=1)  # (N,)
-            if not bool(observed.all()):
+            if drop_missing and not bool(observed.all()):
                 x, y = x[observed], y[observed]
             yield x, y
 
