@@ -12,6 +12,7 @@ import torch
 from tests.forecasters import H, L, tiny_forecaster
 
 import ecalf.forecast as forecast_module
+from ecalf.backtest import backtest_report
 from ecalf.cli import main
 from ecalf.data import make_synthetic
 from ecalf.errors import ConfigError, DataError
@@ -232,6 +233,24 @@ def test_a_panel_backtest_cannot_refit_and_says_so():
     assert set(cv["unique_id"]) == {1, 2} and len(cv) == 2 * 2 * H
     with pytest.raises(Exception, match="cannot be refitted per cutoff"):
         forecaster.cross_validation(_panel(), n_windows=2, refit=True)
+
+
+def test_a_panel_backtest_scores_window_k_over_every_series_kth_cutoff():
+    panel = _panel()  # the two series end 96 hours apart, so no cutoff is shared
+    forecaster = _forecaster().fit(panel, verbose=False)
+    cv = forecaster.cross_validation(panel, n_windows=2)
+    model = forecaster.model_name
+    report = backtest_report(cv, panel, model, 24)
+    assert len(report.windows) == 2
+    squared = (cv["y"] - cv[model]) ** 2
+    rank = cv.groupby("unique_id")["cutoff"].rank(method="dense")
+    for k, row in enumerate(report.windows.itertuples(index=False)):
+        kth = cv["cutoff"].where(rank == k + 1).groupby(cv["unique_id"]).transform("max")
+        part = squared[cv["cutoff"] == kth]
+        assert part.groupby(cv["unique_id"]).size().tolist() == [H, H]  # both series in every window
+        assert row.mse == pytest.approx(part.groupby(cv["unique_id"]).mean().mean())
+        assert row.cutoff == kth.max()
+    assert report.overall["mse"] == pytest.approx(squared.groupby(cv["unique_id"]).mean().mean())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -220,10 +220,11 @@ class BacktestReport:
     season: int
     levels: tuple[float, ...]
     windows: pd.DataFrame
-    """One row per cutoff: ``cutoff``, ``mse``, ``mae``, ``mase`` and ``coverage_<level>``,
-    ``winkler_<level>`` per level (coverage as a fraction)."""
+    """One row per window: ``cutoff`` (a panel's latest), ``mse``, ``mae``, ``mase`` and
+    ``coverage_<level>``, ``winkler_<level>`` per level (coverage as a fraction)."""
     overall: dict[str, float] = field(default_factory=dict)
-    """The same scores over every window (their mean: every window has the same points)."""
+    """The same scores over every window: every scored point pooled per series (MASE: the windows'
+    mean, each window scaled by its own history)."""
 
     def table(self) -> str:
         """The printed table: one line per window, then ``all``."""
@@ -243,30 +244,42 @@ def backtest_report(
     cv: pd.DataFrame, history: pd.DataFrame, model: str, season: int, levels: Sequence[float] = ()
 ) -> BacktestReport:
     """Scores of ``cv`` (:func:`cross_validation`'s frame); ``history`` holds the series in the long
-    schema ``unique_id, ds, y`` (the rows before each cutoff scale its MASE)."""
+    schema ``unique_id, ds, y`` (each series' rows up to its cutoff scale its MASE).
+
+    Window k holds every series' k-th cutoff (a panel's series end, and so cut, at different times);
+    its ``cutoff`` is the latest of them. The overall MSE, MAE, coverage and Winkler score pool every
+    scored point of a series (then average over series); the overall MASE is the windows' mean."""
     levels = check_levels(levels)
-    rows = []
+    cv = cv.assign(window=cv.groupby("unique_id")["cutoff"].rank(method="dense").astype(int))
     cv = cv.dropna(subset=["y"])  # a missing actual value is not scored
-    for cutoff, window in cv.groupby("cutoff", sort=True):
-        train = history[history["ds"] <= cutoff]
-        scores: dict[str, Any] = {"cutoff": cutoff}
-        frame = window.drop(columns="cutoff")
-        scores["mse"] = float(losses.mse(frame, [model])[model].mean())
-        scores["mae"] = float(losses.mae(frame, [model])[model].mean())
-        scores["mase"] = _mase(frame, train, model, season)
-        for level in levels:
-            name = level_name(level)
-            scores[f"coverage_{name}"] = float(
-                losses.coverage(frame, [model], level=cast(int, _int_level(level)))[model].mean()
-            )
-            scores[f"winkler_{name}"] = float(
-                losses.winkler_score(frame, [model], level=cast(int, _int_level(level)))[model].mean()
-            )
-        rows.append(scores)
+    rows = []
+    for _, window in cv.groupby("window", sort=True):
+        cutoffs = window[["unique_id", "cutoff"]].drop_duplicates()
+        train = history.merge(cutoffs, on="unique_id")
+        train = train[train["ds"] <= train["cutoff"]].drop(columns="cutoff")
+        frame = window.drop(columns=["cutoff", "window"])
+        rows.append({"cutoff": window["cutoff"].max(), **_scores(frame, model, levels)})
+        rows[-1]["mase"] = _mase(frame, train, model, season)
     windows = pd.DataFrame(rows)
-    # Every window has the same points per series, so the mean over windows is the pooled score.
-    overall = {c: float(windows[c].mean()) for c in windows.columns if c != "cutoff"}
+    overall = _scores(cv.drop(columns=["cutoff", "window"]), model, levels)
+    overall["mase"] = float(windows["mase"].mean())
+    overall = {c: overall[c] for c in windows.columns if c != "cutoff"}
     return BacktestReport(model, season, tuple(levels), windows, overall)
+
+
+def _scores(frame: pd.DataFrame, model: str, levels: Sequence[float]) -> dict[str, float]:
+    """MSE, MAE (MASE's place kept) and each level's coverage and Winkler score of ``frame``'s points,
+    per series by utilsforecast, then averaged over series."""
+    scores = {
+        "mse": float(losses.mse(frame, [model])[model].mean()),
+        "mae": float(losses.mae(frame, [model])[model].mean()),
+        "mase": math.nan,
+    }
+    for level in levels:
+        name, given = level_name(level), cast(int, _int_level(level))
+        scores[f"coverage_{name}"] = float(losses.coverage(frame, [model], level=given)[model].mean())
+        scores[f"winkler_{name}"] = float(losses.winkler_score(frame, [model], level=given)[model].mean())
+    return scores
 
 
 def _mase(window: pd.DataFrame, train: pd.DataFrame, model: str, season: int) -> float:

@@ -171,7 +171,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         level=args.level or (), output=args.output, plot=args.plot, verbose=not args.quiet,
         adaptive=args.adaptive,
     )  # fmt: skip
-    cutoffs = cv["cutoff"].nunique()
+    cutoffs = len(report.windows)  # a panel's series have cutoffs of their own: window k is each one's k-th
     how = "refitted at every cutoff" if args.refit else "the saved model"
     print(
         f"backtest of {forecaster.model_name} ({how}): {cutoffs} windows of {forecaster.prediction_length} "
