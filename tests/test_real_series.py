@@ -253,6 +253,40 @@ def test_a_panel_backtest_scores_window_k_over_every_series_kth_cutoff():
     assert report.overall["mse"] == pytest.approx(squared.groupby(cv["unique_id"]).mean().mean())
 
 
+def _as_time(x) -> pd.Timestamp:
+    """A matplotlib x value (a date number, or the timestamp it was given) as a timestamp."""
+    import matplotlib.dates as mdates
+
+    if isinstance(x, (int, float, np.number)):
+        return pd.Timestamp(mdates.num2date(float(x)).replace(tzinfo=None))
+    return pd.Timestamp(x)
+
+
+def test_a_panel_backtest_plot_draws_each_series_over_its_own_cutoffs(tmp_path, monkeypatch):
+    import ecalf.plots as plots
+
+    panel = _panel()
+    forecaster = _forecaster().fit(panel, verbose=False)
+    cv = forecaster.cross_validation(panel, n_windows=2)
+    drawn = {}
+    finish = plots._finish_panels
+
+    def keep(fig, axes, shown, total, noun, title, path):
+        drawn.update(title=title, axes=list(axes.flat))
+        return finish(fig, axes, shown, total, noun, title, path)
+
+    monkeypatch.setattr(plots, "_finish_panels", keep)
+    plots.plot_backtest(panel, cv, forecaster.model_name, tmp_path / "bt.png")
+    assert "backtest of 2 windows" in drawn["title"]
+    for ax, (_, rows) in zip(drawn["axes"], cv.groupby("unique_id", sort=False)):
+        left, right = (_as_time(x) for x in ax.get_xlim())
+        first_cutoff = rows["cutoff"].min()
+        assert left > first_cutoff - pd.Timedelta(hours=3 * H)  # from one horizon before its first cutoff
+        assert right < rows["ds"].max() + pd.Timedelta(hours=H)  # to its own last forecast
+        lines = {_as_time(line.get_xdata()[0]) for line in ax.get_lines() if line.get_linestyle() == ":"}
+        assert lines == set(rows["cutoff"])
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line
 # --------------------------------------------------------------------------------------------------

@@ -176,17 +176,18 @@ def plot_backtest(
 ) -> Path:
     """A backtest (``cross_validation``'s long frame) over the actual series (``unique_id, ds, y``):
     one panel per series, each window's forecast from its cutoff (a dotted line), and the widest
-    interval as a band. ``history_rows`` before the first cutoff are shown too (default: one horizon)."""
+    interval as a band. ``history_rows`` before the series' first cutoff are shown too (default: one
+    horizon)."""
     series = list(pd.unique(cv["unique_id"]))
     shown = [series[i] for i in pick_channels(len(series), max_channels)]
     levels = sorted(
         {str(c).rsplit("-", 1)[1] for c in cv.columns if str(c).startswith(f"{model}-lo-")}, key=float
     )
-    cutoffs = sorted(pd.unique(cv["cutoff"]))
     grid_rows, grid_cols = grid_shape(len(shown))
     fig, axes = new_figure(grid_rows, grid_cols)
     for ax, uid in zip(axes.flat, shown):
         mine = cv[cv["unique_id"] == uid]
+        cutoffs = sorted(pd.unique(mine["cutoff"]))  # a panel's series each have their own
         actual = history[history["unique_id"] == uid].sort_values("ds")
         horizon = int((mine["cutoff"] == cutoffs[0]).sum())
         before = actual[actual["ds"] <= cutoffs[0]].iloc[
@@ -208,7 +209,8 @@ def plot_backtest(
                     label=model if k == 0 else None)  # fmt: skip
             ax.axvline(pd.Timestamp(cutoff), color="0.6", linewidth=0.8, linestyle=":")
         _titled_date_panel(ax, str(uid))
-    title = title or f"{model}: backtest of {len(cutoffs)} windows (dotted: cutoffs)"
+    windows = int(cv.groupby("unique_id")["cutoff"].nunique().max())
+    title = title or f"{model}: backtest of {windows} windows (dotted: cutoffs)"
     return _finish_panels(fig, axes, len(shown), len(series), "series", title, path)
 
 
