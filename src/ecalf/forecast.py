@@ -581,6 +581,23 @@ class Forecaster:
             blocks.append(cv)
         return pd.concat(blocks, ignore_index=True)
 
+    def actuals(self, data: SeriesInput) -> pd.DataFrame:
+        """The target series of ``data`` in the long schema ``unique_id, ds, y``, under the ids that
+        :meth:`cross_validation` gives them (long input: the input's own ``unique_id`` values; wide
+        input: the column names): what a backtest is scored against and drawn over."""
+        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        if self.series_scalers is not None:
+            series = [
+                wide_to_long(frame_to_wide(frame.select(["y"]).renamed(["series"]))).assign(
+                    unique_id=loaded.ids.get(name, name)
+                )
+                for name, frame in self._as_panel(loaded).items()
+            ]
+            return pd.concat(series, ignore_index=True)
+        self._refuse_panel(loaded)
+        targets = self._matching_channels(loaded.frame).select(self.targets)
+        return wide_to_long(frame_to_wide(targets), loaded.ids if loaded.layout == "long" else None)
+
     def refitted(self, frame: TimeSeriesFrame) -> Forecaster:
         """A new forecaster with these settings, fitted on ``frame`` alone (a backtest's refit)."""
         fresh = Forecaster.__new__(Forecaster)

@@ -14,7 +14,7 @@ from ecalf.artifacts import write_text
 from ecalf.backtest import BacktestReport, backtest_report, season_length
 from ecalf.config import CONTEXT_LENGTH, FORECAST_LENGTH, VALIDATION_FRACTION
 from ecalf.conformal import check_levels
-from ecalf.data.series import SeriesInput, frame_to_wide, load_series, wide_to_long
+from ecalf.data.series import SeriesInput
 from ecalf.forecast import Forecaster
 from ecalf.forecast_settings import options_from_overrides
 from ecalf.saved_forecaster import check_output_dir, clear_tracking
@@ -125,41 +125,17 @@ def backtest_to_csv(
     drawn as PNG when asked. Nothing is written unless the whole backtest succeeded."""
     levels = check_levels(level)
     forecaster = Forecaster.load(model_dir)
-    loaded = load_series(data, allow_missing=forecaster.inputs.fill is not None)
-    ids = loaded.ids if loaded.layout == "long" else {}
-    if forecaster.series_scalers is not None:  # a panel: the backtest already holds the user's ids
-        cv = forecaster.cross_validation(
-            data, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, adaptive=adaptive
-        )
-        ids = {}
-        series = forecaster._as_panel(loaded)
-        history = pd.concat(
-            [wide_to_long(frame_to_wide(f.select(["y"]).renamed(["series"])))
-             .assign(unique_id=loaded.ids.get(n, n)) for n, f in series.items()], ignore_index=True,
-        )  # fmt: skip
-    else:
-        frame = loaded.frame
-        cv = forecaster.cross_validation(
-            frame,
-            n_windows=n_windows,
-            step_size=step_size,
-            refit=refit,
-            level=levels,
-            adaptive=adaptive,
-            verbose=verbose,
-        )  # a wide frame: unique_id holds the column names
-        history = wide_to_long(frame_to_wide(forecaster._matching_channels(frame).select(forecaster.targets)))
-    report = backtest_report(
-        cv, history, forecaster.model_name, season_length(forecaster._fitted()[2]), levels
-    )
+    cv = forecaster.cross_validation(
+        data, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, adaptive=adaptive,
+        verbose=verbose,
+    )  # fmt: skip
+    history = forecaster.actuals(data)
+    assert forecaster.frequency is not None  # a loaded forecaster is fitted
+    report = backtest_report(cv, history, forecaster.model_name, season_length(forecaster.frequency), levels)
     if plot is not None:
         from ecalf.plots import plot_backtest
 
         plot_backtest(history, cv, forecaster.model_name, plot)
-    if ids:
-        cv["unique_id"] = pd.Series(
-            [ids.get(str(v), v) for v in cv["unique_id"]], dtype=object
-        ).infer_objects()
     if output is not None:
         write_text(output, cv.to_csv(index=False, lineterminator="\n"))
     return forecaster, cv, report
