@@ -11,7 +11,7 @@ from ecalf.artifacts import load_tensors, save_tensors
 from ecalf.config import DataConfig, RunConfig, TrainingConfig
 from ecalf.data import WindowDataset
 from ecalf.errors import ConfigError
-from ecalf.models.linear import LinearConfig, LinearForecast
+from ecalf.models.linear import LinearConfig, LinearForecast, ridge_path
 from ecalf.run import run_experiment
 from ecalf.training import train
 
@@ -167,3 +167,22 @@ def test_forecast_adds_the_window_mean_back() -> None:
 def test_bad_ridge_grid_is_rejected(grid) -> None:
     with pytest.raises(ConfigError, match="ridge_grid"):
         LinearConfig(ridge_grid=grid)
+
+
+def test_every_ridge_strength_from_one_eigendecomposition_equals_its_own_solve() -> None:
+    """``ridge_path`` (one eigendecomposition, the intercept centred out) gives what solving the
+    penalised normal equations with the intercept unpenalised gives, strength by strength, also
+    with features far from zero mean."""
+    g = torch.Generator().manual_seed(0)
+    f, h, n, f64 = 40, 12, 500, torch.float64
+    x = torch.randn(n, f, generator=g, dtype=f64) + torch.linspace(-2, 3, f, dtype=f64)
+    y = x @ torch.randn(f, h, generator=g, dtype=f64) + 5 + 0.3 * torch.randn(n, h, generator=g, dtype=f64)
+    x1 = torch.cat([x, torch.ones(n, 1, dtype=f64)], dim=1)
+    gram, cross = x1.T @ x1, x1.T @ y
+    strengths = [0.0, 1e-3, 1.0, 100.0]
+    path = ridge_path(gram, cross, strengths, f)
+    for strength, solution in zip(strengths, path, strict=True):
+        penalty = torch.diag(torch.tensor([strength] * f + [0.0], dtype=f64))
+        expected = torch.linalg.solve(gram + penalty, cross)
+        torch.testing.assert_close(solution, expected, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(path[0], path[-1])  # the strengths do differ
