@@ -15,11 +15,12 @@ forecast; a covariate channel's forecast is its window mean (nothing reads it). 
 
 Fitting (:meth:`LinearForecast.fit_closed_form`, called by the training loop instead of epochs of SGD)
 is ridge regression in float64 over every training window and target channel: the normal equations are
-summed batch by batch, ``W(lambda) = (X'X + lambda I)^-1 X'Y`` is computed for each strength of a
-logarithmic grid from one eigendecomposition of X'X (:func:`ridge_path`) (relative to the mean eigenvalue of X'X, so the grid does not depend on the number of
-windows; every feature has the same penalty), and the strength with the lowest MSE on the *validation*
-windows is kept. The intercept is not penalised. A row whose horizon has a missing value (NaN) is left
-out of the fit and of the validation score. No test window is read.
+summed batch by batch and ``W(lambda) = (X'X + lambda I)^-1 X'Y`` is computed for each strength of a
+logarithmic grid (relative to the mean eigenvalue of X'X, so the grid does not depend on the number of
+windows; every feature has the same penalty) from one eigendecomposition (:func:`ridge_path`); the
+strength with the lowest MSE on the *validation* windows is kept. The intercept is not penalised. A
+row whose horizon has a missing value (NaN) is left out of the fit; validation scores every observed
+point. No test window is read.
 """
 
 from __future__ import annotations
