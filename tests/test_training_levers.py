@@ -53,7 +53,7 @@ def run_config(model: CALFConfig, **training: object) -> RunConfig:
 
 
 def test_new_training_settings_are_checked() -> None:
-    for bad in ({"eval_every_steps": 0}, {"warmup_steps": -1}, {"weight_decay": -0.1}):
+    for bad in ({"eval_every_steps": 0}, {"warmup_steps": -1}, {"weight_decay": -0.1}, {"val_stride": 0}):
         with pytest.raises(ConfigError):
             TrainingConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="linear_skip"):
@@ -125,6 +125,40 @@ def test_step_validation_restores_the_best_steps_weights_exactly() -> None:
     assert stopped.stopped == "early_stopping"
     assert stopped.steps < 5 * steps_per_epoch
     assert any("1 validations" in line for line in records)
+
+
+def test_strided_windows_are_every_nth_window_of_the_split() -> None:
+    _, val_set = splits()
+    strided = val_set.strided(4)
+    assert len(strided) == math.ceil(len(val_set) / 4)
+    every = torch.arange(0, len(val_set), 4)
+    for got, expected in zip(
+        strided.get_batch(torch.arange(len(strided))), val_set.get_batch(every), strict=True
+    ):
+        assert torch.equal(got, expected)
+    assert val_set.strided(1) is val_set
+    assert len(val_set.strided(len(val_set) + 5)) == 1  # the first window, always
+
+
+def test_val_stride_validates_on_every_nth_window(monkeypatch) -> None:
+    """With ``training.val_stride`` N, each validation during training scores exactly the strided
+    windows (the reported validation MSE is theirs), and training is otherwise the same loop."""
+    import ecalf.training as training
+
+    train_set, val_set = splits()
+    seen: list[int] = []
+    evaluate = training.evaluate
+
+    def spy(model, dataset, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(len(dataset))
+        return evaluate(model, dataset, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    config = run_config(calf_config(), epochs=2, val_stride=3)
+    fitted = fit_model(config, train_set, val_set, device=torch.device("cpu"), log=lambda _: None)
+    assert seen and set(seen) == {len(val_set.strided(3))}
+    result, model = fitted.result, fitted.model
+    assert result.best_val_mse == pytest.approx(evaluate(model, val_set.strided(3)).mse)
 
 
 def test_ridge_initialised_skip_gives_the_linear_forecast_at_step_zero() -> None:

@@ -373,6 +373,10 @@ def train(
         log("training.low_memory has no effect here: it needs glibc's malloc (Linux)")
     model.to(device)
     start = time.perf_counter()
+    if config.val_stride > 1:
+        full = len(val_set)
+        val_set = val_set.strided(config.val_stride)
+        log(f"validating on every {config.val_stride}th validation window: {len(val_set)} of {full}")
     if model.fits_in_closed_form:
         return _fit_closed_form(
             model, train_set, val_set, config, device, world, log, on_improvement, on_epoch_end

@@ -453,7 +453,7 @@ def validate_cell(
     if directory.has_validation():
         return directory.read_validation()
     device = resolve_device(config.training.device)
-    naive = naive_validation_mse(splits, config.training.eval_batch_size)
+    naive = naive_validation_mse(splits, config.training.eval_batch_size, config.training.val_stride)
     progress = directory.progress()
     best = [progress.best_mse if progress is not None else math.inf]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -513,9 +513,10 @@ def validate_cell(
     return metrics
 
 
-def naive_validation_mse(splits: ForecastSplits, batch_size: int) -> float:
-    """The last-value forecast's MSE on the validation windows (the denominator of a cell's ratio)."""
-    val = splits.val
+def naive_validation_mse(splits: ForecastSplits, batch_size: int, stride: int = 1) -> float:
+    """The last-value forecast's MSE on the validation windows that training scores (every
+    ``stride``-th, ``training.val_stride``): the denominator of a cell's ratio."""
+    val = splits.val.strided(stride)
     naive = NaiveForecast(NaiveConfig(val.context_length, val.prediction_length, val.num_channels))
     return evaluate(naive, val, batch_size=batch_size).mse
 

@@ -125,6 +125,19 @@ class WindowDataset(Dataset[tuple[Tensor, Tensor]]):
         plain.num_future_covariates = 0
         return plain
 
+    def strided(self, stride: int) -> WindowDataset:
+        """Every ``stride``-th window (the first, then ``stride`` windows on), the same series: a
+        cheaper validation set whose windows still span the whole split (adjacent windows share all
+        but one row, so their errors are nearly the same). ``stride`` 1: this dataset itself."""
+        if stride < 1:
+            raise DataError(f"a window stride must be >= 1, got {stride}")
+        if stride == 1:
+            return self
+        strided = copy.copy(self)
+        strided._starts = self._start_rows(torch.arange(0, self._length, stride))
+        strided._length = len(strided._starts)
+        return strided
+
     def _start_rows(self, idx: Tensor) -> Tensor:
         idx = idx.to(self.series.device)
         return idx if self._starts is None else self._starts.to(idx.device)[idx]
