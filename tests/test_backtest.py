@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,11 +12,16 @@ from tests.test_forecast import assert_not_blank
 
 from ecalf.backtest import backtest_report, cutoff_positions, season_length
 from ecalf.cli import main
+from ecalf.config import VALIDATION_FRACTION
 from ecalf.data import make_synthetic
 from ecalf.data.series import wide_to_long
 from ecalf.errors import ConfigError, DataError, EcalfError
+from ecalf.evaluation import evaluate
 from ecalf.floor import FloorComparison
 from ecalf.forecast import Forecaster
+from ecalf.forecast_data import prepare_training_data
+from ecalf.models.naive import NaiveConfig, NaiveForecast
+from ecalf.registry import get_entry
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +161,29 @@ def test_every_fit_scores_the_naive_and_linear_floors_on_its_validation_windows(
     assert linear.floor is not None and linear.floor.linear_mse == linear.floor.model_mse
     forecaster.save(tmp_path / "m")
     assert Forecaster.load(tmp_path / "m").floor == floor
+
+
+def test_with_a_validation_stride_the_floors_are_scored_on_the_models_windows():
+    data = make_synthetic(400, 2, seed=5)
+    forecasters = []
+    for stride in (1, 3):
+        forecaster = Forecaster(
+            "dlinear", context_length=L, prediction_length=H, model_options=get_entry("dlinear").tiny_options,
+            training_options={"epochs": 2, "progress": False, "batch_size": 32, "val_stride": stride},
+        )  # fmt: skip
+        forecasters.append(forecaster.fit(data, verbose=False))
+    full, strided = (f.floor for f in forecasters)
+    assert full is not None and strided is not None
+    assert strided.windows == math.ceil(full.windows / 3)
+    val_set = prepare_training_data(data, forecasters[1].inputs, L, H, VALIDATION_FRACTION, False).val_set
+    naive = evaluate(NaiveForecast(NaiveConfig(L, H, 2)), val_set.strided(3))
+    assert strided.naive_mse == pytest.approx(naive.mse)
+    # the interval calibration still uses every validation window
+    assert (
+        forecasters[1].summary["interval_windows"]
+        == forecasters[0].summary["interval_windows"]
+        == full.windows
+    )
 
 
 def test_the_floor_says_plainly_when_it_wins():

@@ -91,7 +91,9 @@ def compare_with_floor(
 ) -> FloorComparison:
     """Score the naive forecast and fit ``linear`` on ``train_set`` (ridge strength chosen on
     ``val_set``, as always) for ``config``'s window shape; ``model_mse`` is the model's best validation
-    MSE on ``val_set``."""
+    MSE on ``val_set``. With ``training.val_stride`` N the model was validated on every N-th window,
+    and so are the floors."""
+    val_set = val_set.strided(config.training.val_stride)
     L, H, C = config.model.context_length, config.model.prediction_length, config.model.num_channels
     past, known = config.model.num_past_covariates, config.model.num_future_covariates
     naive_model = NaiveForecast(
