@@ -233,6 +233,8 @@ def test_a_panel_backtest_cannot_refit_and_says_so():
     assert set(cv["unique_id"]) == {1, 2} and len(cv) == 2 * 2 * H
     with pytest.raises(Exception, match="cannot be refitted per cutoff"):
         forecaster.cross_validation(_panel(), n_windows=2, refit=True)
+    with pytest.raises(DataError, match=r"series '2': 40 backtest windows .* the series has 200"):
+        forecaster.cross_validation(_panel(), n_windows=40)  # the shorter series names itself
 
 
 def test_a_panel_backtest_scores_window_k_over_every_series_kth_cutoff():

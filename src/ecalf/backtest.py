@@ -110,7 +110,10 @@ def cross_validation(
     target level's name."""
     levels = check_levels(level)
     L, H = forecaster.context_length, forecaster.prediction_length
-    positions = cutoff_positions(frame.num_rows, L, H, n_windows, H if step_size is None else step_size)
+    try:
+        positions = cutoff_positions(frame.num_rows, L, H, n_windows, H if step_size is None else step_size)
+    except DataError as short:  # name the series (a panel's has its own rows)
+        raise DataError(f"{frame.source}: {short}") from None
     if not refit and not forecaster.is_fitted:
         raise EcalfError(
             "cross_validation(refit=False) needs a fitted forecaster; fit it first or pass refit=True"
