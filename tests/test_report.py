@@ -245,3 +245,14 @@ def test_report_names_its_pairs_and_the_command_that_regenerates_them(tmp_path):
     text = written[0].read_text()
     assert "## dlinear against calf" in text and "## calf against dlinear" in text
     assert "--compare calf dlinear --pair dlinear calf" in text
+
+
+def test_a_setting_shows_only_the_models_that_have_rows_in_it():
+    few_shot = _results(datasets=("ETTh1",))
+    full = _results(datasets=("ETTh1",), setting="full")
+    full = full[full["model"] == "dlinear"]  # calf was run few-shot only
+    text = markdown_tables(pd.concat([few_shot, full], ignore_index=True))
+    few_shot_part, full_part = text.split("## full")
+    assert _table_rows(few_shot_part, "calf") and _table_rows(few_shot_part, "dlinear")
+    assert not _table_rows(full_part, "calf") and _table_rows(full_part, "dlinear")
+    assert "| dataset | H | dlinear |" in full_part

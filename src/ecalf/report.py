@@ -191,9 +191,11 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
     the ``published`` rows (:func:`ecalf.published.load_published`) of the same setting in italics."""
     horizon = per_horizon(df)
     dataset = per_dataset(df)
-    models = model_order(df)
     lines: list[str] = []
+    every_model = model_order(df)
     for setting in dict.fromkeys(df["setting"]):
+        present = set(df[df["setting"] == setting]["model"])
+        models = [m for m in every_model if m in present]  # a model with no row here has no column
         lines.append(f"## {setting}\n")
         quoted = published[published["setting"] == setting] if published is not None else None
         shown: dict[str, list[str]] = {}  # published model -> its sources, for the rows that appear
