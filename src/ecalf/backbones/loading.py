@@ -3,7 +3,8 @@
 ``load_pretrained_weights`` loads the whole causal LM once (hub id, local directory, GGUF file, or a
 random init of the full architecture when ``pretrained`` is false), keeps the tensors of the first N
 blocks + final norm under the :class:`Trunk`'s names, computes the PCA dictionary of its word
-embeddings, and lets the rest (deeper blocks, word embeddings, LM head) be freed.
+embeddings, and lets the rest (deeper blocks, word embeddings, LM head) be freed. A GGUF file's
+trunk and dictionary are cached after the first load (:mod:`ecalf.backbones.trunk_cache`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ecalf.backbones.presets import (
 )
 from ecalf.backbones.roles import apply_role, default_lora_targets
 from ecalf.backbones.trunk import Trunk
+from ecalf.backbones.trunk_cache import read_trunk_cache, trunk_cache_path, write_trunk_cache
 from ecalf.errors import BackboneError
 
 
@@ -83,6 +85,15 @@ def load_pretrained_weights(config: BackboneConfig) -> tuple[dict[str, Tensor], 
     with torch.device("meta"):
         skeleton = Trunk(arch)  # names and shapes only, no memory
     source = resolve_source(config.preset)
+    k = config.num_principal_embeddings
+    cache = None
+    if config.pretrained:  # a GGUF file's trunk is read from the cache after its first load
+        cache = trunk_cache_path(config.cache_dir or default_cache_dir(), source, config.num_layers, k)
+    if cache is not None:
+        expected = {key: t.shape for key, t in skeleton.state_dict().items()}
+        cached = read_trunk_cache(cache, expected, k)
+        if cached is not None:
+            return cached
     lm = _load_language_model(config, source)
     base: nn.Module = lm.base_model  # type: ignore[assignment]  # GPT2Model / LlamaModel ... (or lm itself)
     base_state = base.state_dict()
@@ -100,7 +111,6 @@ def load_pretrained_weights(config: BackboneConfig) -> tuple[dict[str, Tensor], 
     word_embeddings = lm.get_input_embeddings().weight.detach()  # type: ignore[operator]  # (V, D)
     del lm, base, base_state  # deeper blocks and the LM head go here, before the dictionary's work
     gc.collect()
-    k = config.num_principal_embeddings
     if word_embeddings.numel() >= CACHE_MIN_ENTRIES:
         cache_dir = config.cache_dir or default_cache_dir()
         dictionary = cached_principal_embeddings(word_embeddings, k, cache_dir, source=source.describe())
@@ -108,6 +118,8 @@ def load_pretrained_weights(config: BackboneConfig) -> tuple[dict[str, Tensor], 
         dictionary = principal_embeddings(word_embeddings, k)
     del word_embeddings
     gc.collect()
+    if cache is not None:
+        write_trunk_cache(cache, state, dictionary, source.describe())
     return state, dictionary
 
 
