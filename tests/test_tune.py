@@ -209,3 +209,16 @@ def test_bad_arguments_are_one_clear_error(tmp_path, synthetic_csv, capsys, monk
 )
 def test_every_shipped_space_fits_its_models_config(space, config):
     check_space(ROOT / config, load_space(ROOT / "configs" / "tune" / f"{space}.yaml"))
+
+
+def test_an_override_the_space_would_overrule_is_refused(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "set: [training.epochs=3]\nparams: {training.learning_rate: {float: [1.0e-4, 1.0e-2], log: true}}\n"
+    )
+    space = load_space(path)
+    with pytest.raises(ConfigError, match=r"--set training.epochs=1: the search space fixes it"):
+        check_space(TINY, space, ["training.epochs=1"])
+    with pytest.raises(ConfigError, match=r"searches it \(params\)"):
+        check_space(TINY, space, ["training.learning_rate=0.1"])
+    check_space(TINY, space, ["training.num_threads=1"])  # a key the space leaves alone is taken

@@ -180,7 +180,17 @@ def check_space(
     config_file: str | os.PathLike[str], space: SearchSpace, overrides: Sequence[str] = ()
 ) -> None:
     """Every key of ``space`` is a setting of ``config_file``'s run config and every end of its range
-    (every choice) a valid value there: a ConfigError names the first that is not."""
+    (every choice) a valid value there: a ConfigError names the first that is not. An override that
+    names a key the space fixes (``set``) or searches (``params``) is refused: the space would win."""
+    fixed = {item.split("=", 1)[0].strip() for item in space.set}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in fixed or key in space.params:
+            how = "fixes it in its set:" if key in fixed else "searches it (params):"
+            raise ConfigError(
+                f"--set {item}: the search space {how} a trial would not use your value; change the "
+                f"space file (a copy of it) instead"
+            )
     base = [*overrides, *space.set]
     load_run_config(config_file, base)
     for key, dist in space.params.items():
