@@ -357,6 +357,12 @@ def test_cached_principal_embeddings_write_reload_and_recover(tmp_path, monkeypa
     assert calls == [4, 8, 8] and torch.equal(recovered, first)
     torch.testing.assert_close(load_tensors(files[0])["principal_embeddings"], first, rtol=0, atol=0)
 
+    blocker = tmp_path / "not-a-directory"  # an unwritable cache: the dictionary still comes back
+    blocker.write_text("a file where the cache directory would be")
+    with pytest.warns(UserWarning, match="could not write the dictionary cache"):
+        unwritten = cached_principal_embeddings(w, 8, blocker)
+    assert torch.equal(unwritten, first)
+
 
 def test_default_cache_dir_honours_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ECALF_CACHE_DIR", str(tmp_path / "c"))
@@ -652,3 +658,13 @@ def test_attention_dropout_zero_makes_training_mode_attention_deterministic():
 def test_attention_dropout_must_be_null_or_in_the_unit_interval(value):
     with pytest.raises(ConfigError, match="attention_dropout"):
         tiny_config("tiny-gpt2", attention_dropout=value)
+
+
+def test_a_trunk_cache_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory would be")
+    with pytest.warns(UserWarning, match="could not write the backbone's trunk cache"):
+        written = write_trunk_cache(
+            blocker / "trunks" / "x.safetensors", {"a": torch.zeros(2)}, torch.zeros(1, 2), "t"
+        )
+    assert written is False

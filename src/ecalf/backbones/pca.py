@@ -12,20 +12,21 @@ these shapes is the unseeded randomized SVD (an approximation that changes run t
 exact quantity it approximates, and it is deterministic.
 
 Large dictionaries are cached as safetensors (never pickle), keyed by a SHA-256 of the embedding
-matrix (shape + float32 bytes) and K, written atomically.
+matrix (shape + float32 bytes) and K, written atomically (a cache that cannot be written is a warning).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ecalf.artifacts import load_tensors, save_tensors
-from ecalf.errors import CheckpointError, ConfigError
+from ecalf.errors import CheckpointError, ConfigError, EcalfError
 
 CACHE_MIN_ENTRIES = 1 << 20
 """Embedding matrices with fewer entries (the tiny test presets) are not cached: PCA takes ms."""
@@ -106,5 +107,12 @@ def cached_principal_embeddings(
         "k": str(k),
         "source": source,
     }
-    save_tensors(path, {_TENSOR_NAME: result}, metadata)
+    try:
+        save_tensors(path, {_TENSOR_NAME: result}, metadata)
+    except (OSError, EcalfError) as exc:  # artifacts reports a failed write as EcalfError
+        warnings.warn(
+            f"could not write the dictionary cache {path} ({exc}); it is computed again next time. Set "
+            "backbone.cache_dir or $ECALF_CACHE_DIR to a writable directory",
+            stacklevel=2,
+        )
     return result

@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from ecalf.artifacts import load_tensors, save_tensors
 from ecalf.backbones.presets import BackboneSource
-from ecalf.errors import CheckpointError
+from ecalf.errors import CheckpointError, EcalfError
 
 FORMAT = 1
 """Bumped when what the file holds changes."""
@@ -91,9 +92,19 @@ def read_trunk_cache(
     return state, dictionary
 
 
-def write_trunk_cache(path: Path, state: dict[str, Tensor], dictionary: Tensor, source: str) -> None:
-    """Write the trunk state and dictionary to ``path`` atomically."""
+def write_trunk_cache(path: Path, state: dict[str, Tensor], dictionary: Tensor, source: str) -> bool:
+    """Write the trunk state and dictionary to ``path`` atomically; a cache that cannot be written (a
+    read-only or full disk) is a warning, not a failure of the load: returns whether it was written."""
     tensors = {f"{_PREFIX}{name}": t.contiguous() for name, t in state.items()}
     tensors[_DICTIONARY] = dictionary.contiguous()
     metadata = {"source": source, "transformers": _version("transformers"), "gguf": _version("gguf")}
-    save_tensors(path, tensors, metadata)
+    try:
+        save_tensors(path, tensors, metadata)
+    except (OSError, EcalfError) as exc:  # artifacts reports a failed write as EcalfError
+        warnings.warn(
+            f"could not write the backbone's trunk cache {path} ({exc}); the backbone loads from its file "
+            "again next time. Set backbone.cache_dir or $ECALF_CACHE_DIR to a writable directory",
+            stacklevel=2,
+        )
+        return False
+    return True
