@@ -14,7 +14,7 @@ from ecalf.data import WindowDataset
 from ecalf.fitting import build_model, fit_model
 from ecalf.models.calf import CALFConfig
 from ecalf.models.linear import LinearConfig, LinearForecast
-from ecalf.training import EpochLog, build_optimizer, snapshot, train, warmup_factor
+from ecalf.training import FINITE_CHECK_STEPS, EpochLog, build_optimizer, snapshot, train, warmup_factor
 
 L, H, C = 24, 6, 3
 TINY_BACKBONE = BackboneConfig("tiny-gpt2", pretrained=False, num_layers=2, num_principal_embeddings=16)
@@ -207,3 +207,13 @@ def test_block_dropout_acts_in_training_only_and_keeps_the_weights(preset: str) 
         first = dropped(past).prediction
         torch.manual_seed(1)
         assert not torch.allclose(first, dropped(past).prediction)
+
+
+def test_step_validation_on_a_finiteness_check_step_trains_on() -> None:
+    """Validation every 10 steps meets the loss check of every 50th step of an epoch (step 50): the
+    check before the validation then has no unchecked loss left, which is no divergence (it crashed)."""
+    train_set, val_set = splits()
+    assert len(train_set) >= FINITE_CHECK_STEPS + 1  # batch 1: more than 50 steps in the epoch
+    config = run_config(calf_config(), epochs=1, batch_size=1, eval_every_steps=10, patience=100)
+    result = fit_model(config, train_set, val_set, device=torch.device("cpu"), log=lambda _: None).result
+    assert result.steps == len(train_set) and result.stopped == "epochs"

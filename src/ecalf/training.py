@@ -316,7 +316,10 @@ class EpochLosses:
 
     def first_non_finite(self, world: World) -> tuple[int, float] | None:
         """Position among the unchecked steps and value of the first loss that is NaN or infinite
-        on any rank (summed over the ranks, a NaN or infinity stays one), then forget them."""
+        on any rank (summed over the ranks, a NaN or infinity stays one), then forget them. None
+        when no step is unchecked (every rank has taken the same steps, so all agree)."""
+        if not self.unchecked:
+            return None
         losses = all_reduce_sum(torch.stack(self.unchecked).double(), world).cpu()
         self.unchecked = []
         bad = (~torch.isfinite(losses)).nonzero()
