@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,29 @@ def save_tensors(
     return _atomic_write(
         path, lambda tmp: save_file(flat, tmp, metadata=dict(metadata) if metadata else None)
     )
+
+
+def save_cache_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    *,
+    what: str,
+    otherwise: str,
+) -> bool:
+    """:func:`save_tensors` for a cache: a file that cannot be written (a read-only or full disk) is a
+    warning naming ``what`` it was, what happens ``otherwise``, and the fix, not an error. Returns
+    whether it was written."""
+    try:
+        save_tensors(path, tensors, metadata)
+    except (OSError, EcalfError) as exc:  # _atomic_write reports a failed write as EcalfError
+        warnings.warn(
+            f"could not write {what} {path} ({exc}); {otherwise}. Set backbone.cache_dir or "
+            "$ECALF_CACHE_DIR to a writable directory",
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ecalf.artifacts import load_tensors, save_tensors
-from ecalf.errors import CheckpointError, ConfigError, EcalfError
+from ecalf.artifacts import load_tensors, save_cache_tensors
+from ecalf.errors import CheckpointError, ConfigError
 
 CACHE_MIN_ENTRIES = 1 << 20
 """Embedding matrices with fewer entries (the tiny test presets) are not cached: PCA takes ms."""
@@ -107,12 +106,8 @@ def cached_principal_embeddings(
         "k": str(k),
         "source": source,
     }
-    try:
-        save_tensors(path, {_TENSOR_NAME: result}, metadata)
-    except (OSError, EcalfError) as exc:  # artifacts reports a failed write as EcalfError
-        warnings.warn(
-            f"could not write the dictionary cache {path} ({exc}); it is computed again next time. Set "
-            "backbone.cache_dir or $ECALF_CACHE_DIR to a writable directory",
-            stacklevel=2,
-        )
+    save_cache_tensors(
+        path, {_TENSOR_NAME: result}, metadata, what="the dictionary cache",
+        otherwise="it is computed again next time",
+    )  # fmt: skip
     return result

@@ -19,15 +19,14 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ecalf.artifacts import load_tensors, save_tensors
+from ecalf.artifacts import load_tensors, save_cache_tensors
 from ecalf.backbones.presets import BackboneSource
-from ecalf.errors import CheckpointError, EcalfError
+from ecalf.errors import CheckpointError
 
 FORMAT = 1
 """Bumped when what the file holds changes."""
@@ -98,13 +97,7 @@ def write_trunk_cache(path: Path, state: dict[str, Tensor], dictionary: Tensor, 
     tensors = {f"{_PREFIX}{name}": t.contiguous() for name, t in state.items()}
     tensors[_DICTIONARY] = dictionary.contiguous()
     metadata = {"source": source, "transformers": _version("transformers"), "gguf": _version("gguf")}
-    try:
-        save_tensors(path, tensors, metadata)
-    except (OSError, EcalfError) as exc:  # artifacts reports a failed write as EcalfError
-        warnings.warn(
-            f"could not write the backbone's trunk cache {path} ({exc}); the backbone loads from its file "
-            "again next time. Set backbone.cache_dir or $ECALF_CACHE_DIR to a writable directory",
-            stacklevel=2,
-        )
-        return False
-    return True
+    return save_cache_tensors(
+        path, tensors, metadata, what="the backbone's trunk cache",
+        otherwise="the backbone loads from its file again next time",
+    )  # fmt: skip
