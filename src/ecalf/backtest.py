@@ -261,22 +261,21 @@ def backtest_report(
         train = history.merge(cutoffs, on="unique_id")
         train = train[train["ds"] <= train["cutoff"]].drop(columns="cutoff")
         frame = window.drop(columns=["cutoff", "window"])
-        rows.append({"cutoff": window["cutoff"].max(), **_scores(frame, model, levels)})
-        rows[-1]["mase"] = _mase(frame, train, model, season)
+        mase = _mase(frame, train, model, season)
+        rows.append({"cutoff": window["cutoff"].max(), **_scores(frame, model, levels, mase)})
     windows = pd.DataFrame(rows)
-    overall = _scores(cv.drop(columns=["cutoff", "window"]), model, levels)
-    overall["mase"] = float(windows["mase"].mean())
-    overall = {c: overall[c] for c in windows.columns if c != "cutoff"}
+    everything = cv.drop(columns=["cutoff", "window"])
+    overall = _scores(everything, model, levels, float(windows["mase"].mean()))
     return BacktestReport(model, season, tuple(levels), windows, overall)
 
 
-def _scores(frame: pd.DataFrame, model: str, levels: Sequence[float]) -> dict[str, float]:
-    """MSE, MAE (MASE's place kept) and each level's coverage and Winkler score of ``frame``'s points,
-    per series by utilsforecast, then averaged over series."""
+def _scores(frame: pd.DataFrame, model: str, levels: Sequence[float], mase: float) -> dict[str, float]:
+    """MSE, MAE, the given MASE and each level's coverage and Winkler score of ``frame``'s points, per
+    series by utilsforecast, then averaged over series."""
     scores = {
         "mse": float(losses.mse(frame, [model])[model].mean()),
         "mae": float(losses.mae(frame, [model])[model].mean()),
-        "mase": math.nan,
+        "mase": mase,
     }
     for level in levels:
         name, given = level_name(level), cast(int, _int_level(level))
