@@ -931,3 +931,59 @@ def test_a_seed_ensemble_row_averages_the_seeds_forecasts(synthetic_csv_dir, tmp
     assert add_ensembles(results, echo=None) == 0  # once per cell
     assert main(["ensemble", str(results)]) == 0
     assert "0 ensemble row(s) added" in capsys.readouterr().out
+
+
+def test_redo_dirty_retrains_only_the_rows_of_uncommitted_code(
+    synthetic_csv_dir, tmp_path, in_repo, monkeypatch, capsys
+):
+    import ecalf.run as run_module
+
+    grid_file = tmp_path / "small.yaml"
+    grid_file.write_text(
+        "name: small\ndatasets: [ETTh1]\nhorizons: [24]\nseeds: [1, 2]\n"
+        "settings: [{name: few_shot, few_shot_percent: 5}]\n"
+        "set: [training.progress=false, training.epochs=1, training.eval_batch_size=1024]\n"
+        f"results: {tmp_path / 'small.csv'}\nruns_dir: {tmp_path / 'runs'}\n"
+        "models:\n  - {label: naive, config: configs/baselines/naive.yaml}\n"
+        "  - {label: dlinear, config: configs/baselines/dlinear.yaml}\n"
+    )
+    data = ["--data-dir", str(synthetic_csv_dir), "--quiet"]
+    commit = {"now": "c" * 40}
+    monkeypatch.setattr(run_module, "git_commit", lambda *a, **k: commit["now"])
+    assert main(["benchmark", str(grid_file), "--models", "naive", *data]) == 0
+    commit["now"] = "d" * 40 + "-dirty"  # the dlinear cells run on uncommitted code
+    assert main(["benchmark", str(grid_file), *data]) == 0
+    before = {(r["model"], r["seed"]): r for r in read_results(tmp_path / "small.csv")}
+    assert [k for k, r in before.items() if r["git_commit"].endswith("-dirty")] == [
+        ("dlinear", "1"),
+        ("dlinear", "2"),
+    ]
+
+    # still uncommitted: refused, nothing changed
+    assert main(["benchmark", str(grid_file), "--redo-dirty", *data]) == 2
+    assert "commit it (or run from a clean checkout) first" in capsys.readouterr().err
+    assert len(read_results(tmp_path / "small.csv")) == 4
+
+    commit["now"] = "e" * 40
+    assert main(["benchmark", str(grid_file), "--redo-dirty", "--dry-run", *data]) == 0
+    out = capsys.readouterr().out
+    assert "would retrain 2 cell(s)" in out and "dlinear ETTh1 few_shot H=24 seed=1" in out
+    assert {(r["model"], r["seed"]): r for r in read_results(tmp_path / "small.csv")} == before
+
+    assert main(["benchmark", str(grid_file), "--redo-dirty", *data]) == 0
+    after = {(r["model"], r["seed"]): r for r in read_results(tmp_path / "small.csv")}
+    assert len(after) == 4
+    assert after[("naive", "1")] == before[("naive", "1")]  # a committed row is left as it was
+    assert (
+        after[("dlinear", "1")]["git_commit"] == "e" * 40
+        and after[("dlinear", "2")]["git_commit"] == "e" * 40
+    )
+    assert after[("dlinear", "1")]["mse"] == before[("dlinear", "1")]["mse"]  # same code, same seed
+    (aside,) = (tmp_path / "runs/dlinear/ETTh1/few_shot/H24").glob("seed1.dirty-code-*")
+    assert (aside / "metrics.json").is_file()  # the dirty run is kept aside, not deleted
+    assert (
+        json.loads((tmp_path / "runs/dlinear/ETTh1/few_shot/H24/seed1/metrics.json").read_text())[
+            "environment"
+        ]["git_commit"]
+        == "e" * 40
+    )

@@ -224,6 +224,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     )
     if args.no_reuse:
         grid = dataclasses.replace(grid, reuse_runs=False)
+    if args.redo_dirty:
+        _redo_dirty(grid, Path(args.results) if args.results else grid.results_path, args.dry_run)
+        grid = dataclasses.replace(grid, reuse_runs=False)  # a sibling's run may be dirty code's too
     if args.dry_run:
         return _print_plan(grid, args)
     scheduler = None
@@ -254,6 +257,25 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     for cell, error in summary.failed:
         print(f"  failed: {cell}: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _redo_dirty(grid: Any, results: Path, dry_run: bool) -> None:
+    """``--redo-dirty``: the grid's rows that uncommitted code produced go, and their cells train again
+    (``--dry-run``: only say which)."""
+    from ecalf.benchmark.cells import dirty_rows, retire_dirty_cells
+    from ecalf.benchmark.results import CellId
+
+    if dry_run:
+        cells = [CellId.of_row(row) for row in dirty_rows(grid, results)]
+        print(f"--redo-dirty would retrain {len(cells)} cell(s) whose rows ran uncommitted code:")
+        for cell in cells:
+            print(f"  {cell}")
+        return
+    retired = retire_dirty_cells(grid, results)
+    print(
+        f"{len(retired)} row(s) of uncommitted code removed from {results}; their runs set aside as "
+        "*.dirty-code-<time>; they train again below"
+    )
 
 
 def _print_plan(grid: Any, args: argparse.Namespace) -> int:
@@ -671,6 +693,13 @@ COMMANDS: tuple[Command, ...] = (
                 action="store_true",
                 help="train every cell here, never taking a finished run of the same config from another "
                 "grid's runs directory (runs/benchmark/*/)",
+            ),
+            opt(
+                "--redo-dirty",
+                action="store_true",
+                help="first remove the rows (of the chosen cells) that uncommitted code produced (commit "
+                "ending in -dirty), setting their runs aside, and train those cells again from this "
+                "committed code (implies --no-reuse)",
             ),
             opt("--models", nargs="+", metavar="LABEL", help="only these models of the grid"),
             opt("--datasets", nargs="+", metavar="NAME", help="only these datasets of the grid"),

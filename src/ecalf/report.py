@@ -367,7 +367,8 @@ def provenance_lines(df: pd.DataFrame) -> list[str]:
     ]
     if dirty:
         lines.append(
-            f"- **{dirty} runs ran uncommitted code** (commit ending in `-dirty`): rerun them from a commit"
+            f"- **{dirty} runs ran uncommitted code** (commit ending in `-dirty`): rerun them from a commit "
+            "with `ecalf benchmark GRID --redo-dirty`"
         )
     return [*lines, ""]
 

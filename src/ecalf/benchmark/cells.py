@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ecalf.benchmark.grid import Cell
-from ecalf.benchmark.results import exclusive
+from ecalf.benchmark.grid import Cell, Grid, grid_cells
+from ecalf.benchmark.results import CellId, drop_results, exclusive, read_results
 from ecalf.config import RunConfig
 from ecalf.errors import EcalfError
 
@@ -142,6 +142,63 @@ def trained_run(config: RunConfig, runs_dir: Path, run_id: str, siblings: bool =
         if older_code_settings(run_dir, config):  # its epochs trained without a setting this code has
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.older-code-{time.strftime('%Y%m%d-%H%M%S')}"))
         return run_experiment(config, run_dir, echo=None, resume=True)
+
+
+def dirty_rows(grid: Grid, results: Path) -> list[dict[str, str]]:
+    """The rows of ``grid``'s cells in ``results`` that uncommitted code produced (their ``git_commit``
+    ends in ``-dirty``): numbers no commit reproduces."""
+    cells = {cell.id for cell in grid_cells(grid)}
+    return [
+        row
+        for row in read_results(results)
+        if CellId.of_row(row) in cells and str(row.get("git_commit", "")).endswith("-dirty")
+    ]
+
+
+def retire_dirty_cells(grid: Grid, results: Path) -> list[CellId]:
+    """Make ``grid``'s cells whose rows uncommitted code produced pending again (``ecalf benchmark
+    --redo-dirty``): each one's run directory (and the training it took, when that is another directory
+    of this grid that uncommitted code trained too) is set aside as ``<name>.dirty-code-<time>``, then
+    the rows are removed from ``results``. Refused when this code is itself uncommitted (the cells
+    would only be made dirty again) or is not a git checkout (its commit cannot be recorded)."""
+    from ecalf.run import git_commit
+
+    commit = git_commit()
+    if commit is None or commit.endswith("-dirty"):
+        why = "has uncommitted changes" if commit else "is not a git checkout, so its commit is unknown"
+        raise EcalfError(
+            f"--redo-dirty retrains cells so that their rows name a commit, but this ecalf's code {why}: "
+            "commit it (or run from a clean checkout) first"
+        )
+    rows = dirty_rows(grid, results)
+    cells = {cell.id: cell for cell in grid_cells(grid)}
+    own = grid.runs_path.resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for row in rows:
+        cell = cells[CellId.of_row(row)]
+        made = Path(row.get("run_dir") or grid.runs_path / cell.run_id)
+        training = grid.runs_path / cell.training_run_id
+        for place in dict.fromkeys([made, training]):
+            if not place.is_dir() or own not in place.resolve().parents:
+                continue  # gone already, or another grid's run (not reused: --redo-dirty trains here)
+            if place == made or _commit_of(place).endswith("-dirty"):
+                place.rename(place.with_name(f"{place.name}.dirty-code-{stamp}"))
+    return [CellId.of_row(row) for row in drop_results(results, (CellId.of_row(row) for row in rows))]
+
+
+def _commit_of(run_dir: Path) -> str:
+    """The commit a finished run recorded ('' when unfinished, unreadable or unknown)."""
+    from ecalf.run_dir import RunDirectory
+
+    directory = RunDirectory(run_dir)
+    try:
+        return (
+            str(directory.read_metrics().environment.get("git_commit") or "")
+            if directory.is_finished()
+            else ""
+        )
+    except (EcalfError, OSError, ValueError):
+        return ""
 
 
 def timed_cell(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], float]:

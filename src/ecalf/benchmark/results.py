@@ -107,6 +107,24 @@ def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
     return True
 
 
+def drop_results(path: str | os.PathLike[str], cells: Iterable[CellId]) -> list[dict[str, str]]:
+    """Remove the rows of ``cells`` from the results CSV, atomically and under the same lock as
+    :func:`append_result`; returns the rows removed (their cells are pending again)."""
+    target = Path(path)
+    gone = set(cells)
+    with exclusive(target.with_name(f".{target.name}.lock")):
+        rows = read_results(target)
+        kept = [row for row in rows if CellId.of_row(row) not in gone]
+        if len(kept) == len(rows):
+            return []
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=result_columns(rows), extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text(target, buffer.getvalue())
+    return [row for row in rows if CellId.of_row(row) in gone]
+
+
 @dataclass(frozen=True)
 class CellId:
     """A cell's one identity: its results row's key (:data:`KEY_COLUMNS`), its run directory and its
