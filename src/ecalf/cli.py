@@ -267,7 +267,10 @@ def _redo_dirty(grid: Any, results: Path, dry_run: bool) -> None:
 
     if dry_run:
         cells = [CellId.of_row(row) for row in dirty_rows(grid, results)]
-        print(f"--redo-dirty would retrain {len(cells)} cell(s) whose rows ran uncommitted code:")
+        print(
+            f"--redo-dirty would retrain {len(cells)} cell(s) whose rows ran uncommitted code (the plan "
+            "below still counts them as done):"
+        )
         for cell in cells:
             print(f"  {cell}")
         return
