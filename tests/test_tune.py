@@ -222,3 +222,61 @@ def test_an_override_the_space_would_overrule_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"searches it \(params\)"):
         check_space(TINY, space, ["training.learning_rate=0.1"])
     check_space(TINY, space, ["training.num_threads=1"])  # a key the space leaves alone is taken
+
+
+def test_levers_take_back_one_tuned_value_at_a_time(tmp_path, synthetic_csv, capsys):
+    from ecalf.tune_levers import levers_of
+
+    search = settings(tmp_path, synthetic_csv, 2)
+    summary = run_search(search, echo=None)
+    best = summary.best
+    assert best is not None
+    levers, unchanged = levers_of(
+        search, best.params, [["training.eval_every_steps=null", "training.patience=1"]]
+    )
+    untuned = load_run_config(TINY, [*SMALL, "training.eval_every_steps=8"])
+    searched = {lever.name: lever for lever in levers}
+    # every searched key whose tuned value differs from the untuned recipe's is one lever, back to that value
+    for key, value in best.params.items():
+        section, name = key.split(".")
+        before = getattr(getattr(untuned, section), name)
+        if before == value:
+            assert key in unchanged
+        else:
+            assert searched[key].changes == (ecalf.tune.override(key, before),)
+    variant = searched["training.eval_every_steps=null training.patience=1"]
+    assert variant.tuned == "training.eval_every_steps=8 training.patience=" + str(untuned.training.patience)
+
+    with pytest.raises(ConfigError, match="nonexistent"):  # a bad variant fails before anything trains
+        levers_of(search, best.params, [["model.nonexistent=1"]])
+    from ecalf.tune_levers import run_levers
+
+    with pytest.raises(EcalfError, match="no search yet"):
+        run_levers(dataclasses.replace(search, output_dir=tmp_path / "elsewhere"), echo=None)
+
+    space = tmp_path / "space.yaml"
+    args = ["tune", str(TINY), "--space", str(space), "--trials", "2", "--datasets", str(synthetic_csv)]
+    args += ["--horizons", "12", "--few-shot", "40", "--output-dir", str(tmp_path / "search")]
+    args += [f"--set={o}" for o in SMALL]
+    args += ["--levers", "--lever-set", "training.eval_every_steps=null training.patience=1"]
+    assert main(args) == 0
+    rows = (tmp_path / "search" / "levers.csv").read_text().splitlines()
+    assert rows[0] == "variant,tuned,score,change,toy-H12"
+    assert rows[1].startswith(f"best trial {best.number},,{best.score:.6f}")
+    assert len(rows) == 2 + len(levers)
+    assert rows[-1].startswith(
+        "training.eval_every_steps=null training.patience=1,training.eval_every_steps=8"
+    )
+    runs = sorted(p for p in (tmp_path / "search" / "levers").glob("*/*") if p.is_dir())
+    assert len(runs) == len(levers)
+    for run in runs:  # each variant trained on the cell, validated and never tested
+        directory = RunDirectory(run)
+        assert directory.has_validation() and not directory.is_finished()
+    # the variant's score is its cell's validation ratio: the lever really ran with step validation off
+    variant_run = next(r for r in runs if "eval_every_steps=null" in str(r))
+    validation = RunDirectory(variant_run).read_validation()
+    assert float(rows[-1].split(",")[2]) == pytest.approx(validation.ratio, abs=1e-6)
+    ran = RunDirectory(variant_run).read_config()
+    assert ran.training.eval_every_steps is None and ran.training.patience == 1
+    assert ran.model.loss == best.params["model.loss"]  # every other searched value stays tuned
+    assert "levers of trial" in capsys.readouterr().out

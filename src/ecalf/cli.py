@@ -325,6 +325,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, overrides=(*settings.overrides, "training.progress=false"))
     summary = run_search(settings, echo=print, best_config=args.best_config)
     print(search_line(summary))
+    if args.levers or args.lever_set:
+        from ecalf.tune_levers import LEVERS_FILE, run_levers
+
+        run_levers(settings, [item.split() for item in args.lever_set or []], echo=print)
+        print(f"levers: {settings.directory / LEVERS_FILE}")
     return 0
 
 
@@ -752,6 +757,19 @@ COMMANDS: tuple[Command, ...] = (
             ),
             opt("--output-dir", help="search directory (default runs/tune/<space file name>)"),
             opt("--best-config", metavar="YAML", help="also write the best trial's run config here"),
+            opt(
+                "--levers",
+                action="store_true",
+                help="after the search: each searched value of the best trial taken back to the untuned "
+                "recipe's, one at a time, scored on the same cells (levers.csv; validation only)",
+            ),
+            opt(
+                "--lever-set",
+                action="append",
+                metavar="'KEY=VALUE ...'",
+                help="with --levers, also this variant of the best recipe (overrides applied together), "
+                "e.g. 'training.eval_every_steps=null training.patience=3'; repeatable",
+            ),
             DATA_DIR,
             QUIET,
         ),

@@ -1,0 +1,170 @@
+"""What each lever of a tuned recipe does alone (``ecalf tune ... --levers``), on the validation split.
+
+From the best trial of a search, one lever at a time goes back to the value the recipe has without
+the search (the base config with the overrides and the space's ``set``) while every other searched
+value stays tuned; each such recipe is trained on the search's pilot cells and scored like a trial
+(mean over the cells of best validation MSE / naive validation MSE). Extra variants (``variants``:
+a few ``key=value`` overrides applied together on top of the best recipe, e.g. turning step
+validation off) are scored the same way. Nothing here reads a test window.
+
+Written into the search directory (:mod:`ecalf.tune` names it): ``levers/<variant>/<cell>/``, one
+run directory per variant and cell (finished ones are kept, so a killed run continues), and
+``levers.csv``: one row per variant with its values, score and change against the best trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ecalf.artifacts import write_text
+from ecalf.config_files import load_run_config
+from ecalf.errors import ConfigError, EcalfError
+from ecalf.tune import (
+    SearchSettings,
+    cell_config,
+    cell_name,
+    load_space,
+    override,
+    require_optuna,
+    validate_cell,
+)
+
+LEVERS_DIR = "levers"
+LEVERS_FILE = "levers.csv"
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One variant of the best recipe: ``changes`` (``key=value``) applied on top of it."""
+
+    name: str
+    changes: tuple[str, ...]
+    tuned: str
+    """The best trial's values of the changed keys (``key=value`` joined by spaces)."""
+
+
+@dataclass
+class LeverOutcome:
+    lever: Lever
+    score: float
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LeverTable:
+    best_trial: int
+    best_score: float
+    outcomes: list[LeverOutcome]
+    unchanged: list[str]
+    """Searched keys whose tuned value is already the untuned one (nothing to take back)."""
+
+
+def _setting(config: Any, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), config)
+
+
+def levers_of(
+    settings: SearchSettings, best_params: dict[str, Any], variants: Sequence[Sequence[str]] = ()
+) -> tuple[list[Lever], list[str]]:
+    """One lever per searched key whose tuned value differs from the untuned recipe's, then one per
+    variant; and the searched keys whose tuned value is the untuned one."""
+    space = load_space(settings.space)
+    untuned = load_run_config(settings.config, [*settings.overrides, *space.set])
+    tuned = load_run_config(
+        settings.config, [*settings.overrides, *space.set, *(override(k, v) for k, v in best_params.items())]
+    )
+    levers, unchanged = [], []
+    for key in space.params:
+        before, after = _setting(untuned, key), _setting(tuned, key)
+        if before == after:
+            unchanged.append(key)
+            continue
+        levers.append(Lever(key, (override(key, before),), override(key, after)))
+    for variant in variants:
+        if not variant:
+            raise ConfigError("a lever variant needs at least one key=value")
+        keys = []
+        for item in variant:
+            if "=" not in item:
+                raise ConfigError(f"lever variant {item!r}: give key=value")
+            keys.append(item.split("=", 1)[0].strip())
+        load_run_config(
+            settings.config, [*settings.overrides, *space.set, *variant]
+        )  # a bad key or value: here
+        now = " ".join(override(k, _setting(tuned, k)) for k in keys)
+        levers.append(Lever(" ".join(variant), tuple(variant), now))
+    return levers, unchanged
+
+
+def _directory_name(lever: Lever) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", "+".join(lever.changes))[:120]
+
+
+def run_levers(
+    settings: SearchSettings,
+    variants: Sequence[Sequence[str]] = (),
+    *,
+    echo: Callable[[str], None] | None = print,
+) -> LeverTable:
+    """Score every lever of the search's best trial (:func:`levers_of`) on the search's cells; write
+    ``levers.csv``. The search must have a completed trial."""
+    optuna = require_optuna()
+    directory = settings.directory
+    study_file = directory / "study.db"
+    if not study_file.is_file():
+        raise EcalfError(f"{directory} holds no search yet: run `ecalf tune` with these arguments first")
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{study_file.resolve()}")
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not completed:
+        raise EcalfError(f"{directory}: no trial has completed yet, so there is no best recipe to take apart")
+    best = min(completed, key=lambda t: (t.value, t.number))
+    space = load_space(settings.space)
+    levers, unchanged = levers_of(settings, dict(best.params), variants)
+    show = echo or (lambda line: None)
+    show(
+        f"levers of trial {best.number} (score {best.value:.4f}), one at a time, "
+        f"on {len(settings.cells)} cell(s)"
+    )
+    recipe = [*settings.overrides, *space.set, *(override(k, v) for k, v in best.params.items())]
+    outcomes = []
+    for lever in levers:
+        ratios = {}
+        for dataset, horizon in settings.cells:
+            name = cell_name(dataset, horizon)
+            config = cell_config(settings, dataset, horizon, [*recipe, *lever.changes])
+            ratios[name] = validate_cell(config, directory / LEVERS_DIR / _directory_name(lever) / name).ratio
+        score = sum(ratios.values()) / len(ratios)
+        outcomes.append(LeverOutcome(lever, score, ratios))
+        change = (score - best.value) / best.value
+        show(f"  {' '.join(lever.changes)} (tuned: {lever.tuned}): score {score:.4f} ({change:+.1%})")
+    table = LeverTable(best.number, float(best.value), outcomes, unchanged)
+    write_levers(settings, table)
+    return table
+
+
+def write_levers(settings: SearchSettings, table: LeverTable) -> None:
+    """``levers.csv``: the best trial's row, then one row per lever (its change, tuned values, score,
+    relative change of the score, every cell's ratio)."""
+    names = [cell_name(d, h) for d, h in settings.cells]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["variant", "tuned", "score", "change", *names])
+    writer.writerow(
+        [f"best trial {table.best_trial}", "", f"{table.best_score:.6f}", "", *([""] * len(names))]
+    )
+    for o in table.outcomes:
+        change = (o.score - table.best_score) / table.best_score
+        cells = [f"{o.ratios[n]:.6f}" for n in names]
+        writer.writerow(
+            [" ".join(o.lever.changes), o.lever.tuned, f"{o.score:.6f}", f"{change:+.4f}", *cells]
+        )
+    write_text(settings.directory / LEVERS_FILE, out.getvalue())
+
+
+__all__ = ["Lever", "LeverOutcome", "LeverTable", "levers_of", "run_levers", "write_levers"]
