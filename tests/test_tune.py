@@ -166,6 +166,32 @@ def test_a_worse_trial_is_pruned(tmp_path, synthetic_csv):
     assert progress is not None and progress.epochs_done == 1  # pruned at the end of its epoch 2 of 3
 
 
+def test_a_pruned_trials_running_score_never_makes_it_the_best(tmp_path, synthetic_csv):
+    """Optuna gives a pruned trial its last running score as its value, over the cells it reached only
+    (a search once wrote such a trial as its best recipe): the best is the lowest completed score."""
+    search = settings(tmp_path, synthetic_csv, 2)
+    search.directory.mkdir(parents=True)
+    study = optuna.create_study(study_name="search", storage=f"sqlite:///{search.directory / 'study.db'}")
+    distributions = {
+        "training.learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True),
+        "model.loss": optuna.distributions.CategoricalDistribution(["mse", "l1"]),
+    }
+    study.enqueue_trial({"training.learning_rate": 1e-3, "model.loss": "mse"})
+    study.enqueue_trial({"training.learning_rate": 2e-3, "model.loss": "l1"})
+    complete = study.ask(distributions)
+    study.tell(complete, 0.9)
+    pruned = study.ask(distributions)
+    pruned.report(0.1, 2)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    assert study.trials[1].value == pytest.approx(0.1)  # what Optuna does, and what this guards against
+    summary = ecalf.tune.write_summary(search, study)
+    assert summary.best is not None and summary.best.number == 0 and summary.best.score == pytest.approx(0.9)
+    assert "trial 0 " in (search.directory / "best.yaml").read_text().splitlines()[0]
+    rows = (search.directory / "trials.csv").read_text().splitlines()
+    assert rows[0].endswith(",pruned_running_score")
+    assert rows[2].startswith("1,pruned,,") and rows[2].endswith(",0.100000")
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [

@@ -285,9 +285,12 @@ class TrialOutcome:
     state: str
     """``complete``, ``pruned`` or ``diverged``."""
     score: float | None
+    """The mean ratio over every cell: completed trials only."""
     params: dict[str, Any]
     ratios: dict[str, float] = field(default_factory=dict)
     """Finished cells: best validation MSE / naive validation MSE."""
+    running_score: float | None = None
+    """A pruned trial's last running score (the cells it reached): never compared with ``score``."""
 
 
 @dataclass
@@ -585,17 +588,23 @@ def write_summary(
     for t in _finished(optuna, study):
         state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(t.state.name, "diverged")
         ratios = {n: float(t.user_attrs[f"ratio {n}"]) for n in names if f"ratio {n}" in t.user_attrs}
-        outcomes.append(TrialOutcome(t.number, state, t.value, dict(t.params), ratios))
+        # Optuna gives a pruned trial its last reported (running) score as its value: over the cells
+        # it reached only, so it is kept apart and never competes with a completed trial's score
+        score = t.value if state == "complete" else None
+        running = t.value if state == "pruned" else None
+        outcomes.append(TrialOutcome(t.number, state, score, dict(t.params), ratios, running))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["trial", "state", "score", *names, *space.params])
+    writer.writerow(["trial", "state", "score", *names, *space.params, "pruned_running_score"])
     for o in outcomes:
         cells = [f"{o.ratios[n]:.6f}" if n in o.ratios else "" for n in names]
         score = "" if o.score is None else f"{o.score:.6f}"
-        writer.writerow([o.number, o.state, score, *cells, *(o.params.get(k, "") for k in space.params)])
+        running = "" if o.running_score is None else f"{o.running_score:.6f}"
+        values = (o.params.get(k, "") for k in space.params)
+        writer.writerow([o.number, o.state, score, *cells, *values, running])
     directory = settings.directory
     write_text(directory / SUMMARY_FILE, out.getvalue())
-    completed = [o for o in outcomes if o.score is not None]
+    completed = [o for o in outcomes if o.state == "complete" and o.score is not None]
     best = min(completed, key=lambda o: (o.score, o.number)) if completed else None
     written = None
     if best is not None:
