@@ -598,10 +598,8 @@ def write_summary(
     writer.writerow(["trial", "state", "score", *names, *space.params, "pruned_running_score"])
     for o in outcomes:
         cells = [f"{o.ratios[n]:.6f}" if n in o.ratios else "" for n in names]
-        score = "" if o.score is None else f"{o.score:.6f}"
-        running = "" if o.running_score is None else f"{o.running_score:.6f}"
         values = (o.params.get(k, "") for k in space.params)
-        writer.writerow([o.number, o.state, score, *cells, *values, running])
+        writer.writerow([o.number, o.state, _number(o.score), *cells, *values, _number(o.running_score)])
     directory = settings.directory
     write_text(directory / SUMMARY_FILE, out.getvalue())
     completed = [o for o in outcomes if o.state == "complete" and o.score is not None]
@@ -613,6 +611,10 @@ def write_summary(
         if best_config is not None:
             write_best_config(settings, best, recipe, Path(best_config))
     return SearchSummary(directory, outcomes, best, written)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
 
 
 def write_best_config(
