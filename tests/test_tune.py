@@ -306,3 +306,26 @@ def test_levers_take_back_one_tuned_value_at_a_time(tmp_path, synthetic_csv, cap
     assert ran.training.eval_every_steps is None and ran.training.patience == 1
     assert ran.model.loss == best.params["model.loss"]  # every other searched value stays tuned
     assert "levers of trial" in capsys.readouterr().out
+
+
+def test_the_table_grows_trial_by_trial_and_the_best_recipe_waits_for_the_budget(
+    tmp_path, synthetic_csv, monkeypatch
+):
+    real_fit, calls = ecalf.tune.fit_model, {"n": 0}
+
+    def killed_in_the_third_trial(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(ecalf.tune, "fit_model", killed_in_the_third_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(settings(tmp_path, synthetic_csv, 4), echo=None)
+    rows = (tmp_path / "search" / "trials.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["0", "complete"], ["1", "complete"]]
+    assert not (tmp_path / "search" / "best.yaml").exists()  # the search has not had its 4 trials
+    monkeypatch.setattr(ecalf.tune, "fit_model", real_fit)
+    summary = run_search(settings(tmp_path, synthetic_csv, 4), echo=None)
+    assert len((tmp_path / "search" / "trials.csv").read_text().splitlines()) == 1 + 4
+    assert summary.best_config == tmp_path / "search" / "best.yaml" and summary.best_config.is_file()

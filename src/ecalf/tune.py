@@ -363,6 +363,8 @@ def run_search(
         ))  # fmt: skip
         outcome = _run_trial(optuna, study, trial, settings, space, show)
         finished += 1
+        if finished < settings.trials:  # the table so far, to read while the search goes on
+            write_summary(settings, study, table_only=True)
         score = "-" if outcome.score is None else f"{outcome.score:.4f}"
         best = (
             f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
@@ -577,10 +579,16 @@ def _retry_killed_trials(optuna: Any, study: optuna.Study, storage: Any) -> int:
 
 
 def write_summary(
-    settings: SearchSettings, study: optuna.Study, best_config: str | os.PathLike[str] | None = None
+    settings: SearchSettings,
+    study: optuna.Study,
+    best_config: str | os.PathLike[str] | None = None,
+    *,
+    table_only: bool = False,
 ) -> SearchSummary:
     """``trials.csv`` (one row per finished trial: number, state, score, each cell's ratio, values) and
-    ``best.yaml`` (also written to ``best_config``): the base config with the best trial's values."""
+    ``best.yaml`` (also written to ``best_config``): the base config with the best trial's values.
+    ``table_only``: ``trials.csv`` alone (after each trial of a search still running: a best recipe is
+    written only when the search has its trials)."""
     optuna = require_optuna()
     space = load_space(settings.space)
     names = [cell_name(d, h) for d, h in settings.cells]
@@ -605,7 +613,7 @@ def write_summary(
     completed = [o for o in outcomes if o.state == "complete" and o.score is not None]
     best = min(completed, key=lambda o: (o.score, o.number)) if completed else None
     written = None
-    if best is not None:
+    if best is not None and not table_only:
         recipe = [*settings.overrides, *space.set, *(override(k, v) for k, v in best.params.items())]
         written = write_best_config(settings, best, recipe, directory / BEST_FILE)
         if best_config is not None:
