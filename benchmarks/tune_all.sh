@@ -3,7 +3,9 @@
 # DLinear on the pilot cells (few-shot 10 %, seed 2021: ETTh1 H 96, ETTh2 H 336, ETTm1 H 96,
 # ETTm2 H 192), validation only; each writes runs/tune/<model>/{trials.csv,best.yaml} and its best
 # recipe to configs/tuned/<model>.yaml. Resumable: run it again after any stop and every search keeps
-# its finished trials. Extra arguments go to every `ecalf tune` call (e.g. --data-dir DIR).
+# its finished trials; after every trial a snapshot of the study goes to results/tune/<model>/ (commit
+# it: on a fresh checkout the search continues from it). Extra arguments go to every `ecalf tune` call
+# (e.g. --data-dir DIR).
 #
 #   benchmarks/tune_all.sh --data-dir path/to/datasets               # one search after another
 #   MODELS="dlinear" benchmarks/tune_all.sh --data-dir path/to/datasets  # one of them
@@ -22,5 +24,6 @@ for model in ${MODELS:-ecalf patchtst dlinear}; do
     esac
     echo "== $model"
     "$ECALF" tune "$base" --space "configs/tune/$model.yaml" --trials 40 \
-        --set "training.num_threads=$THREADS" --best-config "configs/tuned/$model.yaml" --quiet "$@"
+        --set "training.num_threads=$THREADS" --best-config "configs/tuned/$model.yaml" \
+        --snapshot "results/tune/$model" --quiet "$@"
 done

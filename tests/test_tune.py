@@ -329,3 +329,38 @@ def test_the_table_grows_trial_by_trial_and_the_best_recipe_waits_for_the_budget
     summary = run_search(settings(tmp_path, synthetic_csv, 4), echo=None)
     assert len((tmp_path / "search" / "trials.csv").read_text().splitlines()) == 1 + 4
     assert summary.best_config == tmp_path / "search" / "best.yaml" and summary.best_config.is_file()
+
+
+def test_a_search_continues_on_a_fresh_machine_from_its_snapshot(tmp_path, synthetic_csv, monkeypatch):
+    snapshot = tmp_path / "committed" / "search"
+    first = run_search(settings(tmp_path, synthetic_csv, 2, snapshot=snapshot), echo=None)
+    assert sorted(p.name for p in snapshot.iterdir()) == [
+        "best.yaml",
+        "search.yaml",
+        "study.db",
+        "trials.csv",
+    ]
+    kept = {t.number: (t.score, t.params) for t in first.trials}
+    # the machine is lost: no search directory, only the snapshot
+    import shutil
+
+    shutil.rmtree(tmp_path / "search")
+    fits = []
+    real_fit = ecalf.tune.fit_model
+
+    def counted(*args, **kwargs):
+        fits.append(args[0])
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(ecalf.tune, "fit_model", counted)
+    lines: list[str] = []
+    again = run_search(settings(tmp_path, synthetic_csv, 3, snapshot=snapshot), echo=lines.append)
+    assert "continued from the snapshot" in lines[0]
+    assert len(fits) == 1  # the two finished trials came from the snapshot; only the third trained
+    assert {t.number: (t.score, t.params) for t in again.trials if t.number in kept} == kept
+    assert len((snapshot / "trials.csv").read_text().splitlines()) == 1 + 3  # the snapshot follows
+    # a snapshot of another search is refused, not mixed in
+    shutil.rmtree(tmp_path / "search")
+    other = settings(tmp_path, synthetic_csv, 3, snapshot=snapshot, seed=7)
+    with pytest.raises(EcalfError, match=r"snapshot .* is of another search"):
+        run_search(other, echo=None)

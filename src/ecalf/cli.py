@@ -320,6 +320,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         overrides=tuple(args.set or []),
         sampler_seed=args.sampler_seed,
+        snapshot=Path(args.snapshot) if args.snapshot else None,
     )
     if args.quiet:
         settings = dataclasses.replace(settings, overrides=(*settings.overrides, "training.progress=false"))
@@ -757,6 +758,12 @@ COMMANDS: tuple[Command, ...] = (
             ),
             opt("--output-dir", help="search directory (default runs/tune/<space file name>)"),
             opt("--best-config", metavar="YAML", help="also write the best trial's run config here"),
+            opt(
+                "--snapshot",
+                metavar="DIR",
+                help="after every trial, a consistent copy of the study, trials.csv and search.yaml here "
+                "(e.g. in version control); a search directory without a study continues from it",
+            ),
             opt(
                 "--levers",
                 action="store_true",

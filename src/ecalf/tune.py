@@ -23,6 +23,7 @@ the cell in flight resumes from its last finished epoch). Optuna is optional:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -231,6 +232,10 @@ class SearchSettings:
     startup_trials: int = 5
     """Finished trials before any trial is pruned."""
     first_trials: tuple[Mapping[str, Any], ...] = ()
+    snapshot: Path | None = None
+    """A directory (e.g. one under version control) that gets a consistent copy of the study, the
+    table and ``search.yaml`` after every trial; a search directory without a study continues from it.
+    Not part of what a continued search must match."""
     """Values tried first in a new search (e.g. the preset's own), before the sampler's."""
 
     def __post_init__(self) -> None:
@@ -335,6 +340,7 @@ def run_search(
             f"{directory} holds another search (its {SEARCH_FILE} differs: config, space, cells or seed); "
             "continue it with the same arguments or choose another --output-dir"
         )
+    restored = _restore_snapshot(settings)
     write_yaml(search, settings.describe())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(directory / STUDY_FILE).resolve()}")
@@ -349,6 +355,8 @@ def run_search(
     study.sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + len(study.trials))
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials)
     show = echo or _silent
+    if restored:
+        show(f"{directory}: continued from the snapshot in {settings.snapshot}")
     if finished or retried:
         again = f", {retried} killed trial(s) tried again" if retried else ""
         show(f"{directory}: {finished} trial(s) finished{again}")
@@ -365,6 +373,7 @@ def run_search(
         finished += 1
         if finished < settings.trials:  # the table so far, to read while the search goes on
             write_summary(settings, study, table_only=True)
+        _write_snapshot(settings)
         score = "-" if outcome.score is None else f"{outcome.score:.4f}"
         best = (
             f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
@@ -374,7 +383,54 @@ def run_search(
         show(
             f"trial {trial.number} {outcome.state}: score {score}{best} | {time.perf_counter() - start:.0f}s"
         )
-    return write_summary(settings, study, best_config)
+    summary = write_summary(settings, study, best_config)
+    _write_snapshot(settings)
+    return summary
+
+
+def _restore_snapshot(settings: SearchSettings) -> bool:
+    """A search directory without a study takes the snapshot's (a fresh machine continuing a search
+    from its committed snapshot); a snapshot of another search is refused. True when it did."""
+    snapshot = settings.snapshot
+    if (
+        snapshot is None
+        or (settings.directory / STUDY_FILE).is_file()
+        or not (snapshot / STUDY_FILE).is_file()
+    ):
+        return False
+    if (snapshot / SEARCH_FILE).is_file() and read_yaml(snapshot / SEARCH_FILE) != settings.describe():
+        raise EcalfError(
+            f"the snapshot in {snapshot} is of another search (its {SEARCH_FILE} differs): give the "
+            "arguments it was started with, or another --snapshot"
+        )
+    settings.directory.mkdir(parents=True, exist_ok=True)
+    _copy_study(snapshot / STUDY_FILE, settings.directory / STUDY_FILE)
+    return True
+
+
+def _write_snapshot(settings: SearchSettings) -> None:
+    """The study (a consistent SQLite copy), ``trials.csv``, ``search.yaml`` and (once written)
+    ``best.yaml`` into the snapshot directory, each file replaced atomically."""
+    if settings.snapshot is None:
+        return
+    settings.snapshot.mkdir(parents=True, exist_ok=True)
+    _copy_study(settings.directory / STUDY_FILE, settings.snapshot / STUDY_FILE)
+    for name in (SUMMARY_FILE, SEARCH_FILE, BEST_FILE):
+        if (settings.directory / name).is_file():
+            write_text(settings.snapshot / name, (settings.directory / name).read_text())
+
+
+def _copy_study(source: Path, target: Path) -> None:
+    """``source`` SQLite database copied by SQLite's backup (consistent while another connection
+    writes it) to a temporary sibling of ``target``, then renamed over it."""
+    import sqlite3
+
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    reading = sqlite3.connect(f"file:{source.resolve()}?mode=ro", uri=True)
+    with contextlib.closing(reading) as src, contextlib.closing(sqlite3.connect(temporary)) as dst:
+        src.backup(dst)
+    os.replace(temporary, target)
 
 
 def _run_trial(
