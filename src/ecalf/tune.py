@@ -232,11 +232,11 @@ class SearchSettings:
     startup_trials: int = 5
     """Finished trials before any trial is pruned."""
     first_trials: tuple[Mapping[str, Any], ...] = ()
+    """Values tried first in a new search (e.g. the preset's own), before the sampler's."""
     snapshot: Path | None = None
     """A directory (e.g. one under version control) that gets a consistent copy of the study, the
     table and ``search.yaml`` after every trial; a search directory without a study continues from it.
     Not part of what a continued search must match."""
-    """Values tried first in a new search (e.g. the preset's own), before the sampler's."""
 
     def __post_init__(self) -> None:
         if self.trials < 1:
