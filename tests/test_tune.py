@@ -66,6 +66,9 @@ def test_tune_on_the_tiny_config_with_three_trials_finishes(tmp_path, synthetic_
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "trial 2 complete" in printed and "best trial" in printed
+    ends = [line for line in printed.splitlines() if line.startswith("trial 0 complete")]
+    assert len(ends) == 1 and " left (2 trials at " in ends[0] and ends[0].endswith(" s, the mean so far)")
+    assert "left" not in next(line for line in printed.splitlines() if line.startswith("trial 2 complete"))
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,state,score,toy-H12,training.learning_rate,model.loss")
     assert len(rows) == 4

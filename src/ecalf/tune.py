@@ -39,6 +39,7 @@ import torch
 from ecalf.artifacts import read_yaml, write_text, write_yaml, yaml_scalar
 from ecalf.benchmark.grid import Cell
 from ecalf.benchmark.results import CellId
+from ecalf.cell_costs import format_duration
 from ecalf.config import RunConfig, apply_overrides
 from ecalf.config_files import load_run_config, run_config_from_dict
 from ecalf.data import ForecastSplits, prepare_splits
@@ -361,6 +362,7 @@ def run_search(
         again = f", {retried} killed trial(s) tried again" if retried else ""
         show(f"{directory}: {finished} trial(s) finished{again}")
     distributions = {key: _optuna_distribution(optuna, d) for key, d in space.params.items()}
+    spent: list[float] = []  # seconds of the trials this process ran
     while finished < settings.trials:
         trial = study.ask(distributions)
         if "directory" not in trial.user_attrs:
@@ -380,12 +382,23 @@ def run_search(
             if _completed(optuna, study)
             else ""
         )
+        spent.append(time.perf_counter() - start)
         show(
-            f"trial {trial.number} {outcome.state}: score {score}{best} | {time.perf_counter() - start:.0f}s"
+            f"trial {trial.number} {outcome.state}: score {score}{best} | {spent[-1]:.0f}s"
+            + _time_left(spent, settings.trials - finished)
         )
     summary = write_summary(settings, study, best_config)
     _write_snapshot(settings)
     return summary
+
+
+def _time_left(spent: Sequence[float], left: int) -> str:
+    """`` | ~2.5 h left (12 trials at 750 s, the mean so far)``; '' when none is left. Pruned trials
+    make the mean fall as a search goes on, so this errs long."""
+    if left <= 0 or not spent:
+        return ""
+    mean = sum(spent) / len(spent)
+    return f" | ~{format_duration(mean * left)} left ({left} trials at {mean:.0f} s, the mean so far)"
 
 
 def _restore_snapshot(settings: SearchSettings) -> bool:
