@@ -178,6 +178,12 @@ def override(key: str, value: Any) -> str:
     return f"{key}={yaml_scalar(value)}"
 
 
+def trial_recipe(settings: SearchSettings, space: SearchSpace, values: Mapping[str, Any]) -> list[str]:
+    """The overrides of the base config that a trial with ``values`` trains with: the search's own,
+    the space's ``set``, then the values."""
+    return [*settings.overrides, *space.set, *(override(k, v) for k, v in values.items())]
+
+
 def check_space(
     config_file: str | os.PathLike[str], space: SearchSpace, overrides: Sequence[str] = ()
 ) -> None:
@@ -458,7 +464,7 @@ def _run_trial(
     params = dict(trial.params)
     ratios: dict[str, float] = {}
     trial_dir = settings.directory / TRIALS_DIR / str(trial.user_attrs["directory"])
-    recipe = [*settings.overrides, *space.set, *(override(k, v) for k, v in params.items())]
+    recipe = trial_recipe(settings, space, params)
     try:
         for index, (dataset, horizon) in enumerate(settings.cells):
             config = cell_config(settings, dataset, horizon, recipe)
@@ -683,7 +689,7 @@ def write_summary(
     best = min(completed, key=lambda o: (o.score, o.number)) if completed else None
     written = None
     if best is not None and not table_only:
-        recipe = [*settings.overrides, *space.set, *(override(k, v) for k, v in best.params.items())]
+        recipe = trial_recipe(settings, space, best.params)
         written = write_best_config(settings, best, recipe, directory / BEST_FILE)
         if best_config is not None:
             write_best_config(settings, best, recipe, Path(best_config))

@@ -32,6 +32,7 @@ from ecalf.tune import (
     load_space,
     override,
     require_optuna,
+    trial_recipe,
     validate_cell,
 )
 
@@ -75,10 +76,8 @@ def levers_of(
     """One lever per searched key whose tuned value differs from the untuned recipe's, then one per
     variant; and the searched keys whose tuned value is the untuned one."""
     space = load_space(settings.space)
-    untuned = load_run_config(settings.config, [*settings.overrides, *space.set])
-    tuned = load_run_config(
-        settings.config, [*settings.overrides, *space.set, *(override(k, v) for k, v in best_params.items())]
-    )
+    untuned = load_run_config(settings.config, trial_recipe(settings, space, {}))
+    tuned = load_run_config(settings.config, trial_recipe(settings, space, best_params))
     levers, unchanged = [], []
     for key in space.params:
         before, after = _setting(untuned, key), _setting(tuned, key)
@@ -95,7 +94,7 @@ def levers_of(
                 raise ConfigError(f"lever variant {item!r}: give key=value")
             keys.append(item.split("=", 1)[0].strip())
         load_run_config(
-            settings.config, [*settings.overrides, *space.set, *variant]
+            settings.config, [*trial_recipe(settings, space, {}), *variant]
         )  # a bad key or value: here
         now = " ".join(override(k, _setting(tuned, k)) for k in keys)
         levers.append(Lever(" ".join(variant), tuple(variant), now))
@@ -131,7 +130,7 @@ def run_levers(
         f"levers of trial {best.number} (score {best.value:.4f}), one at a time, "
         f"on {len(settings.cells)} cell(s)"
     )
-    recipe = [*settings.overrides, *space.set, *(override(k, v) for k, v in best.params.items())]
+    recipe = trial_recipe(settings, space, best.params)
     outcomes = []
     for lever in levers:
         ratios = {}
