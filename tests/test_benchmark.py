@@ -679,6 +679,31 @@ def test_model_cases_and_seeds_shape_the_cells(tmp_path, in_repo):
         _small_grid(tmp_path, models=[GridModel("linear", "configs/baselines/linear.yaml", seeds=[7])])
 
 
+def test_pairs_keep_only_their_dataset_horizon_cells(tmp_path, in_repo):
+    """A grid with pairs (a search's pilot cells) runs those dataset/horizon pairs only; select keeps
+    the pairs it still covers; a pair outside the grid, or a selection with none left, is an error."""
+    from ecalf.benchmark import GridPair
+
+    pairs = [GridPair("ETTh1", 96), GridPair("ETTm1", 720)]
+    grid = _small_grid(tmp_path, datasets=["ETTh1", "ETTm1"], horizons=[96, 720], pairs=pairs)
+    assert {(c.dataset, c.horizon) for c in grid_cells(grid)} == {("ETTh1", 96), ("ETTm1", 720)}
+    assert len(grid_cells(grid)) == 2 * 2 * 2  # two pairs, two seeds, two models
+    part = benchmark.select(grid, datasets=["ETTm1"])
+    assert part.pairs == [GridPair("ETTm1", 720)]
+    assert {(c.dataset, c.horizon) for c in grid_cells(part)} == {("ETTm1", 720)}
+    with pytest.raises(ConfigError, match="none of them is among"):
+        benchmark.select(grid, datasets=["ETTh1"], horizons=[720])
+    with pytest.raises(ConfigError, match="pair ETTh2 H96 is not in the grid"):
+        _small_grid(tmp_path, datasets=["ETTh1"], horizons=[96], pairs=[GridPair("ETTh2", 96)])
+    raw = tmp_path / "pairs.yaml"
+    raw.write_text(
+        "name: p\ndatasets: [ETTh1, ETTm1]\nhorizons: [96, 720]\n"
+        "pairs: [{dataset: ETTm1, horizon: 720}]\n"
+        "models: [{label: naive, config: configs/baselines/naive.yaml}]\n"
+    )
+    assert [(c.dataset, c.horizon) for c in grid_cells(load_grid(raw))] == [("ETTm1", 720)]
+
+
 def test_a_cell_has_one_identity():
     """Its results row's key, its run directory and its name all come from its CellId; a row read back
     from the CSV gives the same CellId."""

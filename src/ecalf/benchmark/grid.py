@@ -68,6 +68,14 @@ class GridModel:
         return (*self.set, *cases)
 
 
+@dataclass(frozen=True)
+class GridPair:
+    """One dataset at one horizon: a grid with ``pairs`` runs only these (e.g. a search's pilot cells)."""
+
+    dataset: str
+    horizon: int
+
+
 @dataclass
 class GridSetting:
     name: SettingName = "full"
@@ -107,6 +115,8 @@ class Grid:
     ``width_<level>`` and ``winkler_<level>`` columns."""
     adaptive_intervals: bool = False
     """With ``levels``: also the adaptive-conformal scores (``aci_coverage_<level>``, ...)."""
+    pairs: list[GridPair] = field(default_factory=list)
+    """Only these dataset/horizon pairs of ``datasets`` x ``horizons`` (all of them when empty)."""
     reuse_runs: bool = True
     """Take a finished run of exactly a cell's config from a sibling grid's runs directory instead of
     training it again (:func:`finished_run`); false: this grid trains every model it reports itself
@@ -123,6 +133,12 @@ class Grid:
             raise ConfigError(f"model labels must be unique, got {labels}")
         if any(h <= 0 for h in self.horizons):
             raise ConfigError(f"horizons must be positive, got {self.horizons}")
+        for pair in self.pairs:
+            if pair.dataset not in self.datasets or pair.horizon not in self.horizons:
+                raise ConfigError(
+                    f"pair {pair.dataset} H{pair.horizon} is not in the grid's datasets {self.datasets} "
+                    f"x horizons {self.horizons}; add it there or remove the pair"
+                )
         check_levels(self.levels)
         if self.adaptive_intervals and not self.levels:
             raise ConfigError("adaptive_intervals: true needs interval levels (levels: [80, 95])")
@@ -185,12 +201,21 @@ def select(
         chosen.append(model)
     if not chosen:
         raise ConfigError(f"models {labels} run none of seeds {kept_seeds} in grid {grid.name!r}")
+    kept_datasets = keep("datasets", datasets, grid.datasets)
+    kept_horizons = keep("horizons", horizons, grid.horizons)
+    pairs = [p for p in grid.pairs if p.dataset in kept_datasets and p.horizon in kept_horizons]
+    if grid.pairs and not pairs:
+        raise ConfigError(
+            f"grid {grid.name!r} runs only the pairs {[f'{p.dataset} H{p.horizon}' for p in grid.pairs]}: "
+            "none of them is among the chosen datasets and horizons"
+        )
     return dataclasses.replace(
         grid,
         models=chosen,
-        datasets=keep("datasets", datasets, grid.datasets),
-        horizons=keep("horizons", horizons, grid.horizons),
+        datasets=kept_datasets,
+        horizons=kept_horizons,
         seeds=kept_seeds,
+        pairs=pairs,
     )
 
 
@@ -303,6 +328,8 @@ def grid_cells(grid: Grid) -> list[Cell]:
             targets = setting.targets.get(dataset, []) if setting.name == "zero_shot" else [""]
             for target in targets:
                 for horizon in grid.horizons:
+                    if grid.pairs and GridPair(dataset, horizon) not in grid.pairs:
+                        continue
                     for seed in grid.seeds:
                         for model in grid.models:
                             if model.seeds is not None and seed not in model.seeds:
