@@ -11,7 +11,9 @@
 #   MODELS="dlinear" benchmarks/tune_all.sh --data-dir path/to/datasets  # one of them
 #
 # THREADS (default 1) is each trial's torch threads: two searches side by side, one thread each, use
-# a 2-core CPU best (start them with MODELS="ecalf" and MODELS="patchtst dlinear").
+# a 2-core CPU best (start them with MODELS="ecalf" and MODELS="patchtst dlinear"). The same command
+# started twice puts two workers on one search (e.g. MODELS=ecalf twice once the other searches are
+# done): they share its study and its budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ECALF=${ECALF:-ecalf}

@@ -367,3 +367,64 @@ def test_a_search_continues_on_a_fresh_machine_from_its_snapshot(tmp_path, synth
     other = settings(tmp_path, synthetic_csv, 3, snapshot=snapshot, seed=7)
     with pytest.raises(EcalfError, match=r"snapshot .* is of another search"):
         run_search(other, echo=None)
+
+
+def test_a_trial_another_worker_runs_is_left_to_it_and_counts_towards_the_budget(tmp_path, synthetic_csv):
+    """A second process on the same search (another core): a trial RUNNING in the study whose worker
+    is alive (holds its lock) is not tried again and counts towards the budget; only the last worker
+    to finish writes the best recipe. Once that worker is gone, its trial is tried again."""
+    from filelock import FileLock
+
+    run_search(settings(tmp_path, synthetic_csv, 1), echo=None)
+    directory = tmp_path / "search"
+    first_best = (directory / "best.yaml").read_text()  # the 1-trial search's
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{directory / 'study.db'}")
+    other = study.ask(
+        {"training.learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)}
+    )
+    lock = FileLock(directory / "locks" / f"trial{other.number:04d}.lock", is_singleton=False)
+    lock.acquire()  # the other worker, alive
+    lines: list[str] = []
+    summary = run_search(settings(tmp_path, synthetic_csv, 3), echo=lines.append)
+    assert "1 trial(s) finished, 1 running in other processes" in lines[0]
+    assert [t.number for t in summary.trials] == [0, 2]  # one new trial: 1 finished + 1 running + 1 = 3
+    assert "still running in other processes" in lines[-1]
+    assert summary.best_config is None and (directory / "best.yaml").read_text() == first_best
+    lock.release()  # the other worker dies without finishing its trial
+    lines.clear()
+    again = run_search(settings(tmp_path, synthetic_csv, 3), echo=lines.append)
+    assert "2 trial(s) finished, 1 killed trial(s) tried again" in lines[0]
+    assert (
+        len(again.trials) == 3
+        and again.trials[-1].params["training.learning_rate"] == (other.params["training.learning_rate"])
+    )
+    assert again.best_config is not None and again.best_config.is_file()
+
+
+def test_two_worker_processes_share_one_search(tmp_path, synthetic_csv):
+    """Two `ecalf tune` processes started on one search directory run its budget between them: every
+    trial once, none beyond the budget, one best recipe."""
+    import subprocess
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    out = tmp_path / "search"
+    args = [sys.executable, "-m", "ecalf", "tune", str(TINY), "--space", str(space), "--trials", "4"]
+    args += ["--datasets", str(synthetic_csv), "--horizons", "12", "--few-shot", "40"]
+    args += ["--output-dir", str(out), *(f"--set={o}" for o in (*SMALL, "training.epochs=1"))]
+    workers = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert len({t.params["training.learning_rate"] for t in study.trials}) == 4
+    started = [
+        line
+        for text in outputs
+        for line in text.splitlines()
+        if line.startswith("trial ") and ": " in line and "(" in line.split(":")[0]
+    ]
+    assert sorted(int(line.split()[1]) for line in started) == [0, 1, 2, 3]  # each trial run by one worker
+    assert (out / "best.yaml").is_file() and len((out / "trials.csv").read_text().splitlines()) == 1 + 4

@@ -14,11 +14,15 @@ A search directory (this module names and writes it; ``runs/tune/<space>`` by de
 - ``trials/NNNN/<dataset>-H<horizon>/``  one run directory per trial and cell (:mod:`ecalf.run_dir`
                       names its files; ``validation.json`` in place of test metrics)
 - ``trials.csv``      the summary table, one row per trial; ``best.yaml`` the best trial's run config
+- ``locks/``          a lock per running trial, held by the process that runs it
 
 Killed and started again with the same command, a search keeps its finished trials; the trial that
 was running is tried again with the same values in the same directory (its finished cells are kept,
-the cell in flight resumes from its last finished epoch). Optuna is optional:
-``pip install 'ecalf[tune]'``.
+the cell in flight resumes from its last finished epoch). The same command started again while a
+search runs (another core, another GPU) adds a worker: the processes share the study, never start
+more trials than the budget between them, and the last to finish writes the best recipe. Trial k
+samples from ``sampler_seed + k`` (TPE with constant liar, so a worker does not repeat a trial still
+running in another). Optuna is optional: ``pip install 'ecalf[tune]'``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import torch
 
 from ecalf.artifacts import read_yaml, write_text, write_yaml, yaml_scalar
 from ecalf.benchmark.grid import Cell
-from ecalf.benchmark.results import CellId
+from ecalf.benchmark.results import CellId, exclusive
 from ecalf.cell_costs import format_duration
 from ecalf.config import RunConfig, apply_overrides
 from ecalf.config_files import load_run_config, run_config_from_dict
@@ -65,6 +69,8 @@ SEARCH_FILE = "search.yaml"
 TRIALS_DIR = "trials"
 SUMMARY_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
+LOCK_FILE = ".search.lock"
+LOCKS_DIR = "locks"
 CELL_STEPS = 100_000
 """Cell i's epoch e is reported to the pruner as step ``i * CELL_STEPS + e``: trials compare like cells."""
 
@@ -341,47 +347,66 @@ def run_search(
         if find_spec(dataset) is None and not Path(dataset).is_file():
             raise ConfigError(f"unknown dataset {dataset!r}: a name of `ecalf data list` or a CSV path")
     directory = settings.directory
-    search = directory / SEARCH_FILE
-    if search.is_file() and read_yaml(search) != settings.describe():
-        raise EcalfError(
-            f"{directory} holds another search (its {SEARCH_FILE} differs: config, space, cells or seed); "
-            "continue it with the same arguments or choose another --output-dir"
-        )
-    restored = _restore_snapshot(settings)
-    write_yaml(search, settings.describe())
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(directory / STUDY_FILE).resolve()}")
-    study = optuna.create_study(
-        study_name="search", storage=storage, direction="minimize", load_if_exists=True
-    )
-    retried = _retry_killed_trials(optuna, study, storage)
-    if not study.trials:
-        for values in settings.first_trials:
-            study.enqueue_trial(dict(values))
-    finished = len(_finished(optuna, study))
-    study.sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + len(study.trials))
-    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials)
+    directory.mkdir(parents=True, exist_ok=True)
     show = echo or _silent
+    with exclusive(directory / LOCK_FILE):  # one process at a time sets up, asks, or writes the table
+        search = directory / SEARCH_FILE
+        if search.is_file() and read_yaml(search) != settings.describe():
+            raise EcalfError(
+                f"{directory} holds another search (its {SEARCH_FILE} differs: config, space, cells or "
+                "seed); continue it with the same arguments or choose another --output-dir"
+            )
+        restored = _restore_snapshot(settings)
+        write_yaml(search, settings.describe())
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{(directory / STUDY_FILE).resolve()}",
+            engine_kwargs={"connect_args": {"timeout": 120}},  # another worker may be writing
+        )
+        study = optuna.create_study(
+            study_name="search", storage=storage, direction="minimize", load_if_exists=True
+        )
+        retried = _retry_killed_trials(optuna, study, storage, directory)
+        if not study.trials:
+            for values in settings.first_trials:
+                study.enqueue_trial(dict(values))
+        finished = len(_finished(optuna, study))
+        others = len(_running(optuna, study))
+    study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials)
     if restored:
         show(f"{directory}: continued from the snapshot in {settings.snapshot}")
-    if finished or retried:
+    if finished or retried or others:
         again = f", {retried} killed trial(s) tried again" if retried else ""
-        show(f"{directory}: {finished} trial(s) finished{again}")
+        alongside = f", {others} running in other processes" if others else ""
+        show(f"{directory}: {finished} trial(s) finished{again}{alongside}")
     distributions = {key: _optuna_distribution(optuna, d) for key, d in space.params.items()}
     spent: list[float] = []  # seconds of the trials this process ran
-    while finished < settings.trials:
-        trial = study.ask(distributions)
-        if "directory" not in trial.user_attrs:
-            trial.set_user_attr("directory", f"{trial.number:04d}")
+    while True:
+        with exclusive(directory / LOCK_FILE):
+            _retry_killed_trials(optuna, study, storage, directory)  # a worker killed meanwhile
+            started = len(_finished(optuna, study)) + len(_running(optuna, study))
+            if started >= settings.trials:
+                break
+            # trial k samples from seed + k: the same values whether a search ran in one go or not
+            study.sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + len(study.trials))
+            trial = study.ask(distributions)
+            if "directory" not in trial.user_attrs:
+                trial.set_user_attr("directory", f"{trial.number:04d}")
+            held = _trial_lock(directory, trial.number)
+            held.acquire(timeout=0)  # held while this process runs it: the trial is alive
         start = time.perf_counter()
-        show(f"trial {trial.number} ({finished + 1}/{settings.trials}): " + " ".join(
+        show(f"trial {trial.number} ({started + 1}/{settings.trials}): " + " ".join(
             override(k, v) for k, v in trial.params.items()
         ))  # fmt: skip
-        outcome = _run_trial(optuna, study, trial, settings, space, show)
-        finished += 1
-        if finished < settings.trials:  # the table so far, to read while the search goes on
-            write_summary(settings, study, table_only=True)
-        _write_snapshot(settings)
+        try:
+            outcome = _run_trial(optuna, study, trial, settings, space, show)
+        finally:
+            held.release()
+        with exclusive(directory / LOCK_FILE):
+            finished = len(_finished(optuna, study))
+            if finished < settings.trials:  # the table so far, to read while the search goes on
+                write_summary(settings, study, table_only=True)
+            _write_snapshot(settings)
         score = "-" if outcome.score is None else f"{outcome.score:.4f}"
         best = (
             f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
@@ -393,8 +418,14 @@ def run_search(
             f"trial {trial.number} {outcome.state}: score {score}{best} | {spent[-1]:.0f}s"
             + _time_left(spent, settings.trials - finished)
         )
-    summary = write_summary(settings, study, best_config)
-    _write_snapshot(settings)
+    # under the lock still: the last process to finish writes the best recipe, the others the table
+    with exclusive(directory / LOCK_FILE):
+        others = len(_running(optuna, study))
+        summary = write_summary(settings, study, best_config, table_only=others > 0)
+        _write_snapshot(settings)
+    if others:
+        show(f"{directory}: {others} trial(s) still running in other processes; the last to finish "
+             "writes the best recipe")  # fmt: skip
     return summary
 
 
@@ -639,11 +670,38 @@ def _completed(optuna: Any, study: optuna.Study) -> list[optuna.trial.FrozenTria
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
-def _retry_killed_trials(optuna: Any, study: optuna.Study, storage: Any) -> int:
-    """A trial still RUNNING when a search starts was killed (one search runs in a directory at a
-    time): mark it failed and queue its values again, in its own directory. Returns how many."""
+def _running(optuna: Any, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+
+def _trial_lock(directory: Path, number: int) -> Any:
+    """The lock a worker holds while it runs trial ``number`` (flock: freed when the process dies)."""
+    from filelock import FileLock
+
+    path = directory / LOCKS_DIR / f"trial{number:04d}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path, is_singleton=False, preserve_lock_file=True)
+
+
+def _alive(directory: Path, number: int) -> bool:
+    """Whether a process runs trial ``number`` now (it holds the trial's lock)."""
+    from filelock import Timeout
+
+    lock = _trial_lock(directory, number)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _retry_killed_trials(optuna: Any, study: optuna.Study, storage: Any, directory: Path) -> int:
+    """A trial RUNNING in the study that no process runs (nobody holds its lock) was killed: mark it
+    failed and queue its values again, in its own directory. Returns how many. Called under the
+    search's lock."""
     states = optuna.trial.TrialState
-    killed = study.get_trials(deepcopy=False, states=(states.RUNNING,))
+    killed = [t for t in _running(optuna, study) if not _alive(directory, t.number)]
     for trial in killed:
         study_id = storage.get_study_id_from_name(study.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
