@@ -145,6 +145,28 @@ def test_ecalf_backtest_prints_the_table_writes_csv_and_plot(fitted, tmp_path, c
     assert len(err) == 1 and "use at most" in err[0] and not out.exists()
 
 
+def test_ecalf_backtest_and_forecast_read_their_input_file_once(fitted, tmp_path, monkeypatch):
+    """The input CSV is parsed once, then backtested, scored and drawn (or forecast and drawn)."""
+    from ecalf.forecast_commands import backtest_to_csv, forecast_to_csv
+
+    forecaster, data = fitted
+    forecaster.save(tmp_path / "m")
+    data.to_csv(tmp_path / "s.csv", index=False)
+    real, reads = pd.read_csv, []
+
+    def counted(path, *args, **kwargs):
+        if "nrows" not in kwargs:
+            reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", counted)
+    backtest_to_csv(tmp_path / "m", tmp_path / "s.csv", n_windows=2, plot=tmp_path / "cv.png")
+    assert reads == [str(tmp_path / "s.csv")]
+    reads.clear()
+    forecast_to_csv(tmp_path / "m", tmp_path / "s.csv", tmp_path / "f.csv", plot=tmp_path / "f.png")
+    assert reads == [str(tmp_path / "s.csv")]
+
+
 # --------------------------------------------------------------------------------------------------
 # The honest floor
 # --------------------------------------------------------------------------------------------------

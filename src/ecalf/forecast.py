@@ -338,7 +338,7 @@ class Forecaster:
         """
         levels = check_levels(level)
         self._fitted()
-        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        loaded = self.read(data)
         if self.series_scalers is not None:
             return self._predict_panel(loaded, future_df, levels, int8=int8)
         self._refuse_panel(loaded)
@@ -528,7 +528,7 @@ class Forecaster:
         window to the misses of the earlier windows (adaptive conformal inference, step ``gamma``).
         See :mod:`ecalf.backtest`.
         """
-        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        loaded = self.read(data)
         if self.series_scalers is not None:
             return self._cross_validate_panel(
                 loaded, n_windows, step_size, refit, check_levels(level), adaptive, gamma
@@ -581,11 +581,16 @@ class Forecaster:
             blocks.append(cv)
         return pd.concat(blocks, ignore_index=True)
 
+    def read(self, data: SeriesInput) -> LoadedSeries:
+        """``data`` read and checked as this forecaster reads its inputs (missing values allowed when
+        it fills them), to pass to several of its methods without reading a file again."""
+        return load_series(data, allow_missing=self.inputs.fill is not None)
+
     def actuals(self, data: SeriesInput) -> pd.DataFrame:
         """The target series of ``data`` in the long schema ``unique_id, ds, y``, under the ids that
         :meth:`cross_validation` gives them (long input: the input's own ``unique_id`` values; wide
         input: the column names): what a backtest is scored against and drawn over."""
-        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        loaded = self.read(data)
         if self.series_scalers is not None:
             series = [
                 wide_to_long(frame_to_wide(frame.select(["y"]).renamed(["series"]))).assign(
@@ -619,7 +624,7 @@ class Forecaster:
         interval bands (the forecast is made, with ``level`` and ``future_df``, when None)."""
         from ecalf.plots import plot_forecast
 
-        loaded = load_series(data, allow_missing=self.inputs.fill is not None)
+        loaded = self.read(data)
         if forecast is None:
             forecast = self.predict(data, level=level, future_df=future_df)
         if self.series_scalers is not None:  # a panel: each series on its own dates, NaN elsewhere

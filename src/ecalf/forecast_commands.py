@@ -100,6 +100,7 @@ def forecast_to_csv(
     interval columns for each ``level``.
     """
     forecaster = Forecaster.load(model_dir)
+    data = forecaster.read(data)  # once: forecast and drawn
     written = forecaster.predict(data, level=level, future_df=future)  # in the input's layout
     write_text(output, written.to_csv(index=False, lineterminator="\n"))
     if plot is not None:
@@ -125,6 +126,7 @@ def backtest_to_csv(
     drawn as PNG when asked. Nothing is written unless the whole backtest succeeded."""
     levels = check_levels(level)
     forecaster = Forecaster.load(model_dir)
+    data = forecaster.read(data)  # once: backtested, scored and drawn
     cv = forecaster.cross_validation(
         data, n_windows=n_windows, step_size=step_size, refit=refit, level=levels, adaptive=adaptive,
         verbose=verbose,

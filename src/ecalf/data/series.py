@@ -26,7 +26,7 @@ from ecalf.data.loading import DATE_COLUMN, TimeSeriesFrame, frame_from_datafram
 from ecalf.errors import DataError
 
 Layout = Literal["wide", "long", "panel"]
-SeriesInput: TypeAlias = "pd.DataFrame | TimeSeriesFrame | str | os.PathLike[str]"
+SeriesInput: TypeAlias = "pd.DataFrame | TimeSeriesFrame | LoadedSeries | str | os.PathLike[str]"
 LONG_COLUMNS = ("unique_id", "ds", "y")
 
 
@@ -55,7 +55,10 @@ class LoadedSeries(NamedTuple):
 
 def load_series(data: SeriesInput, source: str | None = None, *, allow_missing: bool = False) -> LoadedSeries:
     """A validated wide series from a CSV path, a wide/long DataFrame or a frame; and its layout.
-    ``allow_missing``: empty and NaN values stay NaN (to be filled) instead of being an error."""
+    ``allow_missing``: empty and NaN values stay NaN (to be filled) instead of being an error. A
+    :class:`LoadedSeries` is returned as it is (input read once, used twice)."""
+    if isinstance(data, LoadedSeries):
+        return data
     if isinstance(data, TimeSeriesFrame):
         return LoadedSeries(data, "wide", {})
     if isinstance(data, (str, os.PathLike)):
