@@ -993,6 +993,7 @@ def test_redo_dirty_retrains_only_the_rows_of_uncommitted_code(
     assert main(["benchmark", str(grid_file), "--redo-dirty", "--dry-run", *data]) == 0
     out = capsys.readouterr().out
     assert "would retrain 2 cell(s)" in out and "dlinear ETTh1 few_shot H=24 seed=1" in out
+    assert "4 cells, 2 already in" in out and "2 to run: 2 train, 0 reuse" in out  # the plan counts them
     assert {(r["model"], r["seed"]): r for r in read_results(tmp_path / "small.csv")} == before
 
     assert main(["benchmark", str(grid_file), "--redo-dirty", *data]) == 0

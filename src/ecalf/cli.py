@@ -224,11 +224,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     )
     if args.no_reuse:
         grid = dataclasses.replace(grid, reuse_runs=False)
+    redo: list[Any] = []
     if args.redo_dirty:
-        _redo_dirty(grid, Path(args.results) if args.results else grid.results_path, args.dry_run)
+        redo = _redo_dirty(grid, Path(args.results) if args.results else grid.results_path, args.dry_run)
         grid = dataclasses.replace(grid, reuse_runs=False)  # a sibling's run may be dirty code's too
     if args.dry_run:
-        return _print_plan(grid, args)
+        return _print_plan(grid, args, redo)
     scheduler = None
     if args.ray is not None:
         from ecalf.ray_runner import RayScheduler
@@ -259,33 +260,31 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _redo_dirty(grid: Any, results: Path, dry_run: bool) -> None:
+def _redo_dirty(grid: Any, results: Path, dry_run: bool) -> list[Any]:
     """``--redo-dirty``: the grid's rows that uncommitted code produced go, and their cells train again
-    (``--dry-run``: only say which)."""
+    (``--dry-run``: only say which). Returns those cells."""
     from ecalf.benchmark.cells import dirty_rows, retire_dirty_cells
     from ecalf.benchmark.results import CellId
 
     if dry_run:
         cells = [CellId.of_row(row) for row in dirty_rows(grid, results)]
-        print(
-            f"--redo-dirty would retrain {len(cells)} cell(s) whose rows ran uncommitted code (the plan "
-            "below still counts them as done):"
-        )
+        print(f"--redo-dirty would retrain {len(cells)} cell(s) whose rows ran uncommitted code:")
         for cell in cells:
             print(f"  {cell}")
-        return
+        return cells
     retired = retire_dirty_cells(grid, results)
     print(
         f"{len(retired)} row(s) of uncommitted code removed from {results}; their runs set aside as "
         "*.dirty-code-<time>; they train again below"
     )
+    return retired
 
 
-def _print_plan(grid: Any, args: argparse.Namespace) -> int:
+def _print_plan(grid: Any, args: argparse.Namespace, redo: Sequence[Any] = ()) -> int:
     from ecalf.benchmark import plan_benchmark
     from ecalf.cell_costs import Remaining, format_duration
 
-    planned, skipped = plan_benchmark(grid, results=args.results, data_dir=args.data_dir)
+    planned, skipped = plan_benchmark(grid, results=args.results, data_dir=args.data_dir, redo=redo)
     trains = sum(p.reuses is None for p in planned)
     results = args.results or grid.results_path
     print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from ecalf.training import TrainingProgress
 
 
-def pending_cells(grid: Grid, results: Path) -> tuple[list[Cell], int]:
+def pending_cells(grid: Grid, results: Path, redo: Collection[CellId] = ()) -> tuple[list[Cell], int]:
+    """The cells without a row in ``results`` (and those of ``redo``, whose rows would go), and how
+    many have one."""
     cells = grid_cells(grid)
-    done = {CellId.of_row(r) for r in read_results(results)}
+    done = {CellId.of_row(r) for r in read_results(results)} - set(redo)
     todo = [c for c in cells if c.id not in done]
     return todo, len(cells) - len(todo)
 
@@ -42,16 +44,21 @@ class PlannedCell:
 
 
 def plan_benchmark(
-    grid: Grid, *, results: str | os.PathLike[str] | None = None, data_dir: str | None = None
+    grid: Grid,
+    *,
+    results: str | os.PathLike[str] | None = None,
+    data_dir: str | None = None,
+    redo: Collection[CellId] = (),
 ) -> tuple[list[PlannedCell], int]:
     """What :func:`run_benchmark` would do, without running anything: the pending cells, each with the
-    finished run it would reuse, and how many cells are already in the results file."""
+    finished run it would reuse, and how many cells are already in the results file. ``redo``: cells
+    whose rows and runs would be set aside first (``--redo-dirty``): pending, and trained afresh."""
     from ecalf.run import source_config
     from ecalf.run_dir import RunDirectory
 
     check_grid(grid, data_dir)
     results_path = Path(results) if results is not None else grid.results_path
-    todo, skipped = pending_cells(grid, results_path)
+    todo, skipped = pending_cells(grid, results_path, redo)
     costs = CellCosts.from_rows(read_results(results_path))  # this grid's recipes first, then others'
     beside = _rows_beside(results_path)
     other_costs: dict[Recipe, CellCosts] = {}  # other grids' cells of the same recipe only
@@ -60,7 +67,7 @@ def plan_benchmark(
     for cell in todo:
         config = source_config(cell.config(grid.set, data_dir))
         run_id = cell.training_run_id
-        found = finished_run(config, runs_dir, run_id, grid.reuse_runs)
+        found = None if cell.id in redo else finished_run(config, runs_dir, run_id, grid.reuse_runs)
         if found is not None:
             planned.append(PlannedCell(cell, found.run_dir, 0.0))
         elif run_id in training:  # trained by an earlier cell of this plan
