@@ -173,3 +173,23 @@ def test_plot_training_from_a_saved_forecaster(tmp_path):
     saved = forecaster.save(tmp_path / "model")
     assert main(["plot-training", str(saved), "--output", str(tmp_path / "curves.png")]) == 0
     assert_not_blank(tmp_path / "curves.png", "#1f77b4")
+
+
+def test_plot_search_draws_the_best_so_far_and_a_panel_per_value(tmp_path):
+    """Completed trials' scores with the best so far (C3 line); pruned trials only as marks; a panel
+    per searched value, categorical for choices; nothing finished is an error."""
+    from ecalf.plots import SearchPoint, plot_search
+
+    points = [
+        SearchPoint(i, "complete" if i % 3 else "pruned", 0.6 + 0.05 * np.sin(i) if i % 3 else None,
+                    {"training.learning_rate": 1e-4 * (i + 1), "model.loss": ["mse", "l1"][i % 2]})
+        for i in range(12)
+    ]  # fmt: skip
+    png = plot_search(
+        points, ["training.learning_rate", "model.loss"], tmp_path / "s.png",
+        log_params=["training.learning_rate"], title="search",
+    )  # fmt: skip
+    assert_not_blank(png, "C3")
+    with pytest.raises(EcalfError, match="no finished trial"):
+        plot_search([], ["model.loss"], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

@@ -71,6 +71,7 @@ def test_tune_on_the_tiny_config_with_three_trials_finishes(tmp_path, synthetic_
     assert "left" not in next(line for line in printed.splitlines() if line.startswith("trial 2 complete"))
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,state,score,toy-H12,training.learning_rate,model.loss")
+    assert (out / "search.png").stat().st_size > 10_000  # the search drawn (tests/test_plots.py)
     assert len(rows) == 4
     runs = trial_dirs(out)
     assert len(runs) == 3

@@ -21,7 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from ecalf.artifacts import write_bytes
 from ecalf.data.series import band_suffixes, is_band_column
@@ -336,6 +336,72 @@ def plot_training_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(title or "training curves")
+    return save_figure(fig, path)
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """One finished trial of a search, as :func:`plot_search` draws it."""
+
+    number: int
+    state: str
+    """``complete``, ``pruned`` or ``diverged``."""
+    score: float | None
+    """A completed trial's score (None for the others: a pruned trial's running score covers only
+    the cells it reached, so it is not comparable)."""
+    params: Mapping[str, Any]
+
+
+def plot_search(
+    points: Sequence[SearchPoint],
+    params: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    log_params: Sequence[str] = (),
+    title: str | None = None,
+) -> Path:
+    """A hyper-parameter search at a glance: the completed trials' scores in order with the best so
+    far (pruned and diverged trials as marks on the trial axis), then the completed trials' score
+    against each searched value (``log_params`` on a log axis, choices as categories). Lower is better."""
+    if not points:
+        raise EcalfError("no finished trial to plot yet")
+    rows, cols = grid_shape(1 + len(params), max_cols=4)
+    fig, axes = new_figure(rows, cols, panel_size=(3.6, 2.7))
+    done = sorted(
+        (p for p in points if p.state == "complete" and p.score is not None), key=lambda p: p.number
+    )
+    ax = axes.flat[0]
+    for state, color in (("pruned", "0.75"), ("diverged", "C3")):
+        stopped = [p.number for p in points if p.state == state]
+        for i, number in enumerate(stopped):
+            ax.axvline(number, color=color, linewidth=0.8, linestyle=":", label=state if i == 0 else None)
+    if done:
+        scores = [float(p.score or 0.0) for p in done]
+        ax.scatter([p.number for p in done], scores, s=16, color="C0", zorder=3, label="completed")
+        ax.step(
+            [p.number for p in done], np.minimum.accumulate(scores), where="post", color="C3",
+            linewidth=2, label="best so far",
+        )  # fmt: skip
+    ax.set_title("score by trial (lower is better)", fontsize=9)
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=6)
+    for ax, name in zip(axes.flat[1:], params):
+        shown = [p for p in done if name in p.params]
+        values = [p.params[name] for p in shown]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ax.scatter(
+            values if numeric else [str(v) for v in values], [p.score for p in shown], s=14, color="C0"
+        )
+        if name in log_params and numeric and values:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels overlap
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes.flat[0].grid(alpha=0.3)
+    hide_unused(axes, 1 + len(params))
+    fig.suptitle(title or "search", fontsize=10)
     return save_figure(fig, path)
 
 

@@ -14,6 +14,7 @@ A search directory (this module names and writes it; ``runs/tune/<space>`` by de
 - ``trials/NNNN/<dataset>-H<horizon>/``  one run directory per trial and cell (:mod:`ecalf.run_dir`
                       names its files; ``validation.json`` in place of test metrics)
 - ``trials.csv``      the summary table, one row per trial; ``best.yaml`` the best trial's run config
+- ``search.png``      every trial's score in order and against each searched value
 - ``locks/``          a lock per running trial, held by the process that runs it
 
 Killed and started again with the same command, a search keeps its finished trials; the trial that
@@ -69,6 +70,7 @@ SEARCH_FILE = "search.yaml"
 TRIALS_DIR = "trials"
 SUMMARY_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
+SEARCH_PLOT = "search.png"
 LOCK_FILE = ".search.lock"
 LOCKS_DIR = "locks"
 CELL_STEPS = 100_000
@@ -745,6 +747,8 @@ def write_summary(
     write_text(directory / SUMMARY_FILE, out.getvalue())
     completed = [o for o in outcomes if o.state == "complete" and o.score is not None]
     best = min(completed, key=lambda o: (o.score, o.number)) if completed else None
+    if outcomes:
+        _plot_search(settings, space, outcomes, best)
     written = None
     if best is not None and not table_only:
         recipe = trial_recipe(settings, space, best.params)
@@ -752,6 +756,23 @@ def write_summary(
         if best_config is not None:
             write_best_config(settings, best, recipe, Path(best_config))
     return SearchSummary(directory, outcomes, best, written)
+
+
+def _plot_search(
+    settings: SearchSettings, space: SearchSpace, outcomes: Sequence[TrialOutcome], best: TrialOutcome | None
+) -> None:
+    """``search.png``: every trial's score in order with the best so far, and against each value."""
+    from ecalf.plots import SearchPoint, plot_search
+
+    points = [SearchPoint(o.number, o.state, o.score, o.params) for o in outcomes]
+    logs = [k for k, d in space.params.items() if isinstance(d, (FloatRange, IntRange)) and d.log]
+    lead = (
+        f"best trial {best.number}, score {best.score:.4f}"
+        if best and best.score is not None
+        else "none completed"
+    )
+    title = f"{settings.directory.name}: {len(outcomes)} trials ({lead})"
+    plot_search(points, list(space.params), settings.directory / SEARCH_PLOT, log_params=logs, title=title)
 
 
 def _number(value: float | None) -> str:
