@@ -254,6 +254,10 @@ def test_an_override_the_space_would_overrule_is_refused(tmp_path):
     check_space(TINY, space, ["training.num_threads=1"])  # a key the space leaves alone is taken
 
 
+def away_changes(values: dict[str, object]) -> list[str]:
+    return [ecalf.tune.override(k, v) for k, v in values.items()]
+
+
 def test_levers_take_back_one_tuned_value_at_a_time(tmp_path, synthetic_csv, capsys):
     from ecalf.tune_levers import levers_of
 
@@ -274,6 +278,19 @@ def test_levers_take_back_one_tuned_value_at_a_time(tmp_path, synthetic_csv, cap
             assert key in unchanged
         else:
             assert searched[key].changes == (ecalf.tune.override(key, before),)
+    # two tuned values away from the untuned recipe: each back alone, then both at once (`untuned`)
+    away = {"training.learning_rate": untuned.training.learning_rate * 3, "model.loss": "mse"}
+    assert untuned.model.loss != "mse"
+    two, _ = levers_of(search, away)
+    assert [lever.name for lever in two] == ["training.learning_rate", "model.loss", "untuned"]
+    assert two[2].changes == two[0].changes + two[1].changes and two[2].label == "untuned"
+    assert load_run_config(
+        TINY, [*SMALL, "training.eval_every_steps=8", *away_changes(away), *two[2].changes]
+    ) == (untuned)
+    one, _ = levers_of(
+        search, {"training.learning_rate": away["training.learning_rate"], "model.loss": untuned.model.loss}
+    )
+    assert [lever.name for lever in one] == ["training.learning_rate"]  # one lever: nothing to add
     variant = searched["training.eval_every_steps=null training.patience=1"]
     assert variant.tuned == "training.eval_every_steps=8 training.patience=" + str(untuned.training.patience)
 

@@ -2,7 +2,8 @@
 
 From the best trial of a search, one lever at a time goes back to the value the recipe has without
 the search (the base config with the overrides and the space's ``set``) while every other searched
-value stays tuned; each such recipe is trained on the search's pilot cells and scored like a trial
+value stays tuned, then all of them at once (``untuned``: what the search bought on validation);
+each such recipe is trained on the search's pilot cells and scored like a trial
 (mean over the cells of best validation MSE / naive validation MSE). Extra variants (``variants``:
 a few ``key=value`` overrides applied together on top of the best recipe, e.g. turning step
 validation off) are scored the same way. Nothing here reads a test window.
@@ -38,6 +39,8 @@ from ecalf.tune import (
 
 LEVERS_DIR = "levers"
 LEVERS_FILE = "levers.csv"
+UNTUNED = "untuned"
+"""The variant with every searched value back at once: the untuned recipe, what the search bought."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class Lever:
     changes: tuple[str, ...]
     tuned: str
     """The best trial's values of the changed keys (``key=value`` joined by spaces)."""
+
+    @property
+    def label(self) -> str:
+        """How tables name it: ``untuned``, or its changes."""
+        return UNTUNED if self.name == UNTUNED else " ".join(self.changes)
 
 
 @dataclass
@@ -73,8 +81,9 @@ def _setting(config: Any, key: str) -> Any:
 def levers_of(
     settings: SearchSettings, best_params: dict[str, Any], variants: Sequence[Sequence[str]] = ()
 ) -> tuple[list[Lever], list[str]]:
-    """One lever per searched key whose tuned value differs from the untuned recipe's, then one per
-    variant; and the searched keys whose tuned value is the untuned one."""
+    """One lever per searched key whose tuned value differs from the untuned recipe's, then (when
+    there are several) all of them at once (:data:`UNTUNED`), then one per variant; and the searched
+    keys whose tuned value is the untuned one."""
     space = load_space(settings.space)
     untuned = load_run_config(settings.config, trial_recipe(settings, space, {}))
     tuned = load_run_config(settings.config, trial_recipe(settings, space, best_params))
@@ -85,6 +94,14 @@ def levers_of(
             unchanged.append(key)
             continue
         levers.append(Lever(key, (override(key, before),), override(key, after)))
+    if len(levers) > 1:  # the whole search's worth: every lever back at once
+        levers.append(
+            Lever(
+                UNTUNED,
+                tuple(c for lever in levers for c in lever.changes),
+                " ".join(lv.tuned for lv in levers),
+            )
+        )
     for variant in variants:
         if not variant:
             raise ConfigError("a lever variant needs at least one key=value")
@@ -102,6 +119,8 @@ def levers_of(
 
 
 def _directory_name(lever: Lever) -> str:
+    if lever.name == UNTUNED:
+        return UNTUNED
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "+".join(lever.changes))[:120]
 
 
@@ -141,7 +160,7 @@ def run_levers(
         score = sum(ratios.values()) / len(ratios)
         outcomes.append(LeverOutcome(lever, score, ratios))
         change = (score - best.value) / best.value
-        show(f"  {' '.join(lever.changes)} (tuned: {lever.tuned}): score {score:.4f} ({change:+.1%})")
+        show(f"  {lever.label} (tuned: {lever.tuned}): score {score:.4f} ({change:+.1%})")
     table = LeverTable(best.number, float(best.value), outcomes, unchanged)
     write_levers(settings, table)
     return table
@@ -160,9 +179,7 @@ def write_levers(settings: SearchSettings, table: LeverTable) -> None:
     for o in table.outcomes:
         change = (o.score - table.best_score) / table.best_score
         cells = [f"{o.ratios[n]:.6f}" for n in names]
-        writer.writerow(
-            [" ".join(o.lever.changes), o.lever.tuned, f"{o.score:.6f}", f"{change:+.4f}", *cells]
-        )
+        writer.writerow([o.lever.label, o.lever.tuned, f"{o.score:.6f}", f"{change:+.4f}", *cells])
     write_text(settings.directory / LEVERS_FILE, out.getvalue())
 
 
