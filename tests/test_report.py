@@ -256,3 +256,42 @@ def test_a_setting_shows_only_the_models_that_have_rows_in_it():
     assert _table_rows(few_shot_part, "calf") and _table_rows(few_shot_part, "dlinear")
     assert not _table_rows(full_part, "calf") and _table_rows(full_part, "dlinear")
     assert "| dataset | H | dlinear |" in full_part
+
+
+def test_standing_ranks_a_model_per_dataset_and_names_the_models_below_it(tmp_path):
+    """Per dataset: the model's mean MSE over horizons, its rank among all models, the ones lower,
+    and the horizons where it is the lowest; the report carries it with its command."""
+    from ecalf.report import standing, standing_lines
+
+    df = _results(datasets=("ETTh1", "ETTh2"))  # calf 0.5 + h/1000, dlinear 0.4 + h/1000
+    better_at_96 = (df["model"] == "calf") & (df["dataset"] == "ETTh2") & (df["horizon"] == 96)
+    df.loc[better_at_96, "mse"] = 0.45  # calf lowest at ETTh2 H 96 only; its ETTh2 mean still above dlinear's
+    table = standing(df, "calf").set_index("dataset")
+    assert table.loc["ETTh1", "rank"] == 2 and table.loc["ETTh1", "lower"] == ["dlinear 0.736"]
+    assert table.loc["ETTh1", "lowest_at"] == [] and table.loc["ETTh2", "lowest_at"] == [96]
+    expected = (0.45 + sum(0.5 + h / 1000 for h in MEAN_HORIZONS[1:])) / 4
+    assert table.loc["ETTh2", "mse"] == pytest.approx(expected)
+    assert standing(df, "dlinear").set_index("dataset").loc["ETTh1", "rank"] == 1
+    assert standing(df, "nonexistent").empty and standing_lines(df, "nonexistent") == []
+    lines = "\n".join(standing_lines(df, "dlinear"))
+    assert (
+        "the lowest on 2 of 2 datasets" in lines
+        and "| few_shot | ETTh2 | 0.736 | 1 of 2 | — | 192, 336, 720 (3 of 4) |" in lines
+    )
+
+    ens = df[df["model"] == "dlinear"].assign(model="dlinear+ens", seed=0, mse=lambda d: d["mse"] - 0.01)
+    with_ens = pd.concat([df, ens], ignore_index=True)
+    assert (
+        standing(with_ens, "dlinear").set_index("dataset").loc["ETTh1", "rank"] == 1
+    )  # its own ensemble: left out
+    assert (
+        standing(with_ens, "dlinear+ens").set_index("dataset").loc["ETTh1", "models"] == 2
+    )  # and the other way
+    assert (
+        standing(with_ens, "calf").set_index("dataset").loc["ETTh1", "rank"] == 3
+    )  # another's ensemble counts
+
+    path = _write_results(tmp_path / "r.csv")
+    assert main(["report", str(path), "--standing", "dlinear"]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "## Where dlinear stands" in text and "--standing dlinear`" in text

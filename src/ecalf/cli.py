@@ -348,8 +348,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     published = BUILTIN if args.published == "" else args.published  # `--published` alone: ecalf's list
     pairs = [(base, other) for base, other in args.pair or []]
     for path in write_report(
-        args.results, args.output_dir, compare=args.compare, published=published, pairs=pairs
-    ):
+        args.results, args.output_dir, compare=args.compare, published=published, pairs=pairs,
+        standings=args.standing or [],
+    ):  # fmt: skip
         print(path)
     if args.histories:
         from ecalf.histories import write_histories
@@ -827,6 +828,13 @@ COMMANDS: tuple[Command, ...] = (
                 const="",
                 help="published numbers in italics beside the measured ones: the CALF paper's and the "
                 "baselines' (ecalf's own list) or, with CSV, those of that file (same columns)",
+            ),
+            opt(
+                "--standing",
+                action="append",
+                metavar="MODEL",
+                help="also say where MODEL stands among all models (repeatable): per dataset its mean MSE's "
+                "rank, the models lower, the horizons where it is the lowest",
             ),
             opt(
                 "--histories",

@@ -23,6 +23,7 @@ import pandas as pd
 from ecalf.artifacts import write_text
 from ecalf.benchmark import read_results
 from ecalf.benchmark.results import INTERVAL_COLUMN
+from ecalf.ensembles import SUFFIX
 from ecalf.errors import EcalfError
 from ecalf.published import BUILTIN, MEAN_HORIZONS, load_published
 
@@ -336,6 +337,73 @@ def paired_comparison_lines(df: pd.DataFrame, base: str, other: str) -> list[str
     return [*lines, ""]
 
 
+def standing(df: pd.DataFrame, model: str) -> pd.DataFrame:
+    """Where ``model`` stands among every other model of ``df`` (their ensemble rows included; its own
+    ensemble, or the model of which it is the ensemble, left out: the same method), per (setting,
+    dataset, target): its mean MSE over the horizons (:func:`per_dataset`), its rank (1 = lowest), the
+    models whose mean is lower, and the horizons at which its mean over seeds is the lowest of all."""
+    means = per_dataset(df)
+    by_horizon = per_horizon(df)
+    rows = []
+    for key, group in means.groupby(["setting", "dataset", "target"], sort=False):
+        own = group[group["model"] == model]
+        if own.empty:
+            continue
+        mse = float(own["mse"].iloc[0])
+        same = {
+            model,
+            model.removesuffix(SUFFIX),
+            model.removesuffix(SUFFIX) + SUFFIX,
+        }  # itself, its ensemble
+        group = group[~group["model"].isin(same - {model})]
+        lower = group[group["model"] != model].sort_values("mse")
+        lower = lower[lower["mse"] < mse]
+        horizons = by_horizon[
+            (by_horizon["setting"] == key[0])
+            & (by_horizon["dataset"] == key[1])
+            & (by_horizon["target"] == key[2])
+        ]
+        lowest_at = []
+        horizons = horizons[~horizons["model"].isin(same - {model})]
+        for horizon, at in horizons.groupby("horizon", sort=True):
+            if model in set(at["model"]) and at.loc[at["mse"].idxmin(), "model"] == model:
+                lowest_at.append(int(horizon))
+        named = [f"{m} {v:.3f}" for m, v in zip(lower["model"], lower["mse"], strict=True)]
+        rows.append({
+            "setting": key[0], "dataset": key[1], "target": key[2], "mse": mse, "rank": len(lower) + 1,
+            "models": len(group), "lower": named, "lowest_at": lowest_at,
+            "horizons": horizons["horizon"].nunique(),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def standing_lines(df: pd.DataFrame, model: str) -> list[str]:
+    """The markdown of :func:`standing` (nothing when ``model`` has no complete dataset)."""
+    table = standing(df, model)
+    if table.empty:
+        return []
+    lowest = int((table["rank"] == 1).sum())
+    lines = [
+        f"## Where {model} stands",
+        "",
+        "Its mean MSE over the horizons against every other model's (their seed ensembles "
+        f"`{SUFFIX}` included, its own left out; rank 1 = lowest): "
+        f"the lowest on {lowest} of {len(table)} datasets. `lowest at H`: the horizons where its mean "
+        "over seeds is the lowest of all.",
+        "",
+        "| setting | dataset | mean MSE | rank | lower mean MSE | lowest at H |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        lower = ", ".join(r.lower) or "—"
+        at = ", ".join(str(h) for h in r.lowest_at) or "—"
+        lines.append(
+            f"| {r.setting} | {_data_label(r.dataset, r.target)} | {r.mse:.3f} | {r.rank} of {r.models} | "
+            f"{lower} | {at} ({len(r.lowest_at)} of {r.horizons}) |"
+        )
+    return [*lines, ""]
+
+
 def _counted(values: pd.Series, shown: int = 6) -> str:
     counts = values.value_counts(sort=True)
     parts = [f"{value} ({n})" for value, n in counts.head(shown).items()]
@@ -485,11 +553,13 @@ def write_report(
     compare: Sequence[str] = ("calf", "ecalf"),
     published: str | os.PathLike[str] | None = None,
     pairs: Sequence[tuple[str, str]] = (),
+    standings: Sequence[str] = (),
 ) -> list[Path]:
     """``<stem>.md``, ``<stem>_mse_by_model.png`` and ``<stem>_per_horizon.png`` beside the CSV
     (or in ``output_dir``), with the ``published`` numbers (a CSV as :data:`ecalf.published.BUILTIN`,
     that file itself by default) beside the measured ones; the cell-by-cell comparison of the two
-    ``compare`` models and of each ``(base, other)`` of ``pairs``. Returns the files written."""
+    ``compare`` models and of each ``(base, other)`` of ``pairs``; where each of ``standings`` stands
+    among all models (:func:`standing`). Returns the files written."""
     source = Path(results)
     df = load_results(source)
     quoted = load_published(published) if published is not None else None
@@ -502,6 +572,7 @@ def write_report(
     if tuple(compare) != ("calf", "ecalf"):
         command += " --compare " + " ".join(compare)
     command += "".join(f" --pair {base} {other}" for base, other in pairs)
+    command += "".join(f" --standing {model}" for model in standings)
     title = f"# Results: {stem}\n\nFrom `{source.as_posix()}` ({len(df)} runs). Regenerate with "
     title += f"`{command}`.\n\n"
     chosen = [(compare[0], compare[1])] if len(compare) == 2 else []
@@ -512,7 +583,8 @@ def write_report(
     ]
     intervals = interval_table(df)
     text = title + markdown_tables(df, quoted) + "\n" + (intervals + "\n" if intervals else "")
-    text += "\n".join([*paired, *provenance_lines(df)])
+    stands = [line for model in dict.fromkeys(standings) for line in standing_lines(df, model)]
+    text += "\n".join([*paired, *stands, *provenance_lines(df)])
     written = [write_text(out / f"{stem}.md", text)]
     written.append(plot_mse_by_model(df, out / f"{stem}_mse_by_model.png", quoted))
     per_h = plot_models_per_horizon(df, out / f"{stem}_per_horizon.png", compare, quoted)
