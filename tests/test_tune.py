@@ -108,9 +108,21 @@ def test_a_killed_search_keeps_its_finished_trials(tmp_path, synthetic_csv, monk
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(ecalf.tune, "fit_model", counted)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+    (running,) = [
+        t
+        for t in storage.get_all_trials(storage.get_study_id_from_name("search"))
+        if t.state == optuna.trial.TrialState.RUNNING
+    ]
+    storage.set_trial_user_attr(running._trial_id, "seconds", 1000.0)  # its epochs ran 1000 s before the kill
     lines: list[str] = []
     again = run_search(settings(tmp_path, synthetic_csv, 3), echo=lines.append)
     assert "2 trial(s) finished, 1 killed trial(s) tried again" in lines[0]
+    retried = again.trials[-1]
+    assert retried.seconds is not None and 1000.0 < retried.seconds < 1000.0 + 600  # its own time added
+    assert all(t.seconds is not None and 0 < t.seconds < 600 for t in again.trials[:2])
+    assert (tmp_path / "search" / "trials.csv").read_text().splitlines()[0].endswith(",seconds")
+    assert "h of trials" in ecalf.tune.search_line(again)
     assert len(fits) == 1  # only the killed trial trained again; the finished two were kept
     assert {t.number: (t.score, t.params) for t in again.trials if t.number in kept} == kept
     assert len(again.trials) == 3 and all(t.state == "complete" for t in again.trials)
@@ -192,8 +204,8 @@ def test_a_pruned_trials_running_score_never_makes_it_the_best(tmp_path, synthet
     assert summary.best is not None and summary.best.number == 0 and summary.best.score == pytest.approx(0.9)
     assert "trial 0 " in (search.directory / "best.yaml").read_text().splitlines()[0]
     rows = (search.directory / "trials.csv").read_text().splitlines()
-    assert rows[0].endswith(",pruned_running_score")
-    assert rows[2].startswith("1,pruned,,") and rows[2].endswith(",0.100000")
+    assert rows[0].endswith(",pruned_running_score,seconds")
+    assert rows[2].startswith("1,pruned,,") and rows[2].endswith(",0.100000,")  # no time: not run here
 
 
 @pytest.mark.parametrize(

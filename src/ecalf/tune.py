@@ -73,6 +73,10 @@ BEST_FILE = "best.yaml"
 SEARCH_PLOT = "search.png"
 LOCK_FILE = ".search.lock"
 LOCKS_DIR = "locks"
+SECONDS = "seconds"
+"""A trial's user attribute: its wall time so far (a killed attempt's included)."""
+SECONDS_BEFORE = "seconds before"
+"""A retried trial's user attribute: the seconds its killed attempt had run."""
 CELL_STEPS = 100_000
 """Cell i's epoch e is reported to the pruner as step ``i * CELL_STEPS + e``: trials compare like cells."""
 
@@ -311,6 +315,8 @@ class TrialOutcome:
     """Finished cells: best validation MSE / naive validation MSE."""
     running_score: float | None = None
     """A pruned trial's last running score (the cells it reached): never compared with ``score``."""
+    seconds: float | None = None
+    """Its wall time (with a killed attempt's before it); None for trials of earlier ecalf versions."""
 
 
 @dataclass
@@ -493,17 +499,23 @@ def _run_trial(
     space: SearchSpace,
     show: Callable[[str], None],
 ) -> TrialOutcome:
-    """Train the trial's recipe on every cell; tell the study how it ended."""
+    """Train the trial's recipe on every cell; tell the study how it ended. The trial's ``seconds``
+    (this attempt's, after every epoch, plus those of a killed attempt it retries) go with it."""
     params = dict(trial.params)
     ratios: dict[str, float] = {}
     trial_dir = settings.directory / TRIALS_DIR / str(trial.user_attrs["directory"])
     recipe = trial_recipe(settings, space, params)
+    start, before = time.perf_counter(), float(trial.user_attrs.get(SECONDS_BEFORE, 0.0))
+
+    def clock() -> None:
+        trial.set_user_attr(SECONDS, round(before + time.perf_counter() - start, 1))
+
     try:
         for index, (dataset, horizon) in enumerate(settings.cells):
             config = cell_config(settings, dataset, horizon, recipe)
             name = cell_name(dataset, horizon)
 
-            report = _reporter(optuna, trial, settings, list(ratios.values()), index, name)
+            report = _reporter(optuna, trial, settings, list(ratios.values()), index, name, clock)
             metrics = validate_cell(config, trial_dir / name, report)
             ratios[name] = metrics.ratio
             trial.set_user_attr(f"ratio {name}", ratios[name])
@@ -512,25 +524,36 @@ def _run_trial(
                 f"{metrics.ratio:.4f} (best epoch {metrics.best_epoch}, step {metrics.best_step})"
             )
     except optuna.TrialPruned:
+        clock()
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return TrialOutcome(trial.number, "pruned", None, params, ratios)
     except TrainingDiverged as exc:
         trial.set_user_attr("diverged", str(exc))
+        clock()
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return TrialOutcome(trial.number, "diverged", None, params, ratios)
     score = sum(ratios.values()) / len(ratios)
+    clock()
     study.tell(trial, score)
     return TrialOutcome(trial.number, "complete", score, params, ratios)
 
 
 def _reporter(
-    optuna: Any, trial: optuna.Trial, settings: SearchSettings, done: list[float], index: int, name: str
+    optuna: Any,
+    trial: optuna.Trial,
+    settings: SearchSettings,
+    done: list[float],
+    index: int,
+    name: str,
+    clock: Callable[[], None] = lambda: None,
 ) -> Callable[[float, int], None]:
     """The epoch report of cell ``index`` (``done``: the ratios of the cells before it): the running
     score (the cells so far, this one at its best yet) at step ``index * CELL_STEPS + epoch``, from
-    ``settings.prune_from_epoch`` on; raises TrialPruned when the median rule says so."""
+    ``settings.prune_from_epoch`` on; raises TrialPruned when the median rule says so. ``clock()``
+    records the trial's time so far after every epoch (so a killed trial keeps it)."""
 
     def report(best_ratio: float, epoch: int) -> None:
+        clock()
         if epoch < settings.prune_from_epoch:
             return
         running = (sum(done) + best_ratio) / (index + 1)
@@ -709,7 +732,13 @@ def _retry_killed_trials(optuna: Any, study: optuna.Study, storage: Any, directo
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "killed", True)
         storage.set_trial_state_values(trial_id, states.FAIL)
-        study.enqueue_trial(dict(trial.params), user_attrs={"directory": trial.user_attrs.get("directory")})
+        study.enqueue_trial(
+            dict(trial.params),
+            user_attrs={
+                "directory": trial.user_attrs.get("directory"),
+                SECONDS_BEFORE: float(trial.user_attrs.get(SECONDS, 0.0)),  # its epochs so far
+            },
+        )
     return len(killed)
 
 
@@ -735,14 +764,20 @@ def write_summary(
         # it reached only, so it is kept apart and never competes with a completed trial's score
         score = t.value if state == "complete" else None
         running = t.value if state == "pruned" else None
-        outcomes.append(TrialOutcome(t.number, state, score, dict(t.params), ratios, running))
+        seconds = t.user_attrs.get(SECONDS)
+        outcomes.append(
+            TrialOutcome(t.number, state, score, dict(t.params), ratios, running, _float_or_none(seconds))
+        )
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["trial", "state", "score", *names, *space.params, "pruned_running_score"])
+    writer.writerow(["trial", "state", "score", *names, *space.params, "pruned_running_score", "seconds"])
     for o in outcomes:
         cells = [f"{o.ratios[n]:.6f}" if n in o.ratios else "" for n in names]
         values = (o.params.get(k, "") for k in space.params)
-        writer.writerow([o.number, o.state, _number(o.score), *cells, *values, _number(o.running_score)])
+        seconds = "" if o.seconds is None else f"{o.seconds:.0f}"
+        writer.writerow(
+            [o.number, o.state, _number(o.score), *cells, *values, _number(o.running_score), seconds]
+        )
     directory = settings.directory
     write_text(directory / SUMMARY_FILE, out.getvalue())
     completed = [o for o in outcomes if o.state == "complete" and o.score is not None]
@@ -775,6 +810,10 @@ def _plot_search(
     plot_search(points, list(space.params), settings.directory / SEARCH_PLOT, log_params=logs, title=title)
 
 
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
@@ -802,6 +841,10 @@ def search_line(summary: SearchSummary) -> str:
     for t in summary.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
     states = ", ".join(f"{n} {s}" for s, n in counts.items())
+    timed = [t.seconds for t in summary.trials if t.seconds is not None]
+    if timed:
+        untimed = len(summary.trials) - len(timed)
+        states += f"; {sum(timed) / 3600:.1f} h of trials" + (f" ({untimed} untimed)" if untimed else "")
     if summary.best is None or summary.best.score is None:
         return f"{summary.directory}: {len(summary.trials)} trials ({states}); none completed"
     return (
