@@ -318,8 +318,9 @@ def test_levers_take_back_one_tuned_value_at_a_time(tmp_path, synthetic_csv, cap
     args += ["--horizons", "12", "--few-shot", "40", "--output-dir", str(tmp_path / "search")]
     args += [f"--set={o}" for o in SMALL]
     args += ["--levers", "--lever-set", "training.eval_every_steps=null training.patience=1"]
-    assert main(args) == 0
+    assert main([*args, "--snapshot", str(tmp_path / "snapshot")]) == 0
     rows = (tmp_path / "search" / "levers.csv").read_text().splitlines()
+    assert (tmp_path / "snapshot" / "levers.csv").read_text().splitlines() == rows  # kept with the study
     assert rows[0] == "variant,tuned,score,change,toy-H12"
     assert rows[1].startswith(f"best trial {best.number},,{best.score:.6f}")
     assert len(rows) == 2 + len(levers)

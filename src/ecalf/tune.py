@@ -70,6 +70,8 @@ SEARCH_FILE = "search.yaml"
 TRIALS_DIR = "trials"
 SUMMARY_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
+LEVERS_FILE = "levers.csv"
+"""What each lever did alone (:mod:`ecalf.tune_levers`)."""
 SEARCH_PLOT = "search.png"
 LOCK_FILE = ".search.lock"
 LOCKS_DIR = "locks"
@@ -414,7 +416,7 @@ def run_search(
             finished = len(_finished(optuna, study))
             if finished < settings.trials:  # the table so far, to read while the search goes on
                 write_summary(settings, study, table_only=True)
-            _write_snapshot(settings)
+            write_snapshot(settings)
         score = "-" if outcome.score is None else f"{outcome.score:.4f}"
         best = (
             f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
@@ -430,7 +432,7 @@ def run_search(
     with exclusive(directory / LOCK_FILE):
         others = len(_running(optuna, study))
         summary = write_summary(settings, study, best_config, table_only=others > 0)
-        _write_snapshot(settings)
+        write_snapshot(settings)
     if others:
         show(f"{directory}: {others} trial(s) still running in other processes; the last to finish "
              "writes the best recipe")  # fmt: skip
@@ -466,14 +468,14 @@ def _restore_snapshot(settings: SearchSettings) -> bool:
     return True
 
 
-def _write_snapshot(settings: SearchSettings) -> None:
+def write_snapshot(settings: SearchSettings) -> None:
     """The study (a consistent SQLite copy), ``trials.csv``, ``search.yaml`` and (once written)
-    ``best.yaml`` into the snapshot directory, each file replaced atomically."""
+    ``best.yaml`` and ``levers.csv`` into the snapshot directory, each file replaced atomically."""
     if settings.snapshot is None:
         return
     settings.snapshot.mkdir(parents=True, exist_ok=True)
     _copy_study(settings.directory / STUDY_FILE, settings.snapshot / STUDY_FILE)
-    for name in (SUMMARY_FILE, SEARCH_FILE, BEST_FILE):
+    for name in (SUMMARY_FILE, SEARCH_FILE, BEST_FILE, LEVERS_FILE):
         if (settings.directory / name).is_file():
             write_text(settings.snapshot / name, (settings.directory / name).read_text())
 
@@ -869,5 +871,6 @@ __all__ = [
     "naive_validation_mse",
     "run_search",
     "validate_cell",
+    "write_snapshot",
     "write_summary",
 ]

@@ -27,6 +27,7 @@ from ecalf.artifacts import write_text
 from ecalf.config_files import load_run_config
 from ecalf.errors import ConfigError, EcalfError
 from ecalf.tune import (
+    LEVERS_FILE,
     SearchSettings,
     cell_config,
     cell_name,
@@ -35,10 +36,10 @@ from ecalf.tune import (
     require_optuna,
     trial_recipe,
     validate_cell,
+    write_snapshot,
 )
 
 LEVERS_DIR = "levers"
-LEVERS_FILE = "levers.csv"
 UNTUNED = "untuned"
 """The variant with every searched value back at once: the untuned recipe, what the search bought."""
 
@@ -163,6 +164,7 @@ def run_levers(
         show(f"  {lever.label} (tuned: {lever.tuned}): score {score:.4f} ({change:+.1%})")
     table = LeverTable(best.number, float(best.value), outcomes, unchanged)
     write_levers(settings, table)
+    write_snapshot(settings)  # levers.csv beside the study's snapshot, when the search keeps one
     return table
 
 
