@@ -394,8 +394,12 @@ def run_search(
     while True:
         with exclusive(directory / LOCK_FILE):
             _retry_killed_trials(optuna, study, storage, directory)  # a worker killed meanwhile
-            started = len(_finished(optuna, study)) + len(_running(optuna, study))
+            others = len(_running(optuna, study))
+            started = len(_finished(optuna, study)) + others
             if started >= settings.trials:
+                # the last process to finish writes the best recipe; the others, the table
+                summary = write_summary(settings, study, best_config, table_only=others > 0)
+                write_snapshot(settings)
                 break
             # trial k samples from seed + k: the same values whether a search ran in one go or not
             study.sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + len(study.trials))
@@ -428,11 +432,6 @@ def run_search(
             f"trial {trial.number} {outcome.state}: score {score}{best} | {spent[-1]:.0f}s"
             + _time_left(spent, settings.trials - finished)
         )
-    # under the lock still: the last process to finish writes the best recipe, the others the table
-    with exclusive(directory / LOCK_FILE):
-        others = len(_running(optuna, study))
-        summary = write_summary(settings, study, best_config, table_only=others > 0)
-        write_snapshot(settings)
     if others:
         show(f"{directory}: {others} trial(s) still running in other processes; the last to finish "
              "writes the best recipe")  # fmt: skip
