@@ -459,3 +459,58 @@ def test_two_worker_processes_share_one_search(tmp_path, synthetic_csv):
     ]
     assert sorted(int(line.split()[1]) for line in started) == [0, 1, 2, 3]  # each trial run by one worker
     assert (out / "best.yaml").is_file() and len((out / "trials.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_validate_scores_one_recipe_as_a_trial_and_never_reads_the_test_split(
+    tmp_path, synthetic_csv, monkeypatch, capsys
+):
+    """`ecalf validate`: the recipe fitted on every cell and scored like a trial (the mean of its cells'
+    validation ratios, written to validation.csv); a finished cell is reused; no test window is read."""
+    from ecalf.recipe_score import score_recipe
+
+    csv2 = synthetic_csv.with_name("toy2.csv")
+    csv2.write_bytes(synthetic_csv.read_bytes())
+    tests: set[int] = set()
+    read: list[int] = []
+    real_prepare, real_get_batch = ecalf.tune.prepare_splits, WindowDataset.get_batch
+
+    def prepare(config):
+        splits = real_prepare(config)
+        tests.add(id(splits.test))
+        return splits
+
+    def spy(self, indices):
+        read.append(id(self))
+        return real_get_batch(self, indices)
+
+    monkeypatch.setattr(ecalf.tune, "prepare_splits", prepare)
+    monkeypatch.setattr(WindowDataset, "get_batch", spy)
+    out = tmp_path / "reference"
+    args = ["validate", str(TINY), "--datasets", str(synthetic_csv), str(csv2), "--horizons", "12", "24"]
+    args += [
+        "--few-shot",
+        "40",
+        "--output-dir",
+        str(out),
+        *(f"--set={o}" for o in (*SMALL, "training.epochs=1")),
+    ]
+    assert main(args) == 0
+    assert tests and read and not tests & set(read), "validate read test windows"
+    rows = (out / "validation.csv").read_text().splitlines()
+    assert rows[0] == "cell,ratio,best_val_mse,naive_val_mse,best_epoch,best_step"
+    ratios = {r.split(",")[0]: float(r.split(",")[1]) for r in rows[1:3]}
+    assert set(ratios) == {"toy-H12", "toy2-H24"}
+    for name, ratio in ratios.items():
+        validation = RunDirectory(out / name).read_validation()
+        assert ratio == pytest.approx(validation.ratio, abs=1e-6) and validation.prediction_length in (12, 24)
+    assert float(rows[3].split(",")[1]) == pytest.approx(sum(ratios.values()) / 2, abs=1e-6)
+    assert f"score {sum(ratios.values()) / 2:.4f} (mean over 2 cells)" in capsys.readouterr().out
+    fits = []
+    monkeypatch.setattr(ecalf.tune, "fit_model", lambda *a, **k: fits.append(a))
+    again = score_recipe(
+        TINY, cells=((str(synthetic_csv), 12),), overrides=(*SMALL, "training.epochs=1"),
+        few_shot_percent=40.0, output_dir=out, echo=None,
+    )  # fmt: skip
+    assert not fits and again.score == pytest.approx(ratios["toy-H12"])  # the finished cell, reused
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        score_recipe(TINY, cells=(("Nowhere", 12),), output_dir=out, echo=None)

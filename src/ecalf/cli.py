@@ -333,6 +333,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from ecalf.recipe_score import TABLE_FILE, default_output_dir, score_recipe
+    from ecalf.tune import cells_from
+
+    overrides = [*(args.set or []), *(["training.progress=false"] if args.quiet else [])]
+    output = Path(args.output_dir) if args.output_dir else default_output_dir(args.config)
+    result = score_recipe(
+        args.config, cells=cells_from(args.datasets, args.horizons), overrides=overrides,
+        few_shot_percent=args.few_shot, seed=args.seed, data_dir=args.data_dir, output_dir=output,
+    )  # fmt: skip
+    print(f"score {result.score:.4f} (mean over {len(result.cells)} cells); table {output / TABLE_FILE}")
+    return 0
+
+
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from ecalf.ensembles import add_ensembles
 
@@ -784,6 +798,33 @@ COMMANDS: tuple[Command, ...] = (
         "validation MSE / the naive forecast's validation MSE; the test split is never read. The study is "
         "SQLite in the search directory: run the same command again to continue a killed search. Writes "
         "trials.csv and best.yaml there. Needs pip install 'ecalf[tune]'. See docs/tuning-protocol.md.",
+    ),
+    Command(
+        "validate",
+        "score one recipe on a search's pilot cells, validation only (a reference for a search's table)",
+        _cmd_validate,
+        (
+            opt(
+                "config",
+                help="a run config, e.g. configs/baselines/linear.yaml ({dataset} in its name: per dataset)",
+            ),
+            opt(
+                "--datasets",
+                nargs="+",
+                metavar="NAME",
+                help="datasets of the cells (default: the protocol's pilot cells, as ecalf tune)",
+            ),
+            opt("--horizons", nargs="+", type=int, metavar="H", help="one horizon, or one per dataset"),
+            opt("--few-shot", type=float, default=10.0, metavar="P", help="percent of training windows (10)"),
+            opt("--seed", type=int, default=2021, help="the run seed (default 2021)"),
+            opt("--set", action="append", metavar="KEY=VALUE", help="override the config for every cell"),
+            opt("--output-dir", help="where the cells' runs go (default runs/validate/<config name>)"),
+            DATA_DIR,
+            QUIET,
+        ),
+        "Fit the recipe on every cell and score it as ecalf tune scores a trial: the mean over cells of its "
+        "best validation MSE / the naive forecast's validation MSE. The test split is never read. Writes "
+        "validation.csv in the output directory; finished cells are reused. See docs/tuning-protocol.md.",
     ),
     Command(
         "ensemble",

@@ -568,14 +568,26 @@ def _reporter(
 def cell_config(settings: SearchSettings, dataset: str, horizon: int, recipe: Sequence[str]) -> RunConfig:
     """A cell's run config as the benchmark grid builds it (:meth:`ecalf.benchmark.Cell.config`): the
     base config with the recipe's overrides, then the cell's dataset, horizon, few-shot share and seed."""
-    label = model_name_for_config(type(load_run_config(settings.config).model))
-    cell = Cell(
-        CellId(label, dataset, "", "few_shot", horizon, settings.seed),
-        str(settings.config),
-        tuple(recipe),
-        settings.few_shot_percent,
+    return recipe_cell_config(
+        settings.config, dataset, horizon, recipe, settings.few_shot_percent, settings.seed, settings.data_dir
     )
-    return cell.config((), settings.data_dir)
+
+
+def recipe_cell_config(
+    config_file: str | os.PathLike[str],
+    dataset: str,
+    horizon: int,
+    recipe: Sequence[str],
+    few_shot_percent: float,
+    seed: int,
+    data_dir: str | None = None,
+) -> RunConfig:
+    """:func:`cell_config` for any config file; ``{dataset}`` in its name is the cell's dataset (a
+    per-dataset recipe, as in a grid)."""
+    path = str(config_file).replace("{dataset}", Path(dataset).stem)
+    label = model_name_for_config(type(load_run_config(path).model))
+    cell = Cell(CellId(label, dataset, "", "few_shot", horizon, seed), path, tuple(recipe), few_shot_percent)
+    return cell.config((), data_dir)
 
 
 def cell_name(dataset: str, horizon: int) -> str:
