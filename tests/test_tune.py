@@ -133,11 +133,12 @@ def test_a_killed_search_keeps_its_finished_trials(tmp_path, synthetic_csv, monk
     assert len(trial_dirs(tmp_path / "search")) == 3  # ... in the same directory
 
 
-def test_a_search_never_reads_the_test_split(tmp_path, synthetic_csv, monkeypatch):
+def spy_on_test_reads(monkeypatch) -> tuple[set[int], list[int]]:
+    """The ids of every test split the tune module prepares, and of every dataset a batch is read from:
+    a run read no test window when the two do not meet."""
     tests: set[int] = set()
     read: list[int] = []
-    real_prepare = ecalf.tune.prepare_splits
-    real_get_batch = WindowDataset.get_batch
+    real_prepare, real_get_batch = ecalf.tune.prepare_splits, WindowDataset.get_batch
 
     def prepare(config):
         splits = real_prepare(config)
@@ -150,6 +151,11 @@ def test_a_search_never_reads_the_test_split(tmp_path, synthetic_csv, monkeypatc
 
     monkeypatch.setattr(ecalf.tune, "prepare_splits", prepare)
     monkeypatch.setattr(WindowDataset, "get_batch", spy)
+    return tests, read
+
+
+def test_a_search_never_reads_the_test_split(tmp_path, synthetic_csv, monkeypatch):
+    tests, read = spy_on_test_reads(monkeypatch)
     run_search(settings(tmp_path, synthetic_csv, 1), echo=None)
     assert tests and read
     assert not tests & set(read), "a search read test windows"
@@ -470,21 +476,7 @@ def test_validate_scores_one_recipe_as_a_trial_and_never_reads_the_test_split(
 
     csv2 = synthetic_csv.with_name("toy2.csv")
     csv2.write_bytes(synthetic_csv.read_bytes())
-    tests: set[int] = set()
-    read: list[int] = []
-    real_prepare, real_get_batch = ecalf.tune.prepare_splits, WindowDataset.get_batch
-
-    def prepare(config):
-        splits = real_prepare(config)
-        tests.add(id(splits.test))
-        return splits
-
-    def spy(self, indices):
-        read.append(id(self))
-        return real_get_batch(self, indices)
-
-    monkeypatch.setattr(ecalf.tune, "prepare_splits", prepare)
-    monkeypatch.setattr(WindowDataset, "get_batch", spy)
+    tests, read = spy_on_test_reads(monkeypatch)
     out = tmp_path / "reference"
     args = ["validate", str(TINY), "--datasets", str(synthetic_csv), str(csv2), "--horizons", "12", "24"]
     args += [

@@ -67,6 +67,7 @@ def fit_model(
     on_epoch_end: Callable[[EpochLog], None] | None = None,
     checkpoint: TrainingCheckpoint | None = None,
     world: World = SINGLE,
+    directory: RunDirectory | None = None,
 ) -> FittedModel:
     """Build ``config``'s model and train it on ``train_set``, selecting on ``val_set``.
 
@@ -74,7 +75,17 @@ def fit_model(
     before its first step (:meth:`ForecastModel.initialize_from_data`, e.g. a ridge-initialised skip)
     are set here, from ``train_set`` and ``val_set`` only. ``tracker`` receives every epoch, then
     ``on_epoch_end``; ``on_improvement`` and ``checkpoint`` are the training loop's
-    (ecalf.training.train)."""
+    (ecalf.training.train). ``directory``: fit in that run directory (a trained run, a search's cell):
+    resumable from its checkpoint, the best weights written there at every improvement (then
+    ``on_improvement``)."""
+    if directory is not None:
+        checkpoint, then = directory.checkpoint, on_improvement
+
+        def on_improvement(model: ForecastModel, record: EpochLog) -> None:
+            directory.write_weights(snapshot(model), record.epoch)
+            if then is not None:
+                then(model, record)
+
     start = time.perf_counter()
     model = build_model(config)
     parameters = count_parameters(model)

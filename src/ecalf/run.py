@@ -37,7 +37,7 @@ from ecalf.models.naive import NaiveConfig, NaiveForecast
 from ecalf.registry import model_name_for_config
 from ecalf.run_dir import RunDirectory, RunMetrics
 from ecalf.tracking import NullTracker, Tracker, open_tracker, require_tracking
-from ecalf.training import EpochLog, resolve_device, snapshot
+from ecalf.training import resolve_device, snapshot
 
 FINAL_TRACKED = (
     "test", "naive_test", "best_epoch", "best_val_mse", "epochs_run", "steps", "train_seconds",
@@ -166,20 +166,10 @@ def _run(
         commit = git_commit()  # read once: the code this process imported, not a later edit
         log(f"code: ecalf {__version__}, commit {commit or 'unknown (not a git checkout)'}")
 
-        def save_best(model: ForecastModel, record: EpochLog) -> None:
-            directory.write_weights(snapshot(model), record.epoch)
-
         fitted = fit_model(
-            config,
-            splits.train,
-            splits.val,
-            device=device,
-            log=log,
-            tracker=tracker,
-            on_improvement=save_best,
-            checkpoint=checkpoint,
-            world=world,
-        )
+            config, splits.train, splits.val, device=device, log=log, tracker=tracker, world=world,
+            directory=directory,
+        )  # fmt: skip
         model, result, params = fitted.model, fitted.result, fitted.parameters
         test = evaluate(
             model,

@@ -620,9 +620,8 @@ def validate_cell(
     directory.write_config(config)
     tracker = open_tracker(config.training.tracking, run_dir, append=True)
 
-    def save_best(model: ForecastModel, record: EpochLog) -> None:
+    def note_best(model: ForecastModel, record: EpochLog) -> None:
         best[0] = record.val_mse
-        directory.write_weights(snapshot(model), record.epoch)
 
     def on_epoch_end(record: EpochLog) -> None:
         if report is not None:
@@ -636,16 +635,9 @@ def validate_cell(
 
             log(f"validation only (a search trial): naive validation mse {naive:.4f}")
             fitted = fit_model(
-                config,
-                splits.train,
-                splits.val,
-                device=device,
-                log=log,
-                tracker=tracker,
-                on_improvement=save_best,
-                on_epoch_end=on_epoch_end,
-                checkpoint=directory.checkpoint,
-            )
+                config, splits.train, splits.val, device=device, log=log, tracker=tracker,
+                on_improvement=note_best, on_epoch_end=on_epoch_end, directory=directory,
+            )  # fmt: skip
     finally:
         tracker.close()
     result = fitted.result
