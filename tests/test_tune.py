@@ -123,6 +123,13 @@ def test_a_killed_search_keeps_its_finished_trials(tmp_path, synthetic_csv, monk
     assert all(t.seconds is not None and 0 < t.seconds < 600 for t in again.trials[:2])
     assert (tmp_path / "search" / "trials.csv").read_text().splitlines()[0].endswith(",seconds")
     assert "h of trials" in ecalf.tune.search_line(again)
+    status, running = ecalf.tune.search_status(settings(tmp_path, synthetic_csv, 3))  # reads, runs nothing
+    assert running == 0 and [t.number for t in status.trials] == [t.number for t in again.trials]
+    assert status.best is not None and again.best is not None and status.best.number == again.best.number
+    with pytest.raises(EcalfError, match="holds another search"):
+        ecalf.tune.search_status(settings(tmp_path, synthetic_csv, 3, seed=7))
+    with pytest.raises(EcalfError, match="holds no search yet"):
+        ecalf.tune.search_status(settings(tmp_path, synthetic_csv, 3, output_dir=tmp_path / "none"))
     assert len(fits) == 1  # only the killed trial trained again; the finished two were kept
     assert {t.number: (t.score, t.params) for t in again.trials if t.number in kept} == kept
     assert len(again.trials) == 3 and all(t.state == "complete" for t in again.trials)

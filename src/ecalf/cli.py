@@ -323,6 +323,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     )
     if args.quiet:
         settings = dataclasses.replace(settings, overrides=(*settings.overrides, "training.progress=false"))
+    if args.status:
+        from ecalf.tune import search_status
+
+        summary, running = search_status(settings)
+        print(f"{search_line(summary)}; {running} running now, {settings.trials} wanted")
+        return 0
     summary = run_search(settings, echo=print, best_config=args.best_config)
     print(search_line(summary))
     if args.levers or args.lever_set:
@@ -777,6 +783,12 @@ COMMANDS: tuple[Command, ...] = (
                 metavar="DIR",
                 help="after every trial, a consistent copy of the study, trials.csv and search.yaml here "
                 "(e.g. in version control); a search directory without a study continues from it",
+            ),
+            opt(
+                "--status",
+                action="store_true",
+                help="only say where the search stands (trials by state, best so far, hours, running now); "
+                "runs and writes nothing",
             ),
             opt(
                 "--levers",

@@ -747,6 +747,50 @@ def _retry_killed_trials(optuna: Any, study: optuna.Study, storage: Any, directo
     return len(killed)
 
 
+def _outcomes(optuna: Any, study: optuna.Study, names: Sequence[str]) -> list[TrialOutcome]:
+    """The finished trials of ``study`` as :class:`TrialOutcome` (``names``: the cells)."""
+    outcomes = []
+    for t in _finished(optuna, study):
+        state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(t.state.name, "diverged")
+        ratios = {n: float(t.user_attrs[f"ratio {n}"]) for n in names if f"ratio {n}" in t.user_attrs}
+        # Optuna gives a pruned trial its last reported (running) score as its value: over the cells
+        # it reached only, so it is kept apart and never competes with a completed trial's score
+        score = t.value if state == "complete" else None
+        running = t.value if state == "pruned" else None
+        seconds = t.user_attrs.get(SECONDS)
+        outcomes.append(
+            TrialOutcome(t.number, state, score, dict(t.params), ratios, running, _float_or_none(seconds))
+        )
+    return outcomes
+
+
+def search_status(settings: SearchSettings) -> tuple[SearchSummary, int]:
+    """Where a search stands, read without running or writing anything (``ecalf tune --status``): its
+    finished trials (the best completed one) and how many run now. From the search directory's study,
+    else from its snapshot's."""
+    optuna = require_optuna()
+    for directory in (settings.directory, settings.snapshot):
+        if directory is not None and (directory / STUDY_FILE).is_file():
+            break
+    else:
+        raise EcalfError(
+            f"{settings.directory} holds no search yet: run `ecalf tune` with these arguments first"
+        )
+    if (directory / SEARCH_FILE).is_file() and read_yaml(directory / SEARCH_FILE) != settings.describe():
+        raise EcalfError(
+            f"{directory} holds another search (its {SEARCH_FILE} differs): give the arguments it was "
+            "started with"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{(directory / STUDY_FILE).resolve()}")
+    outcomes = _outcomes(optuna, study, [cell_name(d, h) for d, h in settings.cells])
+    completed = [o for o in outcomes if o.state == "complete" and o.score is not None]
+    best = min(completed, key=lambda o: (o.score, o.number)) if completed else None
+    best_file = settings.directory / BEST_FILE
+    summary = SearchSummary(settings.directory, outcomes, best, best_file if best_file.is_file() else None)
+    return summary, len(_running(optuna, study))
+
+
 def write_summary(
     settings: SearchSettings,
     study: optuna.Study,
@@ -761,18 +805,7 @@ def write_summary(
     optuna = require_optuna()
     space = load_space(settings.space)
     names = [cell_name(d, h) for d, h in settings.cells]
-    outcomes = []
-    for t in _finished(optuna, study):
-        state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(t.state.name, "diverged")
-        ratios = {n: float(t.user_attrs[f"ratio {n}"]) for n in names if f"ratio {n}" in t.user_attrs}
-        # Optuna gives a pruned trial its last reported (running) score as its value: over the cells
-        # it reached only, so it is kept apart and never competes with a completed trial's score
-        score = t.value if state == "complete" else None
-        running = t.value if state == "pruned" else None
-        seconds = t.user_attrs.get(SECONDS)
-        outcomes.append(
-            TrialOutcome(t.number, state, score, dict(t.params), ratios, running, _float_or_none(seconds))
-        )
+    outcomes = _outcomes(optuna, study, names)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["trial", "state", "score", *names, *space.params, "pruned_running_score", "seconds"])
@@ -855,7 +888,11 @@ def search_line(summary: SearchSummary) -> str:
     return (
         f"{summary.directory}: {len(summary.trials)} trials ({states}); best trial {summary.best.number}, "
         f"score {summary.best.score:.4f}; table {summary.directory / SUMMARY_FILE}, "
-        f"best config {summary.best_config}"
+        + (
+            f"best config {summary.best_config}"
+            if summary.best_config
+            else "no best config until the last trial"
+        )
     )
 
 
@@ -873,6 +910,7 @@ __all__ = [
     "load_space",
     "naive_validation_mse",
     "run_search",
+    "search_status",
     "validate_cell",
     "write_snapshot",
     "write_summary",
