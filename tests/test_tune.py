@@ -504,7 +504,7 @@ def test_validate_scores_one_recipe_as_a_trial_and_never_reads_the_test_split(
         assert ratio == pytest.approx(validation.ratio, abs=1e-6) and validation.prediction_length in (12, 24)
     assert float(rows[3].split(",")[1]) == pytest.approx(sum(ratios.values()) / 2, abs=1e-6)
     assert f"score {sum(ratios.values()) / 2:.4f} (mean over 2 cells)" in capsys.readouterr().out
-    fits = []
+    fits, real_fit = [], ecalf.tune.fit_model
     monkeypatch.setattr(ecalf.tune, "fit_model", lambda *a, **k: fits.append(a))
     again = score_recipe(
         TINY, cells=((str(synthetic_csv), 12),), overrides=(*SMALL, "training.epochs=1"),
@@ -513,3 +513,24 @@ def test_validate_scores_one_recipe_as_a_trial_and_never_reads_the_test_split(
     assert not fits and again.score == pytest.approx(ratios["toy-H12"])  # the finished cell, reused
     with pytest.raises(ConfigError, match="unknown dataset"):
         score_recipe(TINY, cells=(("Nowhere", 12),), output_dir=out, echo=None)
+
+    monkeypatch.setattr(ecalf.tune, "fit_model", real_fit)
+    # {dataset} in the config's name: each cell its own file, as in a grid
+    from ecalf.recipe_score import default_output_dir
+
+    recipes = tmp_path / "per-dataset"
+    recipes.mkdir()
+    import yaml
+
+    (recipes / "toy.yaml").write_text(TINY.read_text())
+    own = yaml.safe_load(TINY.read_text())
+    own["training"]["learning_rate"] = 0.00123
+    (recipes / "toy2.yaml").write_text(yaml.safe_dump(own))
+    template = recipes / "{dataset}.yaml"
+    assert default_output_dir(template) == Path("runs/validate/per-dataset")
+    per_dataset = score_recipe(
+        template, cells=((str(synthetic_csv), 12), (str(csv2), 24)), overrides=(*SMALL, "training.epochs=1"),
+        few_shot_percent=40.0, output_dir=tmp_path / "per", echo=None,
+    )  # fmt: skip
+    assert per_dataset.cells["toy-H12"].ratio == pytest.approx(ratios["toy-H12"])  # the same recipe and run
+    assert RunDirectory(tmp_path / "per" / "toy2-H24").read_config().training.learning_rate == 0.00123
