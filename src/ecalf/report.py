@@ -350,11 +350,8 @@ def standing(df: pd.DataFrame, model: str) -> pd.DataFrame:
         if own.empty:
             continue
         mse = float(own["mse"].iloc[0])
-        same = {
-            model,
-            model.removesuffix(SUFFIX),
-            model.removesuffix(SUFFIX) + SUFFIX,
-        }  # itself, its ensemble
+        base = model.removesuffix(SUFFIX)
+        same = {model, base, base + SUFFIX}  # itself, and its ensemble or the model it ensembles
         group = group[~group["model"].isin(same - {model})]
         lower = group[group["model"] != model].sort_values("mse")
         lower = lower[lower["mse"] < mse]
