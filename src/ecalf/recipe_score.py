@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecalf.artifacts import write_text
-from ecalf.data.specs import find_spec
 from ecalf.errors import ConfigError
 from ecalf.run_dir import ValidationMetrics
-from ecalf.tune import PILOT_CELLS, cell_name, recipe_cell_config, validate_cell
+from ecalf.tune import PILOT_CELLS, cell_line, cell_name, check_cells, recipe_cell_config, validate_cell
 
 TABLE_FILE = "validation.csv"
 
@@ -57,9 +56,7 @@ def score_recipe(
     """Fit and validate ``config_file`` with ``overrides`` on every cell; write ``validation.csv``."""
     if not cells:
         raise ConfigError("give at least one (dataset, horizon) cell")
-    for dataset, _ in cells:
-        if find_spec(dataset) is None and not Path(dataset).is_file():
-            raise ConfigError(f"unknown dataset {dataset!r}: a name of `ecalf data list` or a CSV path")
+    check_cells(cells)
     configs = {  # every cell's config loaded before anything trains: a typo fails here
         cell_name(d, h): recipe_cell_config(config_file, d, h, overrides, few_shot_percent, seed, data_dir)
         for d, h in cells
@@ -70,10 +67,7 @@ def score_recipe(
     for name, config in configs.items():
         metrics = validate_cell(config, directory / name)
         done[name] = metrics
-        show(
-            f"  {name}: validation mse {metrics.best_val_mse:.4f} / naive {metrics.naive_val_mse:.4f} = "
-            f"{metrics.ratio:.4f} (best epoch {metrics.best_epoch}, step {metrics.best_step})"
-        )
+        show(cell_line(name, metrics))
     result = RecipeScore(done)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

@@ -353,9 +353,7 @@ def run_search(
     optuna = require_optuna()
     space = load_space(settings.space)
     check_space(settings.config, space, settings.overrides)
-    for dataset, _ in settings.cells:
-        if find_spec(dataset) is None and not Path(dataset).is_file():
-            raise ConfigError(f"unknown dataset {dataset!r}: a name of `ecalf data list` or a CSV path")
+    check_cells(settings.cells)
     directory = settings.directory
     directory.mkdir(parents=True, exist_ok=True)
     show = echo or _silent
@@ -520,10 +518,7 @@ def _run_trial(
             metrics = validate_cell(config, trial_dir / name, report)
             ratios[name] = metrics.ratio
             trial.set_user_attr(f"ratio {name}", ratios[name])
-            show(
-                f"  {name}: validation mse {metrics.best_val_mse:.4f} / naive {metrics.naive_val_mse:.4f} = "
-                f"{metrics.ratio:.4f} (best epoch {metrics.best_epoch}, step {metrics.best_step})"
-            )
+            show(cell_line(name, metrics))
     except optuna.TrialPruned:
         clock()
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -588,6 +583,21 @@ def recipe_cell_config(
     label = model_name_for_config(type(load_run_config(path).model))
     cell = Cell(CellId(label, dataset, "", "few_shot", horizon, seed), path, tuple(recipe), few_shot_percent)
     return cell.config((), data_dir)
+
+
+def check_cells(cells: Sequence[tuple[str, int]]) -> None:
+    """Every cell's dataset is a registered name or a CSV file: a ConfigError names the first that is not."""
+    for dataset, _ in cells:
+        if find_spec(dataset) is None and not Path(dataset).is_file():
+            raise ConfigError(f"unknown dataset {dataset!r}: a name of `ecalf data list` or a CSV path")
+
+
+def cell_line(name: str, metrics: ValidationMetrics) -> str:
+    """A validated cell's progress line: validation MSE, the naive forecast's, their ratio, best step."""
+    return (
+        f"  {name}: validation mse {metrics.best_val_mse:.4f} / naive {metrics.naive_val_mse:.4f} = "
+        f"{metrics.ratio:.4f} (best epoch {metrics.best_epoch}, step {metrics.best_step})"
+    )
 
 
 def cell_name(dataset: str, horizon: int) -> str:
