@@ -958,6 +958,31 @@ def test_a_seed_ensemble_row_averages_the_seeds_forecasts(synthetic_csv_dir, tmp
     assert "0 ensemble row(s) added" in capsys.readouterr().out
 
 
+def test_a_grid_still_running_gets_a_cells_ensemble_only_once_its_seeds_are_all_in(
+    synthetic_csv_dir, tmp_path, in_repo, capsys
+):
+    from ecalf.benchmark.grid import select
+    from ecalf.ensembles import add_ensembles
+
+    grid = _small_grid(
+        tmp_path, models=[GridModel("dlinear", "configs/baselines/dlinear.yaml")], seeds=[1, 2, 3]
+    )
+    results = tmp_path / "small.csv"
+    data = str(synthetic_csv_dir)
+    run_benchmark(select(grid, seeds=[1, 2]), results=results, data_dir=data, progress=False, echo=None)
+    assert add_ensembles(results, seeds=[1, 2, 3], echo=None) == 0  # seed 3 has not run yet
+    assert add_ensembles(results, datasets=["ETTh2"], echo=None) == 0
+    assert add_ensembles(results, horizons=[48], echo=None) == 0
+    run_benchmark(grid, results=results, data_dir=data, progress=False, echo=None)
+    chosen = ["--datasets", "ETTh1", "--horizons", "24", "--seeds", "1", "2", "3"]
+    assert main(["ensemble", str(results), *chosen]) == 0
+    assert "1 ensemble row(s) added" in capsys.readouterr().out
+    (ensemble,) = [r for r in read_results(results) if r["model"] == "dlinear+ens"]
+    assert ensemble["overrides"] == "ensemble of seeds 1 2 3"
+    with pytest.raises(EcalfError, match="two or more seeds"):
+        add_ensembles(results, seeds=[1], echo=None)
+
+
 def test_redo_dirty_retrains_only_the_rows_of_uncommitted_code(
     synthetic_csv_dir, tmp_path, in_repo, monkeypatch, capsys
 ):

@@ -356,7 +356,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from ecalf.ensembles import add_ensembles
 
-    added = add_ensembles(args.results, models=args.models, echo=None if args.quiet else print)
+    added = add_ensembles(
+        args.results, models=args.models, datasets=args.datasets, horizons=args.horizons, seeds=args.seeds,
+        echo=None if args.quiet else print,
+    )  # fmt: skip
     print(f"{args.results}: {added} ensemble row(s) added")
     return 0
 
@@ -845,6 +848,16 @@ COMMANDS: tuple[Command, ...] = (
         (
             opt("results", help="a results CSV of `ecalf benchmark` (its runs on this machine)"),
             opt("--models", nargs="+", metavar="LABEL", help="only these model labels (default: every one)"),
+            opt("--datasets", nargs="+", metavar="NAME", help="only these datasets"),
+            opt("--horizons", nargs="+", type=int, metavar="H", help="only these horizons"),
+            opt(
+                "--seeds",
+                nargs="+",
+                type=int,
+                metavar="SEED",
+                help="only cells that have all of these seeds, averaged over exactly these (a grid still "
+                "running gets a cell's row once its seeds are all in)",
+            ),
             QUIET,
         ),
         "For every cell with two or more seeds, the seeds' saved best checkpoints forecast the test split "

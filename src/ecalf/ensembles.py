@@ -29,17 +29,33 @@ SUFFIX = "+ens"
 
 
 def ensemble_groups(
-    rows: Sequence[dict[str, str]], models: Sequence[str] | None = None
+    rows: Sequence[dict[str, str]],
+    models: Sequence[str] | None = None,
+    *,
+    datasets: Sequence[str] | None = None,
+    horizons: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> dict[tuple[str, ...], list[dict[str, str]]]:
-    """The results rows by cell without its seed, for cells with two or more seeds (ensemble rows and
-    models not in ``models`` left out)."""
+    """The results rows by cell without its seed, for cells with two or more seeds (ensemble rows, and
+    models, datasets and horizons not chosen, left out). With ``seeds``, only the cells that have every
+    one of them, each with exactly those: a grid still running, or one that runs on several machines,
+    gets its ensemble row only once a cell's seeds are all in."""
+    if seeds is not None and len(set(seeds)) < 2:
+        raise EcalfError(f"an ensemble averages two or more seeds; got seeds {list(seeds)}")
     groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for row in rows:
-        if row["model"].endswith(SUFFIX) or (models is not None and row["model"] not in models):
+        if (
+            row["model"].endswith(SUFFIX)
+            or (models is not None and row["model"] not in models)
+            or (datasets is not None and row["dataset"] not in datasets)
+            or (horizons is not None and int(row["horizon"]) not in horizons)
+            or (seeds is not None and int(row["seed"]) not in seeds)
+        ):
             continue
         key = tuple(row.get(c) or "" for c in KEY_COLUMNS if c != "seed")
         groups.setdefault(key, []).append(row)
-    return {k: sorted(v, key=lambda r: int(r["seed"])) for k, v in groups.items() if len(v) >= 2}
+    need = 2 if seeds is None else len(set(seeds))
+    return {k: sorted(v, key=lambda r: int(r["seed"])) for k, v in groups.items() if len(v) >= need}
 
 
 def ensemble_row(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
@@ -85,10 +101,13 @@ def add_ensembles(
     results: str | os.PathLike[str],
     *,
     models: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    horizons: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> int:
-    """Append the ensemble row of every cell of ``results`` with two or more seeds that has none yet
-    (one atomic append each); returns how many were added."""
+    """Append the ensemble row of every chosen cell of ``results`` (:func:`ensemble_groups`) that has
+    none yet (one atomic append each); returns how many were added."""
     rows = read_results(results)
     if not rows:
         raise EcalfError(f"{results} holds no results; run `ecalf benchmark GRID` first")
@@ -96,7 +115,8 @@ def add_ensembles(
         tuple(r.get(c) or "" for c in KEY_COLUMNS if c != "seed") for r in rows if r["model"].endswith(SUFFIX)
     }
     added = 0
-    for key, group in ensemble_groups(rows, models).items():
+    chosen = ensemble_groups(rows, models, datasets=datasets, horizons=horizons, seeds=seeds)
+    for key, group in chosen.items():
         ens_key = (group[0]["model"] + SUFFIX, *key[1:])
         if ens_key in done:
             continue
@@ -104,10 +124,10 @@ def add_ensembles(
         if append_result(results, row):
             added += 1
             if echo is not None:
-                seeds = ", ".join(r["seed"] for r in group)
+                averaged = ", ".join(r["seed"] for r in group)
                 mean = sum(float(r["mse"]) for r in group) / len(group)
                 echo(
                     f"{row['model']} {row['dataset']} H={row['horizon']}: mse {row['mse']:.4f} "
-                    f"(seeds {seeds}: mean mse {mean:.4f})"
+                    f"(seeds {averaged}: mean mse {mean:.4f})"
                 )
     return added
