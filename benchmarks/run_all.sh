@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 JOBS=${JOBS:-2}
 ECALF=${ECALF:-ecalf}
 status=0
-for grid in fewshot full zeroshot ablations enhancements calf full_official reproduce dropout_masks intervals_fewshot intervals; do
+for grid in fewshot full zeroshot ablations enhancements calf full_official reproduce dropout_masks intervals_fewshot intervals tuned_llm; do
     echo "== $grid"
     "$ECALF" benchmark "benchmarks/$grid.yaml" --jobs "$JOBS" --quiet "$@" || status=1  # failed cells: reported, rerun next time
     if [ -s "results/$grid.csv" ]; then
