@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ecalf.benchmark.results import KEY_COLUMNS, append_result, read_results
+from ecalf.benchmark.results import KEY_COLUMNS, CellId, append_result, read_results
 from ecalf.errors import EcalfError
 from ecalf.evaluation import predict
 from ecalf.run import load_for_test
@@ -44,12 +44,13 @@ def ensemble_groups(
         raise EcalfError(f"an ensemble averages two or more seeds; got seeds {list(seeds)}")
     groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for row in rows:
+        cell = CellId.of_row(row)  # the key columns parsed once, with a clear error for a bad row
         if (
-            row["model"].endswith(SUFFIX)
-            or (models is not None and row["model"] not in models)
-            or (datasets is not None and row["dataset"] not in datasets)
-            or (horizons is not None and int(row["horizon"]) not in horizons)
-            or (seeds is not None and int(row["seed"]) not in seeds)
+            cell.model.endswith(SUFFIX)
+            or (models is not None and cell.model not in models)
+            or (datasets is not None and cell.dataset not in datasets)
+            or (horizons is not None and cell.horizon not in horizons)
+            or (seeds is not None and cell.seed not in seeds)
         ):
             continue
         key = tuple(row.get(c) or "" for c in KEY_COLUMNS if c != "seed")
