@@ -11,6 +11,7 @@ so an ensemble row shows how much of a model's spread over seeds is variance tha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ecalf.benchmark.results import KEY_COLUMNS, CellId, append_result, read_results
+from ecalf.benchmark.results import CellId, append_result, read_results
 from ecalf.errors import EcalfError
 from ecalf.evaluation import predict
 from ecalf.run import load_for_test
@@ -35,14 +36,14 @@ def ensemble_groups(
     datasets: Sequence[str] | None = None,
     horizons: Sequence[int] | None = None,
     seeds: Sequence[int] | None = None,
-) -> dict[tuple[str, ...], list[dict[str, str]]]:
-    """The results rows by cell without its seed, for cells with two or more seeds (ensemble rows, and
-    models, datasets and horizons not chosen, left out). With ``seeds``, only the cells that have every
-    one of them, each with exactly those: a grid still running, or one that runs on several machines,
-    gets its ensemble row only once a cell's seeds are all in."""
+) -> dict[CellId, list[dict[str, str]]]:
+    """The results rows by their ensemble's cell (:func:`ensemble_cell`), for cells with two or more
+    seeds (ensemble rows, and models, datasets and horizons not chosen, left out). With ``seeds``, only
+    the cells that have every one of them, each with exactly those: a grid still running, or one that
+    runs on several machines, gets its ensemble row only once a cell's seeds are all in."""
     if seeds is not None and len(set(seeds)) < 2:
         raise EcalfError(f"an ensemble averages two or more seeds; got seeds {list(seeds)}")
-    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    groups: dict[CellId, list[dict[str, str]]] = {}
     for row in rows:
         cell = CellId.of_row(row)  # the key columns parsed once, with a clear error for a bad row
         if (
@@ -53,10 +54,14 @@ def ensemble_groups(
             or (seeds is not None and cell.seed not in seeds)
         ):
             continue
-        key = tuple(row.get(c) or "" for c in KEY_COLUMNS if c != "seed")
-        groups.setdefault(key, []).append(row)
+        groups.setdefault(ensemble_cell(cell), []).append(row)
     need = 2 if seeds is None else len(set(seeds))
     return {k: sorted(v, key=lambda r: int(r["seed"])) for k, v in groups.items() if len(v) >= need}
+
+
+def ensemble_cell(cell: CellId) -> CellId:
+    """The cell of the ensemble row a seed's cell belongs to: the label with :data:`SUFFIX`, seed 0."""
+    return dataclasses.replace(cell, model=cell.model + SUFFIX, seed=0)
 
 
 def ensemble_row(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
@@ -81,9 +86,7 @@ def ensemble_row(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     observed = ~torch.isnan(error)
     first = rows[0]
     return {
-        **{c: first.get(c, "") for c in KEY_COLUMNS},
-        "model": first["model"] + SUFFIX,
-        "seed": 0,
+        **ensemble_cell(CellId.of_row(first)).as_row(),
         "few_shot_percent": first.get("few_shot_percent", ""),
         "mse": float(error[observed].square().mean()),
         "mae": float(error[observed].abs().mean()),
@@ -112,14 +115,11 @@ def add_ensembles(
     rows = read_results(results)
     if not rows:
         raise EcalfError(f"{results} holds no results; run `ecalf benchmark GRID` first")
-    done = {
-        tuple(r.get(c) or "" for c in KEY_COLUMNS if c != "seed") for r in rows if r["model"].endswith(SUFFIX)
-    }
+    done = {CellId.of_row(r) for r in rows if r["model"].endswith(SUFFIX)}
     added = 0
     chosen = ensemble_groups(rows, models, datasets=datasets, horizons=horizons, seeds=seeds)
-    for key, group in chosen.items():
-        ens_key = (group[0]["model"] + SUFFIX, *key[1:])
-        if ens_key in done:
+    for cell, group in chosen.items():
+        if cell in done:
             continue
         row = ensemble_row(group)
         if append_result(results, row):
