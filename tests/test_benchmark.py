@@ -983,6 +983,58 @@ def test_a_grid_still_running_gets_a_cells_ensemble_only_once_its_seeds_are_all_
         add_ensembles(results, seeds=[1], echo=None)
 
 
+def test_a_model_declared_ensemble_gets_each_cells_row_as_its_last_seed_finishes(
+    synthetic_csv_dir, tmp_path, in_repo
+):
+    from ecalf.benchmark.grid import select
+    from ecalf.ensembles import add_ensembles
+
+    model = GridModel("dlinear", "configs/baselines/dlinear.yaml", ensemble=True)
+    grid = _small_grid(tmp_path, models=[model], seeds=[1, 2], horizons=[24, 48])
+    results, data = tmp_path / "small.csv", str(synthetic_csv_dir)
+    lines: list[str] = []
+
+    def ensembles() -> dict[tuple[str, str], dict[str, str]]:
+        return {(r["horizon"], r["overrides"]): r for r in read_results(results) if r["model"] == "dlinear+ens"}
+
+    # a run of some of its seeds adds none (a 1-seed "ensemble" would be that seed)
+    run_benchmark(select(grid, seeds=[1]), results=results, data_dir=data, progress=False, echo=lines.append)
+    assert ensembles() == {}
+    # H 24 seed 2 finishes: its cell's row, before the H 48 cell has its seeds (cells are seeds-outer)
+    run_benchmark(grid, results=results, data_dir=data, progress=False, echo=lines.append, limit=1)
+    assert list(ensembles()) == [("24", "ensemble of seeds 1 2")]
+    assert any(line.startswith("dlinear+ens ETTh1 H=24: mse") for line in lines)
+    run_benchmark(grid, results=results, data_dir=data, progress=False, echo=None)
+    assert sorted(ensembles()) == [("24", "ensemble of seeds 1 2"), ("48", "ensemble of seeds 1 2")]
+    # the same row `ecalf ensemble` writes
+    copy = tmp_path / "copy.csv"
+    copy.write_text("".join(line for line in results.read_text().splitlines(True) if "+ens" not in line))
+    assert add_ensembles(copy, echo=None) == 2
+    again = {r["horizon"]: r["mse"] for r in read_results(copy) if r["model"] == "dlinear+ens"}
+    assert again == {h: r["mse"] for (h, _), r in ensembles().items()}
+    # a finished grid run again adds nothing; one whose runs are gone says so instead of failing
+    run_benchmark(grid, results=results, data_dir=data, progress=False, echo=None)
+    assert len(ensembles()) == 2
+    copy.write_text("".join(line for line in results.read_text().splitlines(True) if "+ens" not in line))
+    lines.clear()
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "runs").rename(moved)
+    summary = run_benchmark(grid, results=copy, data_dir=data, progress=False, echo=lines.append)
+    assert summary.finished == 0 and not [r for r in read_results(copy) if r["model"] == "dlinear+ens"]
+    assert sum("not added, its seeds' runs are not all on this machine" in line for line in lines) == 2
+
+
+def test_a_declared_ensemble_needs_two_seeds_and_its_own_label(tmp_path):
+    model = GridModel("dlinear", "configs/baselines/dlinear.yaml", ensemble=True)
+    with pytest.raises(ConfigError, match="averages two or more seeds, it has \\[1\\]"):
+        _small_grid(tmp_path, models=[model], seeds=[1])
+    with pytest.raises(ConfigError, match="averages two or more seeds"):
+        _small_grid(tmp_path, models=[dataclasses.replace(model, seeds=[2])])
+    taken = GridModel("dlinear+ens", "configs/baselines/dlinear.yaml")
+    with pytest.raises(ConfigError, match="dlinear\\+ens is its seed ensemble's"):
+        _small_grid(tmp_path, models=[model, taken])
+
+
 def test_redo_dirty_retrains_only_the_rows_of_uncommitted_code(
     synthetic_csv_dir, tmp_path, in_repo, monkeypatch, capsys
 ):

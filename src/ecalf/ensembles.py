@@ -109,9 +109,11 @@ def add_ensembles(
     horizons: Sequence[int] | None = None,
     seeds: Sequence[int] | None = None,
     echo: Callable[[str], None] | None = print,
+    skip_missing_runs: bool = False,
 ) -> int:
     """Append the ensemble row of every chosen cell of ``results`` (:func:`ensemble_groups`) that has
-    none yet (one atomic append each); returns how many were added."""
+    none yet (one atomic append each); returns how many were added. A cell whose seeds' runs are not
+    all on this machine is an error, or with ``skip_missing_runs`` left out (and said through ``echo``)."""
     rows = read_results(results)
     if not rows:
         raise EcalfError(f"{results} holds no results; run `ecalf benchmark GRID` first")
@@ -120,6 +122,13 @@ def add_ensembles(
     chosen = ensemble_groups(rows, models, datasets=datasets, horizons=horizons, seeds=seeds)
     for cell, group in chosen.items():
         if cell in done:
+            continue
+        if skip_missing_runs and not all(Path(r["run_dir"]).is_dir() for r in group):
+            if echo is not None:
+                echo(
+                    f"{cell.model} {cell.dataset} H={cell.horizon}: not added, its seeds' runs are not "
+                    f"all on this machine (`ecalf ensemble {results}` where they are)"
+                )
             continue
         row = ensemble_row(group)
         if append_result(results, row):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ecalf.benchmark.cells import run_cell, timed_cell
 from ecalf.benchmark.grid import Cell, Grid
 from ecalf.benchmark.plan import plan_benchmark
-from ecalf.benchmark.results import append_result
+from ecalf.benchmark.results import append_result, read_results
 from ecalf.cell_costs import Remaining
 from ecalf.errors import ConfigError
 
@@ -99,6 +99,9 @@ def run_benchmark(
     failed: list[tuple[str, str]] = []
     finished = 0
     bar = tqdm(total=len(todo), desc=grid.name, unit="cell", disable=not progress, dynamic_ncols=True)
+    write = bar.write if progress else say
+    ensembled = {m.label: grid.seeds_of(m) for m in grid.models if m.ensemble}
+    _add_ensembles(results_path, ensembled, grid.datasets, grid.horizons, write)  # cells complete already
 
     def record(cell: Cell, outcome: dict[str, Any] | BaseException, seconds: float) -> None:
         nonlocal finished
@@ -117,7 +120,11 @@ def run_benchmark(
             )
             if not written:
                 line += f" (not written: another benchmark process wrote this cell's row to {results_path})"
-            bar.write(line) if progress else say(line)
+            write(line)
+            if cell.model in ensembled:  # its ensemble row, if this was the cell's last seed
+                _add_ensembles(
+                    results_path, {cell.model: ensembled[cell.model]}, [cell.dataset], [cell.horizon], write
+                )
         bar.set_postfix_str(remaining.describe(), refresh=False)
         bar.update(1)
 
@@ -129,6 +136,26 @@ def run_benchmark(
     finally:
         bar.close()
     return BenchmarkSummary(results_path, len(todo) + skipped, skipped, finished, failed)
+
+
+def _add_ensembles(
+    results: Path,
+    seeds: dict[str, list[int]],
+    datasets: list[str],
+    horizons: list[int],
+    echo: Callable[[str], None],
+) -> None:
+    """The seed-ensemble rows of the models of ``seeds`` (label -> all its seeds) for every chosen cell
+    that has all of them and no ensemble row yet; cells whose runs are elsewhere are left (and said)."""
+    from ecalf.ensembles import add_ensembles  # here: ecalf.ensembles imports this package
+
+    if not seeds or not read_results(results):
+        return
+    for label, own in seeds.items():
+        add_ensembles(
+            results, models=[label], datasets=datasets, horizons=horizons, seeds=own, echo=echo,
+            skip_missing_runs=True,
+        )  # fmt: skip
 
 
 def _execute(

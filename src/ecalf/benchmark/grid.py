@@ -55,6 +55,11 @@ class GridModel:
     seeds: list[int] | None = None
     """This model's seeds when not the grid's (a deterministic model, such as ``linear``, needs one);
     each must be one of the grid's."""
+    ensemble: bool = False
+    """Its seed ensemble is part of the grid (:mod:`ecalf.ensembles`): a cell's ``<label>+ens`` row,
+    the test forecast averaged over all of the model's seeds, is added as soon as the cell has a row
+    for each of them (while their runs are on this machine). A run of only some of its seeds
+    (``--seeds``) adds none."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", self.label):
@@ -148,6 +153,17 @@ class Grid:
                 raise ConfigError(
                     f"model {model.label!r}: seeds {stray} are not among the grid's {self.seeds}"
                 )
+            if model.ensemble and len(set(self.seeds_of(model))) < 2:
+                raise ConfigError(
+                    f"model {model.label!r}: ensemble: true averages two or more seeds, it has "
+                    f"{self.seeds_of(model)}; give the grid (or the model) more seeds or drop ensemble"
+                )
+            if model.ensemble and model.label + "+ens" in labels:
+                raise ConfigError(f"model label {model.label}+ens is its seed ensemble's; rename that model")
+
+    def seeds_of(self, model: GridModel) -> list[int]:
+        """The seeds ``model`` runs in this grid: its own, or the grid's."""
+        return model.seeds if model.seeds is not None else self.seeds
 
     @property
     def results_path(self) -> Path:
@@ -193,11 +209,14 @@ def select(
     for model in grid.models:
         if model.label not in labels:
             continue
+        full = grid.seeds_of(model)
+        own = [s for s in full if s in kept_seeds]
+        if not own:
+            continue  # this model runs none of the chosen seeds
         if model.seeds is not None:
-            own = [s for s in model.seeds if s in kept_seeds]
-            if not own:
-                continue  # this model runs none of the chosen seeds
             model = dataclasses.replace(model, seeds=own)
+        if model.ensemble and own != full:
+            model = dataclasses.replace(model, ensemble=False)  # its ensemble needs all of its seeds
         chosen.append(model)
     if not chosen:
         raise ConfigError(f"models {labels} run none of seeds {kept_seeds} in grid {grid.name!r}")
@@ -332,7 +351,7 @@ def grid_cells(grid: Grid) -> list[Cell]:
                         continue
                     for seed in grid.seeds:
                         for model in grid.models:
-                            if model.seeds is not None and seed not in model.seeds:
+                            if seed not in grid.seeds_of(model):
                                 continue
                             config_file = model.config.replace("{dataset}", dataset)
                             cells.append(
