@@ -995,7 +995,8 @@ def test_a_model_declared_ensemble_gets_each_cells_row_as_its_last_seed_finishes
     lines: list[str] = []
 
     def ensembles() -> dict[tuple[str, str], dict[str, str]]:
-        return {(r["horizon"], r["overrides"]): r for r in read_results(results) if r["model"] == "dlinear+ens"}
+        rows = read_results(results)
+        return {(r["horizon"], r["overrides"]): r for r in rows if r["model"] == "dlinear+ens"}
 
     # a run of some of its seeds adds none (a 1-seed "ensemble" would be that seed)
     run_benchmark(select(grid, seeds=[1]), results=results, data_dir=data, progress=False, echo=lines.append)
