@@ -998,6 +998,8 @@ def test_a_model_declared_ensemble_gets_each_cells_row_as_its_last_seed_finishes
         rows = read_results(results)
         return {(r["horizon"], r["overrides"]): r for r in rows if r["model"] == "dlinear+ens"}
 
+    owed = [benchmark.CellId("dlinear+ens", "ETTh1", "", "few_shot", h, 0) for h in (24, 48)]
+    assert benchmark.pending_ensembles(grid, results) == owed  # what --dry-run reports
     # a run of some of its seeds adds none (a 1-seed "ensemble" would be that seed)
     run_benchmark(select(grid, seeds=[1]), results=results, data_dir=data, progress=False, echo=lines.append)
     assert ensembles() == {}
@@ -1007,6 +1009,7 @@ def test_a_model_declared_ensemble_gets_each_cells_row_as_its_last_seed_finishes
     assert any(line.startswith("dlinear+ens ETTh1 H=24: mse") for line in lines)
     run_benchmark(grid, results=results, data_dir=data, progress=False, echo=None)
     assert sorted(ensembles()) == [("24", "ensemble of seeds 1 2"), ("48", "ensemble of seeds 1 2")]
+    assert benchmark.pending_ensembles(grid, results) == []
     # the same row `ecalf ensemble` writes
     copy = tmp_path / "copy.csv"
     copy.write_text("".join(line for line in results.read_text().splitlines(True) if "+ens" not in line))

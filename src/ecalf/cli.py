@@ -281,17 +281,23 @@ def _redo_dirty(grid: Any, results: Path, dry_run: bool) -> list[Any]:
 
 
 def _print_plan(grid: Any, args: argparse.Namespace, redo: Sequence[Any] = ()) -> int:
-    from ecalf.benchmark import plan_benchmark
+    from ecalf.benchmark import pending_ensembles, plan_benchmark
     from ecalf.cell_costs import Remaining, format_duration
 
     planned, skipped = plan_benchmark(grid, results=args.results, data_dir=args.data_dir, redo=redo)
     trains = sum(p.reuses is None for p in planned)
-    results = args.results or grid.results_path
+    results = Path(args.results or grid.results_path)
     print(
         f"grid {grid.name}: {len(planned) + skipped} cells, {skipped} already in {results}, "
         f"{len(planned)} to run: {trains} train, {len(planned) - trains} reuse another's run; "
         + Remaining({p.cell: p.seconds for p in planned}).describe()
     )
+    owed = pending_ensembles(grid, results)
+    if owed:
+        labels = ", ".join(dict.fromkeys(c.model for c in owed))
+        print(
+            f"  and {len(owed)} seed-ensemble row(s) ({labels}), each added as its cell's last seed finishes"
+        )
     for item in planned:
         if item.reuses is not None:
             note = f"reuses {item.reuses}"

@@ -48,7 +48,7 @@ from ecalf.benchmark.grid import (
     load_grid,
     select,
 )
-from ecalf.benchmark.plan import PlannedCell, cell_recipe, pending_cells, plan_benchmark
+from ecalf.benchmark.plan import PlannedCell, cell_recipe, pending_cells, pending_ensembles, plan_benchmark
 from ecalf.benchmark.results import KEY_COLUMNS, RESULT_COLUMNS, CellId, append_result, read_results
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "load_grid",
     "local_scheduler",
     "pending_cells",
+    "pending_ensembles",
     "plan_benchmark",
     "read_results",
     "run_benchmark",

@@ -28,6 +28,17 @@ def pending_cells(grid: Grid, results: Path, redo: Collection[CellId] = ()) -> t
     return todo, len(cells) - len(todo)
 
 
+def pending_ensembles(grid: Grid, results: Path) -> list[CellId]:
+    """The seed-ensemble rows the grid declares (models with ``ensemble: true``) that ``results`` does
+    not hold yet, in grid order; :func:`run_benchmark` adds each as its cell's last seed finishes."""
+    from ecalf.ensembles import ensemble_cell  # here: ecalf.ensembles imports this package
+
+    declared = {m.label for m in grid.models if m.ensemble}
+    done = {CellId.of_row(r) for r in read_results(results)}
+    owed = dict.fromkeys(ensemble_cell(c.id) for c in grid_cells(grid) if c.model in declared)
+    return [cell for cell in owed if cell not in done]
+
+
 @dataclass(frozen=True)
 class PlannedCell:
     cell: Cell
