@@ -295,3 +295,15 @@ def test_standing_ranks_a_model_per_dataset_and_names_the_models_below_it(tmp_pa
     assert main(["report", str(path), "--standing", "dlinear"]) == 0
     text = (tmp_path / "r.md").read_text()
     assert "## Where dlinear stands" in text and "--standing dlinear`" in text
+
+
+def test_the_mean_table_names_each_datasets_horizons_when_they_differ():
+    """A grid of dataset-horizon pairs (one pilot horizon per dataset) does not claim a mean over
+    horizons no dataset has."""
+    pairs = pd.concat(
+        [_results(horizons=(96,), datasets=("ETTh1",)), _results(horizons=(336,), datasets=("ETTh2",))]
+    )
+    text = markdown_tables(pairs)
+    assert "Mean over each dataset's horizons (ETTh1 96; ETTh2 336)" in text
+    assert "Mean over horizons" not in text
+    assert "Mean over horizons 96, 192 (" in markdown_tables(_results(horizons=(96, 192)))

@@ -187,6 +187,16 @@ def _covers_published_means(df: pd.DataFrame, setting: str, dataset: str, target
     return tuple(sorted(set(here["horizon"]))) == MEAN_HORIZONS
 
 
+def _mean_over(df: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
+    """What a dataset column's mean is over: the horizons every column shares, or each column's own
+    (a grid of dataset-horizon pairs has one horizon per dataset)."""
+    own = {c: sorted(set(df[(df["dataset"] == c[0]) & (df["target"] == c[1])]["horizon"])) for c in columns}
+    if len({tuple(hs) for hs in own.values()}) == 1:
+        return f"Mean over horizons {', '.join(map(str, next(iter(own.values()))))}"
+    each = "; ".join(f"{_data_label(*c)} {', '.join(map(str, hs))}" for c, hs in own.items())
+    return f"Mean over each dataset's horizons ({each})"
+
+
 def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> str:
     """The report: per setting, a dataset-mean table and a per-horizon table (best MSE in bold), with
     the ``published`` rows (:func:`ecalf.published.load_published`) of the same setting in italics."""
@@ -203,11 +213,8 @@ def markdown_tables(df: pd.DataFrame, published: pd.DataFrame | None = None) -> 
         sub = dataset[dataset["setting"] == setting]
         columns = list(dict.fromkeys(zip(sub["dataset"], sub["target"], strict=True)))
         if columns:
-            hs = sorted(set(df[df["setting"] == setting]["horizon"]))
-            lines.append(
-                f"Mean over horizons {', '.join(map(str, hs))} "
-                "(MSE / MAE; ± std over seeds; seeds in brackets).\n"
-            )
+            over = _mean_over(df[df["setting"] == setting], columns)
+            lines.append(f"{over} (MSE / MAE; ± std over seeds; seeds in brackets).\n")
             lines.append("| model | " + " | ".join(_data_label(d, t) for d, t in columns) + " |")
             lines.append("|---" * (len(columns) + 1) + "|")
             best = {c: sub[(sub["dataset"] == c[0]) & (sub["target"] == c[1])]["mse"].min() for c in columns}
