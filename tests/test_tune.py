@@ -534,3 +534,58 @@ def test_validate_scores_one_recipe_as_a_trial_and_never_reads_the_test_split(
     )  # fmt: skip
     assert per_dataset.cells["toy-H12"].ratio == pytest.approx(ratios["toy-H12"])  # the same recipe and run
     assert RunDirectory(tmp_path / "per" / "toy2-H24").read_config().training.learning_rate == 0.00123
+
+
+def test_levers_write_their_table_cell_by_cell_and_a_fresh_machine_continues_from_the_snapshot(
+    tmp_path, synthetic_csv, monkeypatch
+):
+    """levers.csv (and its snapshot copy) grows as each cell finishes, a variant's score blank until
+    its cells are all scored; a run killed half-way and continued where its run directories are gone
+    trains only what the table does not hold, and ends with the table a run without a stop writes."""
+    import shutil
+
+    import ecalf.tune_levers
+    from ecalf.tune_levers import run_levers
+
+    cells = ((str(synthetic_csv), 12), (str(synthetic_csv), 16))
+    snapshot = tmp_path / "snapshot"
+    search = settings(tmp_path, synthetic_csv, 2, cells=cells, snapshot=snapshot)
+    run_search(search, echo=None)
+    variants = [["training.patience=1"], ["training.eval_every_steps=null"]]
+    whole = run_levers(search, variants, echo=None)
+    expected = (search.directory / "levers.csv").read_text()
+    assert (snapshot / "levers.csv").read_text() == expected
+    shutil.rmtree(search.directory / "levers")
+    for folder in (search.directory, snapshot):  # as before the levers ran
+        (folder / "levers.csv").unlink()
+
+    real, trained = ecalf.tune_levers.validate_cell, []
+
+    def killed_after_three(config, run_dir, report=None):
+        if len(trained) == 3:
+            raise KeyboardInterrupt
+        trained.append(run_dir)
+        return real(config, run_dir, report)
+
+    monkeypatch.setattr(ecalf.tune_levers, "validate_cell", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_levers(search, variants, echo=None)
+    rows = [line.split(",") for line in (snapshot / "levers.csv").read_text().splitlines()]
+    first, second = rows[2], rows[3]
+    assert first[2] and first[4] and first[5]  # two cells scored: the variant's score
+    assert second[2] == "" and second[3] == "" and second[4] and second[5] == ""  # one of two: no score yet
+
+    shutil.rmtree(search.directory)  # a fresh machine: only the committed snapshot is left
+    run_search(search, echo=None)  # as `ecalf tune ... --levers` does: the study back, no trial run
+    trained.clear()
+    monkeypatch.setattr(
+        ecalf.tune_levers, "validate_cell", lambda *a, **k: trained.append(a[1]) or real(*a, **k)
+    )
+    again = run_levers(search, variants, echo=None)
+    assert len(trained) == 2 * len(whole.outcomes) - 3  # only what the snapshot's table did not hold
+    assert (search.directory / "levers.csv").read_text() == expected
+    for now, before in zip(again.outcomes, whole.outcomes, strict=True):
+        assert now.ratios == pytest.approx(before.ratios, abs=1e-6)
+
+    other = dataclasses.replace(search, seed=7, output_dir=tmp_path / "other")  # another search's table
+    assert ecalf.tune_levers._earlier_ratios(other, whole.best_trial + 1, ["toy-H12", "toy-H16"]) == {}

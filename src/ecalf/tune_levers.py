@@ -10,7 +10,11 @@ validation off) are scored the same way. Nothing here reads a test window.
 
 Written into the search directory (:mod:`ecalf.tune` names it): ``levers/<variant>/<cell>/``, one
 run directory per variant and cell (finished ones are kept, so a killed run continues), and
-``levers.csv``: one row per variant with its values, score and change against the best trial.
+``levers.csv``: one row per variant with its values, score and change against the best trial,
+rewritten (and copied to the search's snapshot) as each cell finishes, a variant's score blank until
+all its cells have one. A cell whose run directory is gone (a fresh machine) but whose ratio a
+``levers.csv`` of the same best trial holds (the search directory's, else the snapshot's) is taken
+from it rather than trained again.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 from ecalf.artifacts import write_text
 from ecalf.config_files import load_run_config
 from ecalf.errors import ConfigError, EcalfError
+from ecalf.run_dir import RunDirectory
 from ecalf.tune import (
     LEVERS_FILE,
     SearchSettings,
@@ -40,6 +45,8 @@ from ecalf.tune import (
 )
 
 LEVERS_DIR = "levers"
+HEADER = ("variant", "tuned", "score", "change")
+"""``levers.csv``'s first columns; one column per cell follows."""
 UNTUNED = "untuned"
 """The variant with every searched value back at once: the untuned recipe, what the search bought."""
 
@@ -62,8 +69,14 @@ class Lever:
 @dataclass
 class LeverOutcome:
     lever: Lever
-    score: float
     ratios: dict[str, float] = field(default_factory=dict)
+    """Validation ratio per cell name; the cells not scored yet are missing."""
+
+    def score(self, cells: Sequence[str]) -> float | None:
+        """The mean ratio over ``cells``, once every one of them has one."""
+        if any(name not in self.ratios for name in cells):
+            return None
+        return sum(self.ratios[name] for name in cells) / len(cells)
 
 
 @dataclass
@@ -151,37 +164,68 @@ def run_levers(
         f"on {len(settings.cells)} cell(s)"
     )
     recipe = trial_recipe(settings, space, best.params)
-    outcomes = []
-    for lever in levers:
-        ratios = {}
-        for dataset, horizon in settings.cells:
-            name = cell_name(dataset, horizon)
+    names = [cell_name(d, h) for d, h in settings.cells]
+    earlier = _earlier_ratios(settings, best.number, names)
+    outcomes = [LeverOutcome(lever) for lever in levers]
+    table = LeverTable(best.number, float(best.value), outcomes, unchanged)
+    for outcome in outcomes:
+        lever = outcome.lever
+        known = earlier.get((lever.label, lever.tuned), {})
+        for (dataset, horizon), name in zip(settings.cells, names, strict=True):
+            run_dir = directory / LEVERS_DIR / _directory_name(lever) / name
+            if name in known and not RunDirectory(run_dir).has_validation():
+                outcome.ratios[name] = known[name]  # scored before, its run is not on this machine
+                continue
             config = cell_config(settings, dataset, horizon, [*recipe, *lever.changes])
-            ratios[name] = validate_cell(config, directory / LEVERS_DIR / _directory_name(lever) / name).ratio
-        score = sum(ratios.values()) / len(ratios)
-        outcomes.append(LeverOutcome(lever, score, ratios))
+            outcome.ratios[name] = validate_cell(config, run_dir).ratio
+            write_levers(settings, table)
+            write_snapshot(settings)  # levers.csv beside the study's snapshot, when the search keeps one
+        score = sum(outcome.ratios.values()) / len(names)  # every cell has its ratio now
         change = (score - best.value) / best.value
         show(f"  {lever.label} (tuned: {lever.tuned}): score {score:.4f} ({change:+.1%})")
-    table = LeverTable(best.number, float(best.value), outcomes, unchanged)
     write_levers(settings, table)
-    write_snapshot(settings)  # levers.csv beside the study's snapshot, when the search keeps one
+    write_snapshot(settings)
     return table
+
+
+def _earlier_ratios(
+    settings: SearchSettings, best_trial: int, names: list[str]
+) -> dict[tuple[str, str], dict[str, float]]:
+    """The cell ratios of an earlier (possibly killed) run of these levers: (label, tuned values) ->
+    {cell: ratio}, from the search directory's ``levers.csv``, else the snapshot's; nothing when that
+    table is of another best trial or other cells."""
+    for folder in (settings.directory, settings.snapshot):
+        if folder is None or not (folder / LEVERS_FILE).is_file():
+            continue
+        rows = list(csv.reader(io.StringIO((folder / LEVERS_FILE).read_text(encoding="utf-8"))))
+        if len(rows) < 2 or rows[0] != [*HEADER, *names] or rows[1][0] != f"best trial {best_trial}":
+            return {}
+        return {
+            (row[0], row[1]): {n: float(v) for n, v in zip(names, row[len(HEADER) :], strict=True) if v}
+            for row in rows[2:]
+        }
+    return {}
 
 
 def write_levers(settings: SearchSettings, table: LeverTable) -> None:
     """``levers.csv``: the best trial's row, then one row per lever (its change, tuned values, score,
-    relative change of the score, every cell's ratio)."""
+    relative change of the score, every cell's ratio; blank where not scored yet)."""
     names = [cell_name(d, h) for d, h in settings.cells]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["variant", "tuned", "score", "change", *names])
+    writer.writerow([*HEADER, *names])
     writer.writerow(
         [f"best trial {table.best_trial}", "", f"{table.best_score:.6f}", "", *([""] * len(names))]
     )
     for o in table.outcomes:
-        change = (o.score - table.best_score) / table.best_score
-        cells = [f"{o.ratios[n]:.6f}" for n in names]
-        writer.writerow([o.lever.label, o.lever.tuned, f"{o.score:.6f}", f"{change:+.4f}", *cells])
+        score = o.score(names)
+        scored = (
+            ["", ""]
+            if score is None
+            else [f"{score:.6f}", f"{(score - table.best_score) / table.best_score:+.4f}"]
+        )
+        cells = [f"{o.ratios[n]:.6f}" if n in o.ratios else "" for n in names]
+        writer.writerow([o.lever.label, o.lever.tuned, *scored, *cells])
     write_text(settings.directory / LEVERS_FILE, out.getvalue())
 
 
